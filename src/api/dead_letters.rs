@@ -1,0 +1,61 @@
+//! Dead letters: messages that could not be projected, kept whole for inspection.
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use base64::Engine;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::api::auth::Admin;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::params::Params;
+use crate::api::AppState;
+use crate::bus::streams;
+use crate::window::format_unix_ms;
+
+/// `GET /api/v1/dead-letters?stream=&limit=`: newest first, with the total for the filter.
+pub async fn list(
+    _: Admin,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let stream = params.get("stream")?;
+    if stream.is_some_and(|s| streams::by_name(s).is_none()) {
+        let names: Vec<&str> = streams::ALL.iter().map(|s| s.name).collect();
+        return Err(ApiError::invalid(
+            "stream",
+            format!("one of {}", names.join(", ")),
+        ));
+    }
+    let limit = params.int("limit", 1, 500, 50)?;
+    let rows = sqlx::query(
+        "SELECT id, stream, seq, subject, reason, payload, received_at FROM dead_letters \
+         WHERE ?1 IS NULL OR stream = ?1 ORDER BY id DESC LIMIT ?2",
+    )
+    .bind(stream)
+    .bind(limit)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR stream = ?1")
+            .bind(stream)
+            .fetch_one(&state.db.readers)
+            .await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<i64, _>("id"),
+                "stream": r.get::<String, _>("stream"),
+                "seq": r.get::<i64, _>("seq"),
+                "subject": r.get::<String, _>("subject"),
+                "reason": r.get::<String, _>("reason"),
+                "payload_base64": b64.encode(r.get::<Vec<u8>, _>("payload")),
+                "received_at": format_unix_ms(r.get::<i64, _>("received_at")),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"items": items, "total": total})))
+}

@@ -1,0 +1,109 @@
+//! The API's one error type: every failure maps to a status and a JSON body in one place.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::api::auth::Role;
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing, malformed, badly signed or expired credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but the role is too low.
+    #[error("this needs the {0} role or higher")]
+    Forbidden(Role),
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A query parameter is malformed or out of range.
+    #[error("invalid parameter `{parameter}`: expected {expected}")]
+    InvalidParam {
+        /// The offending parameter.
+        parameter: &'static str,
+        /// The accepted form.
+        expected: String,
+    },
+    /// The request is malformed in another way.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A dependency (bus, database) is not available right now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an I/O failure; details go to the log, not the client.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(anyhow::Error::new(e).context("database query"))
+    }
+}
+
+impl ApiError {
+    /// A 422 naming the parameter and its accepted form.
+    pub fn invalid(parameter: &'static str, expected: impl Into<String>) -> Self {
+        Self::InvalidParam {
+            parameter,
+            expected: expected.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::InvalidParam { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            Self::InvalidParam {
+                parameter,
+                expected,
+            } => json!({
+                "error": "invalid_parameter",
+                "parameter": parameter,
+                "expected": expected,
+                "message": self.to_string(),
+            }),
+            Self::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                json!({"error": "internal", "message": "internal error (see server logs)"})
+            }
+            other => {
+                let code = match other {
+                    Self::Unauthorized(_) => "unauthorized",
+                    Self::Forbidden(_) => "forbidden",
+                    Self::NotFound(_) => "not_found",
+                    Self::BadRequest(_) => "bad_request",
+                    _ => "unavailable",
+                };
+                json!({"error": code, "message": other.to_string()})
+            }
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"orrery\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,149 @@
+//! Builds the daemon from a [`Config`] and runs it until shutdown.
+//!
+//! `main` and the integration tests drive exactly this: `Application::build(config)`, then
+//! `port()`, then `run_until_stopped()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, auth::Authenticator, AppState};
+use crate::bus::{self, streams};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::projections::results::ResultsProjection;
+use crate::projector::{Progress, Projection, Projector};
+
+/// How long in-flight HTTP requests get to finish after shutdown starts.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+/// A built daemon: database open, bus client created, listener bound, nothing running yet.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    db: Db,
+    cancel: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Opens the database (migrating it), connects to NATS in the background, starts the
+    /// provisioning and projector tasks and binds the HTTP listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = db::open(&config.database, config.readers).await?;
+        let nats = bus::connect(&config.nats).await?;
+        let js = jetstream::new(nats.clone());
+        let cancel = CancellationToken::new();
+
+        let results = Projector::new(
+            ResultsProjection,
+            js.clone(),
+            db.writer.clone(),
+            config.batch_size,
+            config.batch_wait,
+        )
+        .await
+        .context("loading checkpoints")?;
+        let projections: Arc<[Progress]> = vec![results.progress()].into();
+
+        let provisioning = streams::Provisioning {
+            replicas: config.stream_replicas,
+            max_age: config.stream_max_age,
+        };
+        let background = vec![tokio::spawn(supervise(
+            js.clone(),
+            provisioning,
+            results,
+            cancel.clone(),
+        ))];
+
+        let state = AppState {
+            db: db.clone(),
+            nats,
+            js,
+            auth: Arc::new(Authenticator::new(config.jwt_secret.as_ref())),
+            projections,
+            ready_max_lag: config.ready_max_lag,
+            bus_timeout: Duration::from_secs(2),
+        };
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let port = listener.local_addr()?.port();
+        Ok(Self {
+            listener,
+            router: api::router(state),
+            port,
+            db,
+            cancel,
+            background,
+        })
+    }
+
+    /// The bound HTTP port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancel this to shut the daemon down (what SIGTERM does).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Serves HTTP and projects until the shutdown token fires; then drains HTTP (bounded),
+    /// lets each projector commit the batch in hand, and closes the database.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let cancel = self.cancel.clone();
+        tracing::info!(port = self.port, "listening");
+        let server = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned());
+        let drain_deadline = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(HTTP_DRAIN).await;
+        };
+        tokio::select! {
+            result = server => result.context("HTTP server")?,
+            _ = drain_deadline => tracing::warn!("HTTP drain timed out; closing open connections"),
+        }
+        self.cancel.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Provisions streams (retrying until the bus answers), then runs the projector.
+async fn supervise<P: Projection>(
+    js: jetstream::Context,
+    provisioning: streams::Provisioning,
+    projector: Projector<P>,
+    cancel: CancellationToken,
+) {
+    let mut attempt: u32 = 0;
+    loop {
+        match streams::provision(&js, provisioning).await {
+            Ok(()) => break,
+            Err(error) => {
+                let delay = Duration::from_millis((200u64 << attempt.min(5)).min(5_000));
+                attempt += 1;
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64,
+                    "stream provisioning failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    projector.run(cancel).await;
+}

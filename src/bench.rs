@@ -1,0 +1,221 @@
+//! `orrery bench`: throughput figures measured on the machine at hand.
+//!
+//! `ingest` publishes N result events, then times (1) the raw ordered-consumer ceiling —
+//! the same consumption with no decoding and no SQLite — and (2) the projector's catch-up
+//! from a fresh database to lag 0, and prints both with their ratio.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream::{self, consumer};
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::streams::{self, Provisioning};
+use crate::db;
+use crate::projections::results::ResultsProjection;
+use crate::projector::{Outcome, Projector};
+
+/// Figures of one `bench ingest` run.
+#[derive(Debug, Serialize)]
+pub struct IngestReport {
+    /// Events published and projected.
+    pub events: u64,
+    /// Publish rate with acks pipelined, events/s.
+    pub publish_eps: f64,
+    /// Ordered consumer alone, events/s.
+    pub raw_consumer_eps: f64,
+    /// Projector from a fresh database to lag 0, events/s.
+    pub catchup_eps: f64,
+    /// `catchup_eps / raw_consumer_eps`.
+    pub ratio: f64,
+    /// Projector batch size used.
+    pub batch_size: usize,
+    /// Rows found in `execution_results` afterwards (must equal `events`).
+    pub rows: u64,
+}
+
+fn eps(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// One result event body, about the size agents send.
+fn result_event(i: u64) -> Vec<u8> {
+    let ok = i % 10 != 0;
+    format!(
+        r#"{{"specversion":"1.0","id":"bench-{i}","type":"result","source":"agent/bench","time":"2026-11-22T10:00:03Z","data":{{"result_id":"bench-r-{i}","job_id":"probe-{job}","exit_code":{code},"started_at":"2026-11-22T10:00:01.250Z","finished_at":"2026-11-22T10:00:03.000Z"}}}}"#,
+        job = i % 50,
+        code = if ok { 0 } else { 1 },
+    )
+    .into_bytes()
+}
+
+/// Publishes `events` results into RESULTS with up to 4096 acks in flight.
+async fn publish(js: &jetstream::Context, events: u64, run: &str) -> anyhow::Result<Duration> {
+    const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
+    let started = Instant::now();
+    let mut inflight = std::collections::VecDeque::with_capacity(4096);
+    for i in 0..events {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("{run}-{i}").as_str());
+        let subject = format!("result.{}.agent-{:04}", KINDS[(i % 4) as usize], i % 1000);
+        let ack = js
+            .publish_with_headers(subject, headers, result_event(i).into())
+            .await
+            .context("publishing")?;
+        inflight.push_back(ack);
+        if inflight.len() >= 4096 {
+            inflight.pop_front().expect("non-empty").await?;
+        }
+    }
+    for ack in inflight {
+        ack.await?;
+    }
+    Ok(started.elapsed())
+}
+
+async fn raw_consume(js: &jetstream::Context, from: u64, to: u64) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let stream = js.get_stream_no_info(streams::RESULTS.name).await?;
+    let mut messages = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await?
+        .messages()
+        .await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        if m.info().map_err(|e| anyhow::anyhow!(e))?.stream_sequence >= to {
+            break;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the ingest benchmark against `nats_url` (RESULTS is created if missing).
+pub async fn ingest(
+    nats_url: &str,
+    events: u64,
+    batch_size: usize,
+) -> anyhow::Result<IngestReport> {
+    if events == 0 {
+        bail!("--events must be at least 1");
+    }
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to {nats_url}"))?;
+    let js = jetstream::new(client);
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(86_400),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
+    let before = js
+        .get_stream(streams::RESULTS.name)
+        .await?
+        .cached_info()
+        .state
+        .last_sequence;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let publish_time = publish(&js, events, &run).await?;
+    let last = js
+        .get_stream(streams::RESULTS.name)
+        .await?
+        .cached_info()
+        .state
+        .last_sequence;
+    if last - before != events {
+        bail!(
+            "expected {events} new messages in RESULTS, found {}",
+            last - before
+        );
+    }
+
+    let raw_time = raw_consume(&js, before + 1, last).await?;
+
+    let dir = tempfile::tempdir()?;
+    let db = db::open(&dir.path().join("bench.db"), 1).await?;
+    sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
+        .bind(streams::RESULTS.name)
+        .bind(before as i64)
+        .execute(&db.writer)
+        .await?;
+    let mut projector = Projector::new(
+        ResultsProjection,
+        js.clone(),
+        db.writer.clone(),
+        batch_size,
+        Duration::from_millis(20),
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    while projector.checkpoint() < last {
+        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
+            bail!(
+                "projector went idle at {} of {last}",
+                projector.checkpoint()
+            );
+        }
+    }
+    let catchup_time = started.elapsed();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.writer)
+        .await?;
+    db.close().await;
+
+    let raw = eps(events, raw_time);
+    let catchup = eps(events, catchup_time);
+    Ok(IngestReport {
+        events,
+        publish_eps: eps(events, publish_time),
+        raw_consumer_eps: raw,
+        catchup_eps: catchup,
+        ratio: catchup / raw,
+        batch_size,
+        rows: rows as u64,
+    })
+}
+
+impl std::fmt::Display for IngestReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "orrery bench ingest — {} result events, batch size {}",
+            self.events, self.batch_size
+        )?;
+        writeln!(f, "  {:<34} {:>12}", "measure", "events/s")?;
+        writeln!(
+            f,
+            "  {:<34} {:>12.0}",
+            "publish (acks pipelined)", self.publish_eps
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>12.0}",
+            "raw ordered consumer (ceiling)", self.raw_consumer_eps
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>12.0}",
+            "projector catch-up to lag 0", self.catchup_eps
+        )?;
+        writeln!(
+            f,
+            "  {:<34} {:>11.0}%",
+            "catch-up / ceiling",
+            self.ratio * 100.0
+        )?;
+        write!(f, "  rows projected: {}", self.rows)
+    }
+}

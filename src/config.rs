@@ -1,0 +1,362 @@
+//! Layered, typed configuration: flags > `ORRERY_*` environment > TOML file > defaults.
+//!
+//! [`Settings`] is both the clap argument group and the TOML schema, so `--help`, the
+//! environment names and the file keys cannot drift apart. Every field is optional at that
+//! layer; [`Settings::resolve`] merges the layers and turns the result into a validated
+//! [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::Deserialize;
+
+/// Shortest JWT secret accepted: HS256 keys shorter than the hash output are guessable.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Options of every subcommand that touches the bus, the database or the HTTP API.
+///
+/// Field docs are the `--help` text and the README configuration table.
+#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with any of these options (keys as the long flag names, with `_`).
+    #[arg(long, env = "ORRERY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// NATS server URL(s), comma separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "ORRERY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "ORRERY_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "ORRERY_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token.
+    #[arg(long, env = "ORRERY_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// NATS credentials file (JWT + NKey seed), as issued by nsc.
+    #[arg(long, env = "ORRERY_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS NKey seed (starts with `SU`).
+    #[arg(long, env = "ORRERY_NATS_NKEY", hide_env_values = true)]
+    pub nats_nkey: Option<String>,
+    /// PEM file of the CA that signed the NATS server certificate; enables TLS.
+    #[arg(long, env = "ORRERY_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --nats-tls-key).
+    #[arg(long, env = "ORRERY_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "ORRERY_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Replicas of the streams Orrery creates (3 on a NATS cluster) [default: 1].
+    #[arg(long, env = "ORRERY_STREAM_REPLICAS")]
+    pub stream_replicas: Option<usize>,
+    /// Maximum age of messages in the streams Orrery creates, e.g. `7d`, `12h` [default: 7d].
+    #[arg(long, env = "ORRERY_STREAM_MAX_AGE")]
+    pub stream_max_age: Option<String>,
+
+    /// SQLite database file holding the read models [default: ./orrery.db].
+    #[arg(long, env = "ORRERY_DATABASE")]
+    pub database: Option<PathBuf>,
+    /// Connections in the read-only pool that serves queries [default: 4].
+    #[arg(long, env = "ORRERY_READERS")]
+    pub readers: Option<u32>,
+
+    /// Address the HTTP API listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "ORRERY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HS256 secret for API tokens, at least 32 bytes.
+    #[arg(long, env = "ORRERY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (trailing newline ignored); an alternative to --jwt-secret.
+    #[arg(long, env = "ORRERY_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Serve the API without authentication (local development only) [default: false].
+    #[arg(long, env = "ORRERY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: Option<bool>,
+
+    /// Most messages applied in one SQLite transaction [default: 4096].
+    #[arg(long, env = "ORRERY_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+    /// Longest wait for a batch to fill once its first message is in, in ms [default: 20].
+    #[arg(long, env = "ORRERY_BATCH_WAIT_MS")]
+    pub batch_wait_ms: Option<u64>,
+    /// /ready answers 503 while any projection lags the stream by more than this [default: 10000].
+    #[arg(long, env = "ORRERY_READY_MAX_LAG")]
+    pub ready_max_lag: Option<u64>,
+
+    /// Log format: `text` or `json` [default: text]. Levels follow RUST_LOG.
+    #[arg(long, env = "ORRERY_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// Everything Orrery needs to run, validated and with defaults filled in.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Replicas of provisioned streams.
+    pub stream_replicas: usize,
+    /// Retention of provisioned streams.
+    pub stream_max_age: Duration,
+    /// SQLite file path.
+    pub database: PathBuf,
+    /// Size of the read-only pool.
+    pub readers: u32,
+    /// HTTP listen address (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// API authentication; `None` only with `--insecure-no-auth`.
+    pub jwt_secret: Option<Secret>,
+    /// Projector batch size.
+    pub batch_size: usize,
+    /// Projector batch fill wait.
+    pub batch_wait: Duration,
+    /// Readiness lag threshold.
+    pub ready_max_lag: u64,
+    /// `true` for JSON logs.
+    pub log_json: bool,
+}
+
+/// NATS connection options.
+#[derive(Clone, Debug, Default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// User for user/password auth.
+    pub user: Option<String>,
+    /// Password for user/password auth.
+    pub password: Option<Secret>,
+    /// Token auth.
+    pub token: Option<Secret>,
+    /// Credentials file.
+    pub creds: Option<PathBuf>,
+    /// NKey seed.
+    pub nkey: Option<Secret>,
+    /// CA certificate for TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    pub tls_key: Option<PathBuf>,
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Fills each `None` of `$a` from `$b`, field by field.
+macro_rules! merge_fields {
+    ($a:ident, $b:ident, $($f:ident),* $(,)?) => { $( if $a.$f.is_none() { $a.$f = $b.$f; } )* };
+}
+
+impl Settings {
+    /// Merges flags/env (already in `self`) over the TOML file over defaults, then validates.
+    /// A JWT secret is required (unless auth is disabled) when `needs_auth` is set.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        self.resolve_for(true)
+    }
+
+    /// [`Self::resolve`] for commands that serve no API (`migrate`, `rebuild`, `bench`).
+    pub fn resolve_for(mut self, needs_auth: bool) -> anyhow::Result<Config> {
+        if let Some(path) = self.config.clone() {
+            let file = Self::from_file(&path)?;
+            merge_fields!(
+                self,
+                file,
+                nats_url,
+                nats_user,
+                nats_password,
+                nats_token,
+                nats_creds,
+                nats_nkey,
+                nats_tls_ca,
+                nats_tls_cert,
+                nats_tls_key,
+                stream_replicas,
+                stream_max_age,
+                database,
+                readers,
+                listen,
+                jwt_secret,
+                jwt_secret_file,
+                insecure_no_auth,
+                batch_size,
+                batch_wait_ms,
+                ready_max_lag,
+                log_format,
+            );
+        }
+        self.into_config(needs_auth)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    fn into_config(self, needs_auth: bool) -> anyhow::Result<Config> {
+        let insecure = self.insecure_no_auth.unwrap_or(false);
+        let secret = match (self.jwt_secret, self.jwt_secret_file) {
+            (Some(_), Some(_)) => bail!("give either --jwt-secret or --jwt-secret-file, not both"),
+            (Some(s), None) => Some(s),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading JWT secret file {}", path.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let jwt_secret = match (secret, insecure) {
+            (Some(s), _) if s.len() < MIN_JWT_SECRET_LEN => bail!(
+                "the JWT secret is {} bytes; use at least {MIN_JWT_SECRET_LEN} random bytes \
+                 (e.g. `openssl rand -hex 32`)",
+                s.len()
+            ),
+            (Some(s), _) => Some(Secret(s)),
+            (None, true) => None,
+            (None, false) if !needs_auth => None,
+            (None, false) => bail!(
+                "no JWT secret: set ORRERY_JWT_SECRET (or --jwt-secret / --jwt-secret-file), \
+                 or pass --insecure-no-auth for local development"
+            ),
+        };
+        let log_json = match self.log_format.as_deref().unwrap_or("text") {
+            "text" => false,
+            "json" => true,
+            other => bail!("--log-format must be `text` or `json`, not `{other}`"),
+        };
+        let stream_max_age = match self.stream_max_age.as_deref() {
+            None => Duration::from_secs(7 * 86_400),
+            Some(s) => crate::window::parse_duration(s)
+                .with_context(|| format!("--stream-max-age `{s}`"))?,
+        };
+        let batch_size = self.batch_size.unwrap_or(4096);
+        if batch_size == 0 || batch_size > 100_000 {
+            bail!("--batch-size must be between 1 and 100000");
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            bail!("--nats-tls-cert and --nats-tls-key go together");
+        }
+        Ok(Config {
+            nats: NatsConfig {
+                url: self
+                    .nats_url
+                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+                user: self.nats_user,
+                password: self.nats_password.map(Secret),
+                token: self.nats_token.map(Secret),
+                creds: self.nats_creds,
+                nkey: self.nats_nkey.map(Secret),
+                tls_ca: self.nats_tls_ca,
+                tls_cert: self.nats_tls_cert,
+                tls_key: self.nats_tls_key,
+            },
+            stream_replicas: self.stream_replicas.unwrap_or(1),
+            stream_max_age,
+            database: self
+                .database
+                .unwrap_or_else(|| PathBuf::from("./orrery.db")),
+            readers: self.readers.unwrap_or(4).max(1),
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            jwt_secret,
+            batch_size,
+            batch_wait: Duration::from_millis(self.batch_wait_ms.unwrap_or(20)),
+            ready_max_lag: self.ready_max_lag.unwrap_or(10_000),
+            log_json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secure() -> Settings {
+        Settings {
+            jwt_secret: Some("x".repeat(32)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = secure().resolve().unwrap();
+        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.database, PathBuf::from("./orrery.db"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn missing_or_weak_secret_is_an_error_unless_auth_is_disabled() {
+        let err = Settings::default().resolve().unwrap_err().to_string();
+        assert!(err.contains("no JWT secret"), "{err}");
+        let weak = Settings {
+            jwt_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(weak.resolve().unwrap_err().to_string().contains("5 bytes"));
+        let dev = Settings {
+            insecure_no_auth: Some(true),
+            ..Default::default()
+        };
+        assert!(dev.resolve().unwrap().jwt_secret.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_file_and_unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.toml");
+        std::fs::write(&path, "database = \"file.db\"\nbatch_size = 10\n").unwrap();
+        let c = Settings {
+            config: Some(path.clone()),
+            batch_size: Some(99),
+            ..secure()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.database, PathBuf::from("file.db"));
+        assert_eq!(c.batch_size, 99);
+
+        std::fs::write(&path, "databse = \"typo.db\"\n").unwrap();
+        let err = Settings {
+            config: Some(path),
+            ..secure()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn secret_is_not_debug_printed() {
+        let c = secure().resolve().unwrap();
+        assert!(!format!("{c:?}").contains("xxxxxxxx"));
+    }
+}

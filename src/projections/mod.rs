@@ -1,0 +1,3 @@
+//! One module per read model: events in, SQL out, nothing else.
+
+pub mod results;

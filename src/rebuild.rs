@@ -1,0 +1,81 @@
+//! `orrery rebuild`: throw a read model away and replay it from its stream.
+//!
+//! The bus is the truth, so this is always safe; run it with the daemon stopped, since a
+//! running daemon keeps its own checkpoint in memory.
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{self, streams};
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::projections::results::ResultsProjection;
+use crate::projector::{self, Outcome, Projection, Projector};
+
+/// Streams that have a projection today.
+pub const PROJECTED: [&str; 1] = [streams::RESULTS.name];
+
+/// Resets and replays `stream` (or every projected stream); returns messages replayed.
+pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u64> {
+    if let Some(s) = stream {
+        if !PROJECTED.contains(&s) {
+            bail!(
+                "no projection reads stream `{s}` (projected: {})",
+                PROJECTED.join(", ")
+            );
+        }
+    }
+    let db = db::open(&config.database, 1).await?;
+    let nats = bus::connect(&config.nats).await?;
+    let js = jetstream::new(nats);
+    let mut total = 0;
+    if stream.is_none_or(|s| s == streams::RESULTS.name) {
+        total += replay(ResultsProjection, &js, &db, config).await?;
+    }
+    db.close().await;
+    Ok(total)
+}
+
+async fn replay<P: Projection>(
+    projection: P,
+    js: &jetstream::Context,
+    db: &Db,
+    config: &Config,
+) -> anyhow::Result<u64> {
+    let name = projection.stream().name;
+    let target = js
+        .get_stream(name)
+        .await
+        .with_context(|| format!("reading stream {name}"))?
+        .cached_info()
+        .state
+        .last_sequence;
+    projector::reset(&projection, &db.writer)
+        .await
+        .with_context(|| format!("resetting the {name} read model"))?;
+    let mut projector = Projector::new(
+        projection,
+        js.clone(),
+        db.writer.clone(),
+        config.batch_size,
+        config.batch_wait,
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let mut replayed = 0u64;
+    while projector.checkpoint() < target {
+        match projector.project_next_batch(&cancel).await? {
+            Outcome::Applied { messages, .. } => replayed += messages as u64,
+            // Messages at the end of the stream may have been deleted: nothing more to read.
+            Outcome::Idle | Outcome::Stopped => break,
+        }
+    }
+    tracing::info!(
+        stream = name,
+        replayed,
+        checkpoint = projector.checkpoint(),
+        "rebuilt"
+    );
+    Ok(replayed)
+}

@@ -1,0 +1,199 @@
+//! Test harness: a real nats-server on a free port with a temporary store, and the daemon
+//! built exactly as `main` builds it, on port 0 with a fresh SQLite file.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::HeaderMap;
+use orrery::api::auth::{mint, Role};
+use orrery::config::Secret;
+use orrery::natsd::NatsServer;
+use orrery::{Application, Settings};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123";
+
+/// A daemon running in this process.
+pub struct TestApp {
+    pub address: String,
+    pub db_path: PathBuf,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    pub _dir: tempfile::TempDir,
+}
+
+pub fn settings(nats_url: &str, db_path: &std::path::Path) -> Settings {
+    Settings {
+        nats_url: Some(nats_url.to_owned()),
+        database: Some(db_path.to_owned()),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        jwt_secret: Some(SECRET.to_owned()),
+        batch_wait_ms: Some(5),
+        ..Default::default()
+    }
+}
+
+pub async fn spawn_app(nats: &NatsServer) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("orrery.db");
+    spawn_app_with(settings(&nats.url(), &db_path), dir).await
+}
+
+pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+    let db_path = settings.database.clone().unwrap();
+    let app = Application::build(settings.resolve().unwrap())
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        db_path,
+        http: reqwest::Client::new(),
+        shutdown,
+        handle: Some(handle),
+        _dir: dir,
+    }
+}
+
+pub fn token(role: Role) -> String {
+    mint(&Secret::new(SECRET), "tester", role, 3600).unwrap()
+}
+
+impl TestApp {
+    pub async fn get(&self, path: &str, role: Option<Role>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{}", self.address, path));
+        if let Some(role) = role {
+            req = req.bearer_auth(token(role));
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str, role: Role) -> Value {
+        let res = self.get(path, Some(role)).await;
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.unwrap()
+    }
+
+    /// `count` of the results badge.
+    pub async fn count(&self, query: &str) -> i64 {
+        let v = self
+            .get_json(&format!("/api/v1/results/stats?{query}"), Role::Viewer)
+            .await;
+        v["count"].as_i64().unwrap()
+    }
+
+    /// Stops the daemon gracefully and waits for it.
+    pub async fn stop(mut self) -> (PathBuf, tempfile::TempDir) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+        (
+            self.db_path.clone(),
+            std::mem::replace(&mut self._dir, tempfile::tempdir().unwrap()),
+        )
+    }
+
+    /// Waits until every projection reports lag 0 on /ready.
+    pub async fn wait_caught_up(&self) {
+        wait_until(
+            Duration::from_secs(30),
+            "projections to catch up",
+            || async {
+                let res = self.get("/ready", None).await;
+                let v: Value = res.json().await.unwrap();
+                v["status"] == "ready"
+                    && v["projections"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().all(|p| p["lag"] == 0))
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn jetstream(nats: &NatsServer) -> jetstream::Context {
+    jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+}
+
+/// Publishes raw bytes with a Nats-Msg-Id; returns the ack future.
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    body: Vec<u8>,
+) -> PublishAckFuture {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(subject.to_owned(), headers, body.into())
+        .await
+        .unwrap()
+}
+
+/// Publishes one result event and waits for the ack.
+pub async fn publish_result(js: &jetstream::Context, subject: &str, data: Value) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({"id": id, "data": data});
+    publish_raw(js, subject, &id, serde_json::to_vec(&body).unwrap())
+        .await
+        .await
+        .unwrap();
+}
+
+/// Waits until the RESULTS stream exists (the daemon provisions it in the background).
+pub async fn wait_for_streams(js: &jetstream::Context) {
+    wait_until(
+        Duration::from_secs(10),
+        "streams to be provisioned",
+        || async { js.get_stream("RESULTS").await.is_ok() },
+    )
+    .await;
+}
+
+/// RFC 3339 for `now - ago`.
+pub fn ago(ago: Duration) -> String {
+    let t = time::OffsetDateTime::now_utc() - ago;
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A full, ordered dump of execution_results for equality checks.
+pub async fn dump_results(db_path: &std::path::Path) -> Vec<(String, String, String, i64, i64)> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db_path.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query_as(
+        "SELECT result_id, kind, agent_id, success, recorded_at FROM execution_results ORDER BY result_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows
+}

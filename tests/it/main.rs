@@ -1,0 +1,6 @@
+//! Integration tests: one binary, a real nats-server per test, a real SQLite file per daemon.
+
+mod api;
+mod durability;
+mod helpers;
+mod results;
