@@ -31,6 +31,11 @@ CREATE TABLE execution_results (
     seq         INTEGER NOT NULL
 );
 
--- The failure-count badge: (success, time) serves "all kinds", (kind, success, time) one kind.
-CREATE INDEX execution_results_success_time ON execution_results (success, recorded_at);
+-- The failure-count badge counts from this index alone. Queries over all kinds add up one
+-- range count per row of result_kinds instead of keeping a second index on every insert
+-- (measured: a (success, recorded_at) index costs a quarter of ingest throughput).
 CREATE INDEX execution_results_kind_success_time ON execution_results (kind, success, recorded_at);
+
+CREATE TABLE result_kinds (
+    kind TEXT PRIMARY KEY NOT NULL
+) WITHOUT ROWID;

@@ -67,6 +67,7 @@ async fn replay<P: Projection>(
     while projector.checkpoint() < target {
         match projector.project_next_batch(&cancel).await? {
             Outcome::Applied { messages, .. } => replayed += messages as u64,
+            Outcome::Started { .. } => {}
             // Messages at the end of the stream may have been deleted: nothing more to read.
             Outcome::Idle | Outcome::Stopped => break,
         }

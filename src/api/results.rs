@@ -36,24 +36,26 @@ pub async fn stats(
     }
     let now = now_ms();
     let from = now - window.as_millis() as i64;
-    // Each shape is written out so SQLite picks (success, recorded_at) or
-    // (kind, success, recorded_at) and counts from the index alone.
+    // Every shape counts from the (kind, success, recorded_at) index alone; without a kind,
+    // one range count per known kind is added up.
     let sql = match (success.is_some(), kind.is_some()) {
         (true, true) => {
             "SELECT COUNT(*) FROM execution_results \
                          WHERE kind = ?1 AND success = ?2 AND recorded_at BETWEEN ?3 AND ?4"
         }
-        (true, false) => {
-            "SELECT COUNT(*) FROM execution_results \
-                          WHERE success = ?2 AND recorded_at BETWEEN ?3 AND ?4"
-        }
         (false, true) => {
             "SELECT COUNT(*) FROM execution_results \
                           WHERE kind = ?1 AND success IN (0, 1) AND recorded_at BETWEEN ?3 AND ?4"
         }
+        (true, false) => {
+            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM execution_results r \
+                          WHERE r.kind = k.kind AND r.success = ?2 \
+                          AND r.recorded_at BETWEEN ?3 AND ?4)), 0) FROM result_kinds k"
+        }
         (false, false) => {
-            "SELECT COUNT(*) FROM execution_results \
-                           WHERE success IN (0, 1) AND recorded_at BETWEEN ?3 AND ?4"
+            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM execution_results r \
+                           WHERE r.kind = k.kind AND r.success IN (0, 1) \
+                           AND r.recorded_at BETWEEN ?3 AND ?4)), 0) FROM result_kinds k"
         }
     };
     let count: i64 = sqlx::query_scalar(sql)

@@ -148,12 +148,30 @@ impl Projection for ResultsProjection {
             q.push(" ON CONFLICT (result_id) DO NOTHING");
             q.build().execute(&mut *conn).await?;
         }
+        // A handful of kinds per batch: a linear scan beats hashing here.
+        let mut kinds: Vec<&str> = Vec::new();
+        for e in events {
+            if !kinds.contains(&e.kind.as_str()) {
+                kinds.push(&e.kind);
+            }
+        }
+        if !kinds.is_empty() {
+            let mut q: QueryBuilder<Sqlite> =
+                QueryBuilder::new("INSERT OR IGNORE INTO result_kinds (kind) ");
+            q.push_values(&kinds, |mut b, k| {
+                b.push_bind(*k);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
         Ok(())
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
         sqlx::query("DELETE FROM execution_results")
-            .execute(conn)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM result_kinds")
+            .execute(&mut *conn)
             .await
             .map(|_| ())
     }

@@ -21,6 +21,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +48,7 @@ pub struct Message<'a> {
 /// A read model fed by one stream: decode is pure, apply touches only the transaction.
 pub trait Projection: Send + Sync + 'static {
     /// A validated event, ready to apply.
-    type Event: Send + Sync;
+    type Event: Send + Sync + 'static;
 
     /// The stream this projection consumes.
     fn stream(&self) -> StreamSpec;
@@ -79,9 +80,14 @@ pub enum Outcome {
         /// The committed checkpoint.
         checkpoint: u64,
     },
+    /// A batch was collected and its commit started; nothing finished committing yet.
+    Started {
+        /// Messages in the batch.
+        messages: usize,
+    },
     /// Nothing arrived within the idle poll.
     Idle,
-    /// Shutdown was requested before a batch started.
+    /// Shutdown was requested and nothing is left in flight.
     Stopped,
 }
 
@@ -109,23 +115,73 @@ pub struct Progress {
     pub counters: Arc<Counters>,
 }
 
-/// A message whose effect is to be stored in `dead_letters`.
-struct DeadLetter<'a> {
-    msg: Message<'a>,
-    reason: String,
+/// Where a message sits in its stream.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    seq: u64,
+    published_ms: i64,
+}
+
+/// A decoded batch that owns its raw messages, so it can be committed on another task while
+/// the next batch is collected.
+struct Batch<E> {
+    raw: Vec<jetstream::Message>,
+    metas: Vec<Meta>,
+    events: Vec<E>,
+    /// For each event, the index of its message in `raw`.
+    origins: Vec<usize>,
+    /// Messages to store in `dead_letters`: index in `raw` and reason.
+    dead: Vec<(usize, String)>,
+}
+
+impl<E> Batch<E> {
+    fn message(&self, i: usize) -> Message<'_> {
+        Message {
+            seq: self.metas[i].seq,
+            subject: self.raw[i].subject.as_str(),
+            payload: &self.raw[i].payload,
+            published_ms: self.metas[i].published_ms,
+        }
+    }
+
+    fn last(&self) -> Meta {
+        *self.metas.last().expect("batches are never empty")
+    }
+}
+
+/// What a committed batch did.
+#[derive(Debug, Clone, Copy)]
+struct Committed {
+    messages: usize,
+    dead_lettered: usize,
+    checkpoint: u64,
+}
+
+/// State the commit task updates after each commit.
+#[derive(Debug)]
+struct Shared {
+    stream: StreamSpec,
+    progress: watch::Sender<u64>,
+    counters: Arc<Counters>,
 }
 
 /// Drives one [`Projection`] from its stream into SQLite.
+///
+/// Two stages overlap: while batch *k* commits on its own task, batch *k + 1* is collected
+/// and decoded. A batch counts as projected only once its commit returns.
 pub struct Projector<P: Projection> {
-    projection: P,
+    projection: Arc<P>,
     js: jetstream::Context,
     writer: SqlitePool,
     batch_size: usize,
     batch_wait: Duration,
+    /// Last committed stream sequence.
     checkpoint: u64,
+    /// Last sequence handed to a commit; equals `checkpoint` when nothing is in flight.
+    position: u64,
     consumer: Option<consumer::pull::Ordered>,
-    progress: watch::Sender<u64>,
-    counters: Arc<Counters>,
+    in_flight: Option<JoinHandle<Result<Committed, ProjectorError>>>,
+    shared: Arc<Shared>,
 }
 
 /// Loads a stream's committed checkpoint (0 when it has none).
@@ -146,27 +202,33 @@ impl<P: Projection> Projector<P> {
         batch_size: usize,
         batch_wait: Duration,
     ) -> sqlx::Result<Self> {
-        let checkpoint = load_checkpoint(&writer, projection.stream().name).await?;
+        let stream = projection.stream();
+        let checkpoint = load_checkpoint(&writer, stream.name).await?;
         let (progress, _) = watch::channel(checkpoint);
         Ok(Self {
-            projection,
+            projection: Arc::new(projection),
             js,
             writer,
             batch_size,
             batch_wait,
             checkpoint,
+            position: checkpoint,
             consumer: None,
-            progress,
-            counters: Arc::default(),
+            in_flight: None,
+            shared: Arc::new(Shared {
+                stream,
+                progress,
+                counters: Arc::default(),
+            }),
         })
     }
 
     /// A handle that follows this projector's checkpoint.
     pub fn progress(&self) -> Progress {
         Progress {
-            stream: self.projection.stream(),
-            checkpoint: self.progress.subscribe(),
-            counters: self.counters.clone(),
+            stream: self.shared.stream,
+            checkpoint: self.shared.progress.subscribe(),
+            counters: self.shared.counters.clone(),
         }
     }
 
@@ -178,14 +240,14 @@ impl<P: Projection> Projector<P> {
     /// Loops [`Self::project_next_batch`] until `cancel` fires, retrying failures with capped
     /// exponential backoff from the last checkpoint.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let stream = self.projection.stream().name;
+        let stream = self.shared.stream.name;
         let mut failures: u32 = 0;
         loop {
             match self.project_next_batch(&cancel).await {
                 Ok(Outcome::Stopped) => break,
                 Ok(_) => failures = 0,
                 Err(error) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
                     failures = failures.saturating_add(1);
                     tracing::warn!(stream, %error, retry_in_ms = delay.as_millis() as u64,
@@ -202,7 +264,7 @@ impl<P: Projection> Projector<P> {
 
     async fn open_consumer(&mut self) -> Result<&mut consumer::pull::Ordered, ProjectorError> {
         if self.consumer.is_none() {
-            let name = self.projection.stream().name;
+            let name = self.shared.stream.name;
             let stream = self
                 .js
                 .get_stream_no_info(name)
@@ -211,7 +273,7 @@ impl<P: Projection> Projector<P> {
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: self.checkpoint + 1,
+                        start_sequence: self.position + 1,
                     },
                     ..Default::default()
                 })
@@ -223,7 +285,7 @@ impl<P: Projection> Projector<P> {
                 .map_err(|e| ProjectorError::bus("starting consumer", e))?;
             tracing::debug!(
                 stream = name,
-                from = self.checkpoint + 1,
+                from = self.position + 1,
                 "ordered consumer started"
             );
             self.consumer = Some(messages);
@@ -231,18 +293,19 @@ impl<P: Projection> Projector<P> {
         Ok(self.consumer.as_mut().expect("just set"))
     }
 
-    /// Collects up to `batch_size` messages: waits for the first (until idle or cancel), then
-    /// takes what is ready and waits at most `batch_wait` for the rest.
+    /// Collects up to `batch_size` messages: waits up to `first_wait` for the first (or until
+    /// cancel), then takes what is ready and waits at most `batch_wait` for the rest.
     async fn collect(
         &mut self,
         cancel: &CancellationToken,
+        first_wait: Duration,
     ) -> Result<Vec<jetstream::Message>, ProjectorError> {
         let batch_size = self.batch_size;
         let batch_wait = self.batch_wait;
         let consumer = self.open_consumer().await?;
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(Vec::new()),
-            next = tokio::time::timeout(IDLE_POLL, consumer.next()) => match next {
+            next = tokio::time::timeout(first_wait, consumer.next()) => match next {
                 Err(_) => return Ok(Vec::new()),
                 Ok(next) => next,
             },
@@ -271,136 +334,181 @@ impl<P: Projection> Projector<P> {
             }
         }
         if let Some(error) = failure {
-            // The consumer's position is now uncertain: start over from the checkpoint after
-            // committing what is in hand.
+            // The consumer's position is now uncertain: start over after the messages in hand.
             self.consumer = None;
             if batch.is_empty() {
                 return Err(error);
             }
-            tracing::debug!(%error, "consumer failed mid-batch; committing the messages in hand");
+            tracing::debug!(%error, "consumer failed mid-batch; keeping the messages in hand");
         }
         Ok(batch)
     }
 
-    /// One step: collect a batch, decode it, apply it with its dead letters and checkpoint in
-    /// one transaction, commit. On any error nothing is committed and the consumer restarts
-    /// from the checkpoint on the next step.
-    #[tracing::instrument(skip_all, fields(stream = self.projection.stream().name))]
+    /// Drops the consumer and everything not yet committed; the next step resumes at the
+    /// checkpoint.
+    fn rewind(&mut self) {
+        self.consumer = None;
+        self.position = self.checkpoint;
+    }
+
+    /// Waits for the commit in flight, if any, and records its checkpoint.
+    async fn finish_in_flight(&mut self) -> Result<Option<Committed>, ProjectorError> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(None);
+        };
+        let committed = match task.await {
+            Ok(result) => result?,
+            Err(join) => return Err(ProjectorError::bus("commit task", join)),
+        };
+        self.checkpoint = committed.checkpoint;
+        Ok(Some(committed))
+    }
+
+    /// Decodes collected messages into a batch, skipping any at or below `position`.
+    fn decode(
+        &mut self,
+        raw: Vec<jetstream::Message>,
+    ) -> Result<Option<Batch<P::Event>>, ProjectorError> {
+        let mut kept = Vec::with_capacity(raw.len());
+        let mut metas = Vec::with_capacity(raw.len());
+        for m in raw {
+            let info = m
+                .info()
+                .map_err(|e| ProjectorError::bus("reading message metadata", e))?;
+            if info.stream_sequence <= self.position {
+                continue; // already committed or in flight: a redelivery is a no-op
+            }
+            metas.push(Meta {
+                seq: info.stream_sequence,
+                published_ms: to_unix_ms(info.published),
+            });
+            kept.push(m);
+        }
+        let Some(first) = metas.first() else {
+            return Ok(None);
+        };
+        if first.seq > self.position + 1 && self.position > 0 {
+            tracing::warn!(
+                from = self.position + 1,
+                to = first.seq - 1,
+                "stream no longer holds these messages (retention); they were never projected"
+            );
+        }
+        let mut batch = Batch {
+            raw: kept,
+            metas,
+            events: Vec::new(),
+            origins: Vec::new(),
+            dead: Vec::new(),
+        };
+        batch.events.reserve(batch.raw.len());
+        batch.origins.reserve(batch.raw.len());
+        for i in 0..batch.raw.len() {
+            match self.projection.decode(&batch.message(i)) {
+                Ok(ev) => {
+                    batch.events.push(ev);
+                    batch.origins.push(i);
+                }
+                Err(reason) => batch.dead.push((i, reason)),
+            }
+        }
+        self.position = batch.last().seq;
+        Ok(Some(batch))
+    }
+
+    /// One step: collect and decode the next batch while the previous one commits, wait for
+    /// that commit, then start committing the new batch. On any error nothing uncommitted is
+    /// kept: the consumer restarts from the checkpoint on the next step.
+    #[tracing::instrument(skip_all, fields(stream = self.shared.stream.name))]
     pub async fn project_next_batch(
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Outcome, ProjectorError> {
         if cancel.is_cancelled() {
-            return Ok(Outcome::Stopped);
+            // Finish the commit in hand; collect nothing new.
+            let committed = self
+                .finish_in_flight()
+                .await
+                .inspect_err(|_| self.rewind())?;
+            return Ok(committed.map_or(Outcome::Stopped, Outcome::from));
         }
-        let raw = self.collect(cancel).await?;
-        if raw.is_empty() {
-            return Ok(if cancel.is_cancelled() {
-                Outcome::Stopped
-            } else {
-                Outcome::Idle
-            });
-        }
-        let mut messages = Vec::with_capacity(raw.len());
-        for m in &raw {
-            let info = match m.info() {
-                Ok(info) => info,
-                Err(e) => {
-                    self.consumer = None;
-                    return Err(ProjectorError::bus("reading message metadata", e));
-                }
-            };
-            if info.stream_sequence <= self.checkpoint {
-                continue; // already committed: a redelivery is a no-op
-            }
-            messages.push(Message {
-                seq: info.stream_sequence,
-                subject: m.subject.as_str(),
-                payload: &m.payload,
-                published_ms: to_unix_ms(info.published),
-            });
-        }
-        let Some(last) = messages.last().copied() else {
-            return Ok(Outcome::Applied {
-                messages: 0,
-                dead_lettered: 0,
-                checkpoint: self.checkpoint,
-            });
+        let first_wait = if self.in_flight.is_some() {
+            self.batch_wait
+        } else {
+            IDLE_POLL
         };
-        if let Some(first) = messages.first() {
-            if first.seq > self.checkpoint + 1 && self.checkpoint > 0 {
-                tracing::warn!(
-                    from = self.checkpoint + 1,
-                    to = first.seq - 1,
-                    "stream no longer holds these messages (retention); they were never projected"
-                );
-            }
+        let collected = self.collect(cancel, first_wait).await;
+        let committed = self
+            .finish_in_flight()
+            .await
+            .inspect_err(|_| self.rewind())?;
+        let raw = collected.inspect_err(|_| self.rewind())?;
+        let batch = self.decode(raw).inspect_err(|_| self.rewind())?;
+        let started = batch.as_ref().map_or(0, |b| b.raw.len());
+        if let Some(batch) = batch {
+            self.in_flight = Some(tokio::spawn(commit_task(
+                self.projection.clone(),
+                self.writer.clone(),
+                self.shared.clone(),
+                batch,
+            )));
         }
-
-        let mut events = Vec::with_capacity(messages.len());
-        let mut origins = Vec::with_capacity(messages.len());
-        let mut dead = Vec::new();
-        for (i, msg) in messages.iter().enumerate() {
-            match self.projection.decode(msg) {
-                Ok(ev) => {
-                    events.push(ev);
-                    origins.push(i);
-                }
-                Err(reason) => dead.push(DeadLetter { msg: *msg, reason }),
-            }
-        }
-
-        let result = commit(
-            &self.projection,
-            &self.writer,
-            &messages,
-            &events,
-            &origins,
-            &mut dead,
-            last,
-        )
-        .await;
-        if let Err(e) = result {
-            self.consumer = None;
-            return Err(e);
-        }
-        self.checkpoint = last.seq;
-        self.progress.send_replace(last.seq);
-        let n = messages.len();
-        self.counters
-            .messages
-            .fetch_add(n as u64, Ordering::Relaxed);
-        self.counters
-            .dead_letters
-            .fetch_add(dead.len() as u64, Ordering::Relaxed);
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        for d in &dead {
-            tracing::warn!(seq = d.msg.seq, subject = d.msg.subject, reason = %d.reason,
-                "message dead-lettered");
-        }
-        Ok(Outcome::Applied {
-            messages: n,
-            dead_lettered: dead.len(),
-            checkpoint: last.seq,
+        Ok(match committed {
+            Some(c) => Outcome::from(c),
+            None if started > 0 => Outcome::Started { messages: started },
+            None if cancel.is_cancelled() => Outcome::Stopped,
+            None => Outcome::Idle,
         })
     }
 }
 
-/// Applies a decoded batch with its dead letters and checkpoint in one transaction.
-/// Takes its parts rather than the projector so the future stays `Send` (the consumer is not
-/// `Sync`).
-async fn commit<'m, P: Projection>(
+impl From<Committed> for Outcome {
+    fn from(c: Committed) -> Self {
+        Outcome::Applied {
+            messages: c.messages,
+            dead_lettered: c.dead_lettered,
+            checkpoint: c.checkpoint,
+        }
+    }
+}
+
+/// Commits a batch, then publishes its checkpoint and counts it.
+async fn commit_task<P: Projection>(
+    projection: Arc<P>,
+    writer: SqlitePool,
+    shared: Arc<Shared>,
+    mut batch: Batch<P::Event>,
+) -> Result<Committed, ProjectorError> {
+    commit(&*projection, &writer, shared.stream.name, &mut batch).await?;
+    let last = batch.last().seq;
+    shared.progress.send_replace(last);
+    let c = &shared.counters;
+    c.messages
+        .fetch_add(batch.raw.len() as u64, Ordering::Relaxed);
+    c.dead_letters
+        .fetch_add(batch.dead.len() as u64, Ordering::Relaxed);
+    c.batches.fetch_add(1, Ordering::Relaxed);
+    for (i, reason) in &batch.dead {
+        let m = batch.message(*i);
+        tracing::warn!(stream = shared.stream.name, seq = m.seq, subject = m.subject, %reason,
+            "message dead-lettered");
+    }
+    Ok(Committed {
+        messages: batch.raw.len(),
+        dead_lettered: batch.dead.len(),
+        checkpoint: last,
+    })
+}
+
+/// Applies a batch with its dead letters and checkpoint in one transaction.
+async fn commit<P: Projection>(
     projection: &P,
     writer: &SqlitePool,
-    messages: &[Message<'m>],
-    events: &[P::Event],
-    origins: &[usize],
-    dead: &mut Vec<DeadLetter<'m>>,
-    last: Message<'m>,
+    stream: &str,
+    batch: &mut Batch<P::Event>,
 ) -> Result<(), ProjectorError> {
-    let stream = projection.stream().name;
     let mut tx = writer.begin().await?;
-    match projection.apply(&mut tx, events).await {
+    match projection.apply(&mut tx, &batch.events).await {
         Ok(()) => {}
         Err(e) if error::is_transient(&e) => return Err(e.into()),
         Err(e) => {
@@ -409,23 +517,21 @@ async fn commit<'m, P: Projection>(
             tracing::debug!(error = %e, "batch apply failed; isolating the bad events");
             tx.rollback().await?;
             tx = writer.begin().await?;
-            for (ev, &i) in events.iter().zip(origins) {
+            for (ev, &i) in batch.events.iter().zip(&batch.origins) {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
                 match projection.apply(&mut sp, std::slice::from_ref(ev)).await {
                     Ok(()) => sp.commit().await?,
                     Err(e) if error::is_transient(&e) => return Err(e.into()),
                     Err(e) => {
                         sp.rollback().await?;
-                        dead.push(DeadLetter {
-                            msg: messages[i],
-                            reason: format!("cannot apply: {e}"),
-                        });
+                        batch.dead.push((i, format!("cannot apply: {e}")));
                     }
                 }
             }
         }
     }
-    insert_dead_letters(&mut tx, stream, dead).await?;
+    insert_dead_letters(&mut tx, stream, batch).await?;
+    let last = batch.last();
     sqlx::query(
         "INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, ?) \
          ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq, \
@@ -440,23 +546,24 @@ async fn commit<'m, P: Projection>(
     Ok(())
 }
 
-async fn insert_dead_letters(
+async fn insert_dead_letters<E>(
     conn: &mut SqliteConnection,
     stream: &str,
-    dead: &[DeadLetter<'_>],
+    batch: &Batch<E>,
 ) -> sqlx::Result<()> {
     // 6 binds a row; stay well under SQLite's 32766 variables per statement.
-    for chunk in dead.chunks(1000) {
+    for chunk in batch.dead.chunks(1000) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO dead_letters (stream, seq, subject, reason, payload, received_at) ",
         );
-        q.push_values(chunk, |mut b, d| {
+        q.push_values(chunk, |mut b, (i, reason)| {
+            let m = batch.message(*i);
             b.push_bind(stream)
-                .push_bind(d.msg.seq as i64)
-                .push_bind(d.msg.subject)
-                .push_bind(d.reason.as_str())
-                .push_bind(d.msg.payload)
-                .push_bind(d.msg.published_ms);
+                .push_bind(m.seq as i64)
+                .push_bind(m.subject)
+                .push_bind(reason.as_str())
+                .push_bind(m.payload)
+                .push_bind(m.published_ms);
         });
         q.build().execute(&mut *conn).await?;
     }
