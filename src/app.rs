@@ -131,7 +131,11 @@ async fn supervise<P: Projection>(
 ) {
     let mut attempt: u32 = 0;
     loop {
-        match streams::provision(&js, provisioning).await {
+        let provisioned = tokio::select! {
+            _ = cancel.cancelled() => return,
+            result = streams::provision(&js, provisioning) => result,
+        };
+        match provisioned {
             Ok(()) => break,
             Err(error) => {
                 let delay = Duration::from_millis((200u64 << attempt.min(5)).min(5_000));

@@ -302,7 +302,12 @@ impl<P: Projection> Projector<P> {
     ) -> Result<Vec<jetstream::Message>, ProjectorError> {
         let batch_size = self.batch_size;
         let batch_wait = self.batch_wait;
-        let consumer = self.open_consumer().await?;
+        // Creating a consumer is a request that can wait out a timeout while NATS is away;
+        // shutdown must not wait for it.
+        let consumer = tokio::select! {
+            _ = cancel.cancelled() => return Ok(Vec::new()),
+            consumer = self.open_consumer() => consumer?,
+        };
         let first = tokio::select! {
             _ = cancel.cancelled() => return Ok(Vec::new()),
             next = tokio::time::timeout(first_wait, consumer.next()) => match next {
