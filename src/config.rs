@@ -78,7 +78,7 @@ pub struct Settings {
     #[arg(long, env = "ORRERY_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
     /// Serve the API without authentication (local development only) [default: false].
-    #[arg(long, env = "ORRERY_INSECURE_NO_AUTH")]
+    #[arg(long, env = "ORRERY_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_no_auth: Option<bool>,
 
     /// Most messages applied in one SQLite transaction [default: 4096].
@@ -352,6 +352,13 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let text = include_str!("../orrery.example.toml");
+        let file: Settings = toml::from_str(text).unwrap();
+        assert_eq!(file.batch_size, Some(4096));
     }
 
     #[test]

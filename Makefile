@@ -1,0 +1,29 @@
+# The two commands of the README: `make run` and `make test`.
+.PHONY: run test check nats-server bench clean
+
+## Run the daemon on its defaults, with a local JetStream-enabled nats-server.
+run:
+	scripts/run-local.sh
+
+## Run the whole test suite against a real nats-server (installed when missing).
+test:
+	nats=$$(scripts/ensure-nats-server.sh) && ORRERY_NATS_SERVER="$$nats" cargo test --all-targets
+
+## Formatting and lints, as CI runs them.
+check:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## Install nats-server into .tools/nats if none suitable is on PATH.
+nats-server:
+	@scripts/ensure-nats-server.sh
+
+## The ingest benchmark of the README (a private nats-server, 200k events).
+bench:
+	cargo build --release --quiet
+	nats=$$(scripts/ensure-nats-server.sh) && ORRERY_NATS_SERVER="$$nats" \
+	  target/release/orrery bench ingest --events 200000
+
+clean:
+	cargo clean
+	rm -rf .tools .orrery
