@@ -18,6 +18,59 @@ use crate::db;
 use crate::projections::results::ResultsProjection;
 use crate::projector::{Outcome, Projector};
 
+/// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux configuration that matters here.
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU cost of one phase, in microseconds per event.
+#[derive(Debug, Serialize, Default, Clone, Copy)]
+pub struct CpuCost {
+    /// This process (decode, SQLite, client).
+    pub orrery_us: f64,
+    /// The private nats-server, when the bench started one.
+    pub nats_server_us: Option<f64>,
+}
+
+/// Measures CPU used by this process and, optionally, the nats-server across a phase.
+struct CpuMeter {
+    nats_pid: Option<u32>,
+    start_self: Option<f64>,
+    start_nats: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(nats_pid: Option<u32>) -> Self {
+        Self {
+            nats_pid,
+            start_self: cpu_seconds(None),
+            start_nats: nats_pid.and_then(|p| cpu_seconds(Some(p))),
+        }
+    }
+
+    fn per_event(&self, events: u64) -> CpuCost {
+        let per =
+            |start: Option<f64>, now: Option<f64>| Some((now? - start?) * 1e6 / events as f64);
+        CpuCost {
+            orrery_us: per(self.start_self, cpu_seconds(None)).unwrap_or(f64::NAN),
+            nats_server_us: self
+                .nats_pid
+                .and_then(|p| per(self.start_nats, cpu_seconds(Some(p)))),
+        }
+    }
+}
+
 /// Figures of one `bench ingest` run.
 #[derive(Debug, Serialize)]
 pub struct IngestReport {
@@ -35,6 +88,10 @@ pub struct IngestReport {
     pub batch_size: usize,
     /// Rows found in `execution_results` afterwards (must equal `events`).
     pub rows: u64,
+    /// CPU per event while consuming raw.
+    pub raw_cpu: CpuCost,
+    /// CPU per event while catching up.
+    pub catchup_cpu: CpuCost,
 }
 
 fn eps(n: u64, d: Duration) -> f64 {
@@ -101,6 +158,7 @@ async fn raw_consume(js: &jetstream::Context, from: u64, to: u64) -> anyhow::Res
 /// Runs the ingest benchmark against `nats_url` (RESULTS is created if missing).
 pub async fn ingest(
     nats_url: &str,
+    nats_pid: Option<u32>,
     events: u64,
     batch_size: usize,
 ) -> anyhow::Result<IngestReport> {
@@ -141,7 +199,9 @@ pub async fn ingest(
         );
     }
 
+    let meter = CpuMeter::start(nats_pid);
     let raw_time = raw_consume(&js, before + 1, last).await?;
+    let raw_cpu = meter.per_event(events);
 
     let dir = tempfile::tempdir()?;
     let db = db::open(&dir.path().join("bench.db"), 1).await?;
@@ -159,6 +219,7 @@ pub async fn ingest(
     )
     .await?;
     let cancel = CancellationToken::new();
+    let meter = CpuMeter::start(nats_pid);
     let started = Instant::now();
     while projector.checkpoint() < last {
         if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
@@ -169,6 +230,7 @@ pub async fn ingest(
         }
     }
     let catchup_time = started.elapsed();
+    let catchup_cpu = meter.per_event(events);
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
         .fetch_one(&db.writer)
         .await?;
@@ -184,6 +246,8 @@ pub async fn ingest(
         ratio: catchup / raw,
         batch_size,
         rows: rows as u64,
+        raw_cpu,
+        catchup_cpu,
     })
 }
 
@@ -215,6 +279,16 @@ impl std::fmt::Display for IngestReport {
             "  {:<34} {:>11.0}%",
             "catch-up / ceiling",
             self.ratio * 100.0
+        )?;
+        let cpu = |c: &CpuCost| match c.nats_server_us {
+            Some(n) => format!("{:.2} µs orrery + {n:.2} µs nats-server", c.orrery_us),
+            None => format!("{:.2} µs orrery", c.orrery_us),
+        };
+        writeln!(f, "  CPU per event, raw consumer: {}", cpu(&self.raw_cpu))?;
+        writeln!(
+            f,
+            "  CPU per event, catch-up:     {}",
+            cpu(&self.catchup_cpu)
         )?;
         write!(f, "  rows projected: {}", self.rows)
     }

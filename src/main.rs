@@ -157,7 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Some(orrery::natsd::NatsServer::start()?),
             };
             let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
-            let report = orrery::bench::ingest(&url, events, batch_size).await?;
+            let pid = private.as_ref().map(|n| n.pid());
+            let report = orrery::bench::ingest(&url, pid, events, batch_size).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -96,6 +96,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server (SIGKILL) and waits for it, keeping its store.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

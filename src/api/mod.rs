@@ -15,7 +15,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::routing::get;
 use axum::Router;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::db::Db;
 use crate::projector::Progress;
@@ -58,9 +58,13 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             // The span names the path only: query strings may carry credentials.
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
-            }),
+            // 5xx answers such as /ready's 503 are expected states, not operator alarms; real
+            // internal errors are logged by `ApiError` itself.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<_>| {
+                    tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .with_state(state)
 }
