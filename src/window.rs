@@ -80,9 +80,32 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     OffsetDateTime::parse(s, &Rfc3339).ok().map(to_unix_ms)
 }
 
-/// Unix milliseconds of an instant.
+/// Unix milliseconds of an instant (without 128-bit division: this runs once per message).
 pub fn to_unix_ms(t: OffsetDateTime) -> i64 {
-    (t.unix_timestamp_nanos() / 1_000_000) as i64
+    t.unix_timestamp() * 1_000 + i64::from(t.millisecond())
+}
+
+/// An RFC 3339 timestamp field, decoded straight to Unix milliseconds from the borrowed JSON
+/// string, so event decoding allocates nothing for times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnixMs(pub i64);
+
+impl<'de> serde::Deserialize<'de> for UnixMs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = UnixMs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an RFC 3339 time such as 2026-11-22T10:00:00Z")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<UnixMs, E> {
+                parse_rfc3339_ms(v)
+                    .map(UnixMs)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 /// Formats Unix milliseconds as RFC 3339 UTC with millisecond precision.
@@ -128,6 +151,17 @@ mod tests {
             parse_duration("9999999999999999d"),
             Err(DurationError::Overflow)
         );
+    }
+
+    #[test]
+    fn unix_ms_fields_decode_from_json_strings_only() {
+        let v: UnixMs = serde_json::from_str(r#""1970-01-01T00:00:01.5Z""#).unwrap();
+        assert_eq!(v, UnixMs(1_500));
+        let pre_epoch: UnixMs = serde_json::from_str(r#""1969-12-31T23:59:59.250Z""#).unwrap();
+        assert_eq!(pre_epoch, UnixMs(-750));
+        for bad in [r#""noon""#, "12", "null", r#""2026-13-01T00:00:00Z""#] {
+            assert!(serde_json::from_str::<UnixMs>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

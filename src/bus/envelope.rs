@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::window::parse_rfc3339_ms;
+use crate::window::UnixMs;
 
 /// Longest envelope id accepted.
 pub const MAX_ID_LEN: usize = 256;
@@ -18,9 +18,9 @@ pub struct Envelope<'a, D> {
     /// Event id; also the `Nats-Msg-Id` the publisher sent.
     #[serde(borrow)]
     pub id: Cow<'a, str>,
-    /// Event time as RFC 3339, when the publisher set one.
-    #[serde(default, borrow)]
-    pub time: Option<Cow<'a, str>>,
+    /// Event time, when the publisher set one.
+    #[serde(default)]
+    pub time: Option<UnixMs>,
     /// The event body.
     pub data: D,
 }
@@ -47,16 +47,9 @@ fn finish<D>(env: Envelope<'_, D>) -> Result<Decoded<'_, D>, String> {
     if env.id.is_empty() || env.id.len() > MAX_ID_LEN {
         return Err(format!("envelope id must be 1 to {MAX_ID_LEN} characters"));
     }
-    let time_ms = match env.time.as_deref() {
-        None => None,
-        Some(t) => Some(
-            parse_rfc3339_ms(t)
-                .ok_or_else(|| format!("envelope time `{t:.40}` is not RFC 3339"))?,
-        ),
-    };
     Ok(Decoded {
         id: env.id,
-        time_ms,
+        time_ms: env.time.map(|t| t.0),
         data: env.data,
     })
 }

@@ -10,6 +10,7 @@ use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::projector::{Message, Projection};
+use crate::window::UnixMs;
 
 /// Longest `result_id` / `job_id` accepted.
 pub const MAX_ID_LEN: usize = 256;
@@ -25,9 +26,9 @@ struct ResultData {
     #[serde(default)]
     success: Option<bool>,
     #[serde(default)]
-    started_at: Option<String>,
+    started_at: Option<UnixMs>,
     #[serde(default)]
-    finished_at: Option<String>,
+    finished_at: Option<UnixMs>,
 }
 
 /// A validated execution result.
@@ -53,15 +54,6 @@ pub struct ResultEvent {
     pub recorded_at: i64,
     /// Stream sequence.
     pub seq: u64,
-}
-
-fn time_field(name: &str, value: Option<&str>) -> Result<Option<i64>, String> {
-    value
-        .map(|v| {
-            crate::window::parse_rfc3339_ms(v)
-                .ok_or_else(|| format!("data.{name} `{v:.40}` is not an RFC 3339 time"))
-        })
-        .transpose()
 }
 
 /// Validates one result message.
@@ -92,8 +84,8 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
         (None, Some(code)) => code == 0,
         (None, None) => return Err("data needs `success` or `exit_code`".into()),
     };
-    let started_at = time_field("started_at", d.started_at.as_deref())?;
-    let finished_at = time_field("finished_at", d.finished_at.as_deref())?;
+    let started_at = d.started_at.map(|t| t.0);
+    let finished_at = d.finished_at.map(|t| t.0);
     Ok(ResultEvent {
         result_id: d.result_id,
         kind: kind.to_owned(),
