@@ -241,3 +241,41 @@ async fn health_is_liveness_and_ready_follows_the_bus() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_drifted_stream_is_left_as_the_operator_configured_it() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    // An operator's RESULTS stream: memory storage, one hour of retention.
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "RESULTS".into(),
+        subjects: vec!["result.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        max_age: Duration::from_secs(3600),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let app = spawn_app(&nats).await;
+    wait_until(Duration::from_secs(10), "the other streams", || async {
+        js.get_stream("COMMANDS").await.is_ok()
+    })
+    .await;
+    let info = js.get_stream("RESULTS").await.unwrap();
+    let config = &info.cached_info().config;
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::Memory
+    );
+    assert_eq!(config.max_age, Duration::from_secs(3600));
+
+    // It is still projected.
+    publish_result(
+        &js,
+        "result.job.a1",
+        serde_json::json!({"result_id": "r1", "success": false, "finished_at": ago(Duration::ZERO)}),
+    )
+    .await;
+    app.wait_caught_up().await;
+    assert_eq!(app.count("success=false").await, 1);
+}
