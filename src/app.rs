@@ -13,12 +13,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::sse::StreamLimits;
 use crate::api::{self, auth::Authenticator, AppState};
 use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
+use crate::live::Hub;
 use crate::projections::results::ResultsProjection;
-use crate::projector::{Progress, Projection, Projector};
+use crate::projections::topology::TopologyProjection;
+use crate::projector::{load_checkpoint, Progress, Projector};
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
 /// How long in-flight HTTP requests get to finish after shutdown starts.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
@@ -51,16 +56,35 @@ impl Application {
         )
         .await
         .context("loading checkpoints")?;
-        let projections: Arc<[Progress]> = vec![results.progress()].into();
+        let topology_start = load_checkpoint(&db.writer, streams::TOPOLOGY.name).await?;
+        let hub = Arc::new(Hub::new(
+            config.sse.replay_events,
+            config.sse.client_queue,
+            topology_start,
+        ));
+        let topology = Projector::new(
+            TopologyProjection::new(hub.clone()),
+            js.clone(),
+            db.writer.clone(),
+            config.batch_size,
+            config.batch_wait,
+        )
+        .await
+        .context("loading checkpoints")?;
+        let projections: Arc<[Progress]> = vec![results.progress(), topology.progress()].into();
 
         let provisioning = streams::Provisioning {
             replicas: config.stream_replicas,
             max_age: config.stream_max_age,
         };
+        let runs = vec![
+            results.run(cancel.clone()).boxed(),
+            topology.run(cancel.clone()).boxed(),
+        ];
         let background = vec![tokio::spawn(supervise(
             js.clone(),
             provisioning,
-            results,
+            runs,
             cancel.clone(),
         ))];
 
@@ -71,7 +95,16 @@ impl Application {
             auth: Arc::new(Authenticator::new(config.jwt_secret.as_ref())),
             projections,
             ready_max_lag: config.ready_max_lag,
-            bus_timeout: Duration::from_secs(2),
+            bus_timeout: Duration::from_secs(5),
+            hub,
+            tickets: Arc::default(),
+            limits: Arc::new(StreamLimits::new(
+                config.sse.max_per_user,
+                config.sse.max_connections,
+            )),
+            sse: config.sse,
+            mutation_wait: config.mutation_wait,
+            shutdown: cancel.clone(),
         };
         let listener = TcpListener::bind(config.listen)
             .await
@@ -79,7 +112,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         Ok(Self {
             listener,
-            router: api::router(state),
+            router: api::router(state, &config.cors_origins),
             port,
             db,
             cancel,
@@ -122,11 +155,11 @@ impl Application {
     }
 }
 
-/// Provisions streams (retrying until the bus answers), then runs the projector.
-async fn supervise<P: Projection>(
+/// Provisions streams (retrying until the bus answers), then runs the projectors.
+async fn supervise(
     js: jetstream::Context,
     provisioning: streams::Provisioning,
-    projector: Projector<P>,
+    runs: Vec<BoxFuture<'static, ()>>,
     cancel: CancellationToken,
 ) {
     let mut attempt: u32 = 0;
@@ -149,5 +182,5 @@ async fn supervise<P: Projection>(
             }
         }
     }
-    projector.run(cancel).await;
+    futures::future::join_all(runs).await;
 }

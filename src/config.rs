@@ -91,6 +91,28 @@ pub struct Settings {
     #[arg(long, env = "ORRERY_READY_MAX_LAG")]
     pub ready_max_lag: Option<u64>,
 
+    /// SSE keepalive comment interval, seconds [default: 15].
+    #[arg(long, env = "ORRERY_SSE_KEEPALIVE_SECS")]
+    pub sse_keepalive_secs: Option<u64>,
+    /// Concurrent SSE streams one user (token `sub`) may hold; more get 429 [default: 5].
+    #[arg(long, env = "ORRERY_SSE_MAX_STREAMS_PER_USER")]
+    pub sse_max_streams_per_user: Option<usize>,
+    /// Concurrent SSE streams in all; more get 503 with Retry-After [default: 10000].
+    #[arg(long, env = "ORRERY_SSE_MAX_CONNECTIONS")]
+    pub sse_max_connections: Option<usize>,
+    /// Events an SSE client may fall behind before it is told to resync [default: 1024].
+    #[arg(long, env = "ORRERY_SSE_CLIENT_QUEUE")]
+    pub sse_client_queue: Option<usize>,
+    /// Recent events kept per topology for `Last-Event-ID` resumes [default: 1000].
+    #[arg(long, env = "ORRERY_SSE_REPLAY_EVENTS")]
+    pub sse_replay_events: Option<usize>,
+    /// Origins allowed by CORS, comma separated (e.g. https://dash.example) [default: none].
+    #[arg(long, env = "ORRERY_CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+    /// Longest wait of `POST …/mutations?wait=true` for the projection, in ms [default: 5000].
+    #[arg(long, env = "ORRERY_MUTATION_WAIT_MS")]
+    pub mutation_wait_ms: Option<u64>,
+
     /// Log format: `text` or `json` [default: text]. Levels follow RUST_LOG.
     #[arg(long, env = "ORRERY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -119,8 +141,29 @@ pub struct Config {
     pub batch_wait: Duration,
     /// Readiness lag threshold.
     pub ready_max_lag: u64,
+    /// Live stream limits and timing.
+    pub sse: SseConfig,
+    /// CORS allowed origins (empty: no CORS headers).
+    pub cors_origins: Vec<String>,
+    /// `?wait=true` bound.
+    pub mutation_wait: Duration,
     /// `true` for JSON logs.
     pub log_json: bool,
+}
+
+/// Limits of the SSE endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct SseConfig {
+    /// Keepalive comment interval.
+    pub keepalive: Duration,
+    /// Streams per user.
+    pub max_per_user: usize,
+    /// Streams in all.
+    pub max_connections: usize,
+    /// Per-client queue before resync.
+    pub client_queue: usize,
+    /// Events retained per topology for resumes.
+    pub replay_events: usize,
 }
 
 /// NATS connection options.
@@ -206,6 +249,13 @@ impl Settings {
                 batch_size,
                 batch_wait_ms,
                 ready_max_lag,
+                sse_keepalive_secs,
+                sse_max_streams_per_user,
+                sse_max_connections,
+                sse_client_queue,
+                sse_replay_events,
+                cors_origins,
+                mutation_wait_ms,
                 log_format,
             );
         }
@@ -289,6 +339,23 @@ impl Settings {
             batch_size,
             batch_wait: Duration::from_millis(self.batch_wait_ms.unwrap_or(20)),
             ready_max_lag: self.ready_max_lag.unwrap_or(10_000),
+            sse: SseConfig {
+                keepalive: Duration::from_secs(self.sse_keepalive_secs.unwrap_or(15).max(1)),
+                max_per_user: self.sse_max_streams_per_user.unwrap_or(5).max(1),
+                max_connections: self.sse_max_connections.unwrap_or(10_000).max(1),
+                client_queue: self.sse_client_queue.unwrap_or(1024).max(1),
+                replay_events: self.sse_replay_events.unwrap_or(1000).max(1),
+            },
+            cors_origins: self
+                .cors_origins
+                .as_deref()
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
             log_json,
         })
     }

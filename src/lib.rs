@@ -12,6 +12,7 @@ pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod live;
 pub mod natsd;
 pub mod projections;
 pub mod projector;

@@ -10,11 +10,14 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
+use crate::live::Hub;
 use crate::projections::results::ResultsProjection;
+use crate::projections::topology::TopologyProjection;
 use crate::projector::{self, Outcome, Projection, Projector};
+use std::sync::Arc;
 
 /// Streams that have a projection today.
-pub const PROJECTED: [&str; 1] = [streams::RESULTS.name];
+pub const PROJECTED: [&str; 2] = [streams::RESULTS.name, streams::TOPOLOGY.name];
 
 /// Resets and replays `stream` (or every projected stream); returns messages replayed.
 pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u64> {
@@ -32,6 +35,11 @@ pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u6
     let mut total = 0;
     if stream.is_none_or(|s| s == streams::RESULTS.name) {
         total += replay(ResultsProjection, &js, &db, config).await?;
+    }
+    if stream.is_none_or(|s| s == streams::TOPOLOGY.name) {
+        // Nobody listens during a rebuild; the hub only satisfies the projection.
+        let hub = Arc::new(Hub::new(1, 1, 0));
+        total += replay(TopologyProjection::new(hub), &js, &db, config).await?;
     }
     db.close().await;
     Ok(total)

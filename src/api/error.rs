@@ -36,6 +36,15 @@ pub enum ApiError {
     /// A dependency (bus, database) is not available right now.
     #[error("{0}")]
     Unavailable(String),
+    /// The caller holds too many of something (429).
+    #[error("{0}")]
+    TooMany(String),
+    /// The server is at capacity; try again shortly (503 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
+    /// The request body is over the limit.
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
     /// A bug or an I/O failure; details go to the log, not the client.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -63,7 +72,9 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::InvalidParam { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,12 +103,20 @@ impl IntoResponse for ApiError {
                     Self::Forbidden(_) => "forbidden",
                     Self::NotFound(_) => "not_found",
                     Self::BadRequest(_) => "bad_request",
+                    Self::TooMany(_) => "too_many_requests",
+                    Self::Busy(_) => "busy",
+                    Self::TooLarge(_) => "payload_too_large",
                     _ => "unavailable",
                 };
                 json!({"error": code, "message": other.to_string()})
             }
         };
         let mut response = (status, Json(body)).into_response();
+        if matches!(self, Self::Busy(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -6,6 +6,8 @@ pub mod error;
 pub mod health;
 pub mod params;
 pub mod results;
+pub mod sse;
+pub mod topologies;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +15,10 @@ use std::time::Duration;
 use async_nats::jetstream;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
-use axum::routing::get;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::routing::{get, post};
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::db::Db;
@@ -42,14 +46,50 @@ pub struct AppState {
     pub ready_max_lag: u64,
     /// How long a bus look-up from a request may take.
     pub bus_timeout: Duration,
+    /// Live fan-out of committed topology events.
+    pub hub: Arc<crate::live::Hub>,
+    /// SSE tickets.
+    pub tickets: Arc<sse::Tickets>,
+    /// SSE stream caps.
+    pub limits: Arc<sse::StreamLimits>,
+    /// SSE timing and limits.
+    pub sse: crate::config::SseConfig,
+    /// `?wait=true` bound for enqueued mutations.
+    pub mutation_wait: Duration,
+    /// Fires at shutdown; open streams end on it.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// Builds the whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// Builds the whole HTTP surface; `cors_origins` empty means no CORS headers.
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let api = Router::new()
         .route("/results/stats", get(results::stats))
-        .route("/dead-letters", get(dead_letters::list));
+        .route("/dead-letters", get(dead_letters::list))
+        .route("/topologies", get(topologies::list))
+        .route("/topologies/{tid}", get(topologies::get))
+        .route(
+            "/topologies/{tid}/mutations",
+            get(topologies::mutations).post(topologies::enqueue),
+        )
+        .route("/topologies/{tid}/events", get(sse::events))
+        .route("/auth/sse-ticket", post(sse::ticket));
+    let cors = (!cors_origins.is_empty()).then(|| {
+        let origins: Vec<HeaderValue> = cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("last-event-id"),
+            ])
+    });
     Router::new()
+        .route("/topologies/{tid}/events", get(sse::events))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
@@ -66,5 +106,6 @@ pub fn router(state: AppState) -> Router {
                 })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        .layer(tower::util::option_layer(cors))
         .with_state(state)
 }

@@ -1,3 +1,4 @@
 //! One module per read model: events in, SQL out, nothing else.
 
 pub mod results;
+pub mod topology;

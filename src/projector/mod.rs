@@ -64,6 +64,10 @@ pub trait Projection: Send + Sync + 'static {
         events: &[Self::Event],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// Called after a batch's transaction committed, in stream order, with the events it
+    /// applied; the place to notify live listeners. Must not block.
+    fn committed(&self, _events: &[Self::Event]) {}
+
     /// Deletes every row this projection wrote (for `orrery rebuild`).
     fn reset(&self, conn: &mut SqliteConnection) -> impl Future<Output = sqlx::Result<()>> + Send;
 }
@@ -185,10 +189,13 @@ pub struct Projector<P: Projection> {
 }
 
 /// Loads a stream's committed checkpoint (0 when it has none).
-pub async fn load_checkpoint(pool: &SqlitePool, stream: &str) -> sqlx::Result<u64> {
+pub async fn load_checkpoint<'e>(
+    executor: impl sqlx::SqliteExecutor<'e>,
+    stream: &str,
+) -> sqlx::Result<u64> {
     let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM checkpoints WHERE stream = ?")
         .bind(stream)
-        .fetch_optional(pool)
+        .fetch_optional(executor)
         .await?;
     Ok(seq.unwrap_or(0) as u64)
 }
@@ -409,7 +416,13 @@ impl<P: Projection> Projector<P> {
         batch.events.reserve(batch.raw.len());
         batch.origins.reserve(batch.raw.len());
         for i in 0..batch.raw.len() {
-            match self.projection.decode(&batch.message(i)) {
+            let msg = batch.message(i);
+            // A decoder bug must cost one dead letter, not the whole projection.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.projection.decode(&msg)
+            }))
+            .unwrap_or_else(|_| Err("the decoder panicked on this message".to_owned()));
+            match decoded {
                 Ok(ev) => {
                     batch.events.push(ev);
                     batch.origins.push(i);
@@ -485,6 +498,7 @@ async fn commit_task<P: Projection>(
     mut batch: Batch<P::Event>,
 ) -> Result<Committed, ProjectorError> {
     commit(&*projection, &writer, shared.stream.name, &mut batch).await?;
+    projection.committed(&batch.events);
     let last = batch.last().seq;
     shared.progress.send_replace(last);
     let c = &shared.counters;
@@ -522,17 +536,27 @@ async fn commit<P: Projection>(
             tracing::debug!(error = %e, "batch apply failed; isolating the bad events");
             tx.rollback().await?;
             tx = writer.begin().await?;
+            let mut applied = Vec::with_capacity(batch.events.len());
             for (ev, &i) in batch.events.iter().zip(&batch.origins) {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
                 match projection.apply(&mut sp, std::slice::from_ref(ev)).await {
-                    Ok(()) => sp.commit().await?,
+                    Ok(()) => {
+                        sp.commit().await?;
+                        applied.push(true);
+                    }
                     Err(e) if error::is_transient(&e) => return Err(e.into()),
                     Err(e) => {
                         sp.rollback().await?;
                         batch.dead.push((i, format!("cannot apply: {e}")));
+                        applied.push(false);
                     }
                 }
             }
+            // Only applied events may reach live listeners after the commit.
+            let mut keep = applied.iter();
+            batch.events.retain(|_| *keep.next().unwrap_or(&false));
+            let mut keep = applied.iter();
+            batch.origins.retain(|_| *keep.next().unwrap_or(&false));
         }
     }
     insert_dead_letters(&mut tx, stream, batch).await?;

@@ -1,0 +1,311 @@
+//! Topologies: the read model, and enqueueing mutations onto the bus.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use crate::api::auth::{Authorized, Operator, Viewer};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::params::Params;
+use crate::api::AppState;
+use crate::bus::{envelope, streams, subjects};
+use crate::projections::topology::STATES;
+use crate::window::{format_unix_ms, now_ms};
+
+/// Largest mutation request body.
+pub const MAX_MUTATION_BYTES: usize = 64 * 1024;
+/// Longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Namespace of mutation ids derived from idempotency keys.
+const IDEMPOTENCY_NS: uuid::Uuid = uuid::uuid!("3a0e5c4e-6a57-4f4e-9a43-5b8f2d1c7e90");
+
+const MUTATION_COLUMNS: &str = "topology_id, mutation_id, op, spec, actor, state, error, \
+                                enqueued_at, updated_at, seq";
+
+fn opt_time(ms: Option<i64>) -> Value {
+    ms.map_or(Value::Null, |m| Value::String(format_unix_ms(m)))
+}
+
+/// A mutation row as JSON (`spec` as the object it was sent as).
+pub fn mutation_json(r: &SqliteRow) -> Value {
+    let spec = r
+        .get::<Option<String>, _>("spec")
+        .and_then(|s| RawValue::from_string(s).ok());
+    json!({
+        "topology_id": r.get::<String, _>("topology_id"),
+        "mutation_id": r.get::<String, _>("mutation_id"),
+        "op": r.get::<Option<String>, _>("op"),
+        "spec": spec,
+        "actor": r.get::<Option<String>, _>("actor"),
+        "state": r.get::<String, _>("state"),
+        "error": r.get::<Option<String>, _>("error"),
+        "enqueued_at": opt_time(r.get("enqueued_at")),
+        "updated_at": format_unix_ms(r.get("updated_at")),
+        "seq": r.get::<i64, _>("seq"),
+    })
+}
+
+/// The topology row, or `None` when no event for it was projected.
+pub async fn topology_json(conn: &mut SqliteConnection, tid: &str) -> sqlx::Result<Option<Value>> {
+    let row =
+        sqlx::query("SELECT id, name, status, updated_at, last_seq FROM topologies WHERE id = ?")
+            .bind(tid)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|r| {
+        json!({
+            "id": r.get::<String, _>("id"),
+            "name": r.get::<Option<String>, _>("name"),
+            "status": r.get::<Option<String>, _>("status"),
+            "updated_at": format_unix_ms(r.get("updated_at")),
+            "last_seq": r.get::<i64, _>("last_seq"),
+        })
+    }))
+}
+
+/// In-flight (enqueued or applying) mutations of a topology, oldest first.
+pub async fn in_flight(conn: &mut SqliteConnection, tid: &str) -> sqlx::Result<Vec<Value>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {MUTATION_COLUMNS} FROM topology_mutations \
+         WHERE topology_id = ? AND state IN ('enqueued', 'applying') ORDER BY seq"
+    ))
+    .bind(tid)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.iter().map(mutation_json).collect())
+}
+
+fn topology_id(tid: &str) -> ApiResult<()> {
+    if subjects::is_token(tid) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!(
+            "topology (ids are {})",
+            subjects::TOKEN_FORM
+        )))
+    }
+}
+
+/// `GET /api/v1/topologies?limit=`: every topology with its status and in-flight count.
+pub async fn list(
+    _: Viewer,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let limit = Params::parse(query.as_deref()).int("limit", 1, 1000, 100)?;
+    let rows = sqlx::query(
+        "SELECT t.id, t.name, t.status, t.updated_at, t.last_seq, \
+         (SELECT COUNT(*) FROM topology_mutations m WHERE m.topology_id = t.id \
+          AND m.state IN ('enqueued', 'applying')) AS in_flight \
+         FROM topologies t ORDER BY t.id LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<String, _>("id"),
+                "name": r.get::<Option<String>, _>("name"),
+                "status": r.get::<Option<String>, _>("status"),
+                "updated_at": format_unix_ms(r.get("updated_at")),
+                "last_seq": r.get::<i64, _>("last_seq"),
+                "in_flight": r.get::<i64, _>("in_flight"),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// `GET /api/v1/topologies/<tid>`: the topology with its in-flight mutations.
+pub async fn get(
+    _: Viewer,
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+) -> ApiResult<Json<Value>> {
+    topology_id(&tid)?;
+    let mut tx = state.db.readers.begin().await?;
+    let Some(mut topology) = topology_json(&mut tx, &tid).await? else {
+        return Err(ApiError::NotFound("topology".into()));
+    };
+    topology["in_flight"] = Value::Array(in_flight(&mut tx, &tid).await?);
+    tx.commit().await?;
+    Ok(Json(topology))
+}
+
+/// `GET /api/v1/topologies/<tid>/mutations?state=&limit=`: newest first.
+pub async fn mutations(
+    _: Viewer,
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let wanted = params.get("state")?;
+    if wanted.is_some_and(|s| !STATES.contains(&s)) {
+        return Err(ApiError::invalid(
+            "state",
+            format!("one of {}", STATES.join(", ")),
+        ));
+    }
+    let limit = params.int("limit", 1, 500, 100)?;
+    topology_id(&tid)?;
+    let mut tx = state.db.readers.begin().await?;
+    if topology_json(&mut tx, &tid).await?.is_none() {
+        return Err(ApiError::NotFound("topology".into()));
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT {MUTATION_COLUMNS} FROM topology_mutations \
+         WHERE topology_id = ?1 AND (?2 IS NULL OR state = ?2) ORDER BY seq DESC LIMIT ?3"
+    ))
+    .bind(&tid)
+    .bind(wanted)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let items: Vec<Value> = rows.iter().map(mutation_json).collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMutation<'a> {
+    op: String,
+    #[serde(borrow)]
+    spec: &'a RawValue,
+}
+
+/// `POST /api/v1/topologies/<tid>/mutations` `{"op","spec"}`: publishes
+/// `topology.<tid>.mutation.enqueued` and answers 202 `{"mutation_id","seq"}` after the
+/// publish ack. `Idempotency-Key` makes retries return the same mutation; `?wait=true`
+/// answers once the local projection has reached the event (bounded by a timeout).
+pub async fn enqueue(
+    Authorized(claims): Operator,
+    State(state): State<AppState>,
+    Path(tid): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let body = body.map_err(|_| ApiError::TooLarge(MAX_MUTATION_BYTES))?;
+    if body.len() > MAX_MUTATION_BYTES {
+        return Err(ApiError::TooLarge(MAX_MUTATION_BYTES));
+    }
+    if !subjects::is_token(&tid) {
+        return Err(ApiError::invalid("topology_id", subjects::TOKEN_FORM));
+    }
+    let wait = Params::parse(query.as_deref())
+        .bool("wait")?
+        .unwrap_or(false);
+    let request: NewMutation = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be {{\"op\": string, \"spec\": object}}: {e}"
+        ))
+    })?;
+    if !subjects::is_token(&request.op) {
+        return Err(ApiError::BadRequest(format!(
+            "op must be {}",
+            subjects::TOKEN_FORM
+        )));
+    }
+    if !request.spec.get().trim_start().starts_with('{') {
+        return Err(ApiError::BadRequest("spec must be a JSON object".into()));
+    }
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+                    ))
+                })?,
+        ),
+    };
+    // The same caller, topology and key always name the same mutation, on any replica.
+    let mutation_id = match key {
+        Some(k) => uuid::Uuid::new_v5(
+            &IDEMPOTENCY_NS,
+            format!("{}\n{tid}\n{k}", claims.sub).as_bytes(),
+        ),
+        None => uuid::Uuid::new_v4(),
+    }
+    .to_string();
+    if key.is_some() {
+        // Past JetStream's duplicate window, the read model remembers the first enqueue.
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT enqueued_seq FROM topology_mutations \
+             WHERE topology_id = ? AND mutation_id = ? AND enqueued_seq IS NOT NULL",
+        )
+        .bind(&tid)
+        .bind(&mutation_id)
+        .fetch_optional(&state.db.readers)
+        .await?;
+        if let Some(seq) = seq {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"mutation_id": mutation_id, "seq": seq, "duplicate": true})),
+            ));
+        }
+    }
+    let data = json!({
+        "mutation_id": mutation_id,
+        "op": request.op,
+        "spec": request.spec,
+        "actor": claims.sub,
+    });
+    let body = envelope::encode(
+        &mutation_id,
+        "mutation.enqueued",
+        "orrery/api",
+        &format_unix_ms(now_ms()),
+        &data,
+    );
+    let mut msg_headers = async_nats::HeaderMap::new();
+    msg_headers.insert("Nats-Msg-Id", mutation_id.as_str());
+    let subject = format!("topology.{tid}.mutation.enqueued");
+    let ack = async {
+        state
+            .js
+            .publish_with_headers(subject, msg_headers, body.into())
+            .await?
+            .await
+    };
+    let ack = tokio::time::timeout(state.bus_timeout, ack)
+        .await
+        .map_err(|_| ApiError::Unavailable("the bus did not acknowledge in time".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("publishing to the bus failed: {e}")))?;
+    let mut answer = json!({"mutation_id": mutation_id, "seq": ack.sequence});
+    if ack.duplicate {
+        answer["duplicate"] = Value::Bool(true);
+    }
+    if wait {
+        answer["projected"] = Value::Bool(wait_for(&state, ack.sequence).await);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Waits until the TOPOLOGY projection has committed `seq`; `false` on timeout.
+async fn wait_for(state: &AppState, seq: u64) -> bool {
+    let Some(progress) = state
+        .projections
+        .iter()
+        .find(|p| p.stream == streams::TOPOLOGY)
+    else {
+        return false;
+    };
+    let mut checkpoint = progress.checkpoint.clone();
+    tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
