@@ -100,7 +100,8 @@ pub struct Settings {
     /// Concurrent SSE streams in all; more get 503 with Retry-After [default: 10000].
     #[arg(long, env = "ORRERY_SSE_MAX_CONNECTIONS")]
     pub sse_max_connections: Option<usize>,
-    /// Events an SSE client may fall behind before it is told to resync [default: 1024].
+    /// Events an SSE client may fall behind before it is told to resync; keep it above the
+    /// most events one topology gets in one batch [default: 1024].
     #[arg(long, env = "ORRERY_SSE_CLIENT_QUEUE")]
     pub sse_client_queue: Option<usize>,
     /// Recent events kept per topology for `Last-Event-ID` resumes [default: 1000].

@@ -39,17 +39,32 @@ const MAX_TICKETS: usize = 100_000;
 const RETRY_HINT: Duration = Duration::from_secs(2);
 
 /// Single-use, short-lived credentials for EventSource URLs.
-#[derive(Default)]
 pub struct Tickets {
     issued: Mutex<HashMap<String, (Claims, Instant)>>,
+    ttl: Duration,
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Self::with_ttl(TICKET_TTL)
+    }
 }
 
 impl Tickets {
-    /// Issues a ticket standing for `claims` for [`TICKET_TTL`].
+    /// Tickets valid for `ttl` (the API uses [`TICKET_TTL`]).
+    pub fn with_ttl(ttl: Duration) -> Self {
+        Self {
+            issued: Mutex::default(),
+            ttl,
+        }
+    }
+
+    /// Issues a ticket standing for `claims`.
     pub fn issue(&self, claims: Claims) -> ApiResult<String> {
         let mut issued = self.issued.lock().expect("tickets lock");
         let now = Instant::now();
-        issued.retain(|_, (_, at)| now.duration_since(*at) < TICKET_TTL);
+        let ttl = self.ttl;
+        issued.retain(|_, (_, at)| now.duration_since(*at) < ttl);
         if issued.len() >= MAX_TICKETS {
             return Err(ApiError::Busy("too many outstanding tickets".into()));
         }
@@ -65,7 +80,7 @@ impl Tickets {
     /// Redeems a ticket once; `None` when unknown, used or expired.
     pub fn redeem(&self, ticket: &str) -> Option<Claims> {
         let (claims, at) = self.issued.lock().expect("tickets lock").remove(ticket)?;
-        (at.elapsed() < TICKET_TTL).then_some(claims)
+        (at.elapsed() < self.ttl).then_some(claims)
     }
 }
 
@@ -344,4 +359,44 @@ fn snapshot_event(seq: u64, body: &Value) -> Event {
         .event("snapshot")
         .id(seq.to_string())
         .data(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::Role;
+
+    fn claims(sub: &str) -> Claims {
+        Claims {
+            sub: sub.into(),
+            role: Role::Viewer,
+            exp: u64::MAX,
+        }
+    }
+
+    #[test]
+    fn tickets_are_single_use_and_expire() {
+        let tickets = Tickets::with_ttl(Duration::from_millis(50));
+        let t = tickets.issue(claims("a")).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(tickets.redeem(&t).unwrap().sub, "a");
+        assert!(tickets.redeem(&t).is_none(), "second use");
+        let old = tickets.issue(claims("b")).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(tickets.redeem(&old).is_none(), "expired");
+        assert!(tickets.redeem("made-up").is_none());
+    }
+
+    #[test]
+    fn stream_limits_count_per_user_and_in_all() {
+        let limits = Arc::new(StreamLimits::new(2, 3));
+        let a1 = limits.acquire("a").unwrap();
+        let _a2 = limits.acquire("a").unwrap();
+        assert!(matches!(limits.acquire("a"), Err(ApiError::TooMany(_))));
+        let _b1 = limits.acquire("b").unwrap();
+        assert!(matches!(limits.acquire("c"), Err(ApiError::Busy(_))));
+        drop(a1);
+        assert_eq!(limits.open(), 2);
+        let _a3 = limits.acquire("a").unwrap();
+    }
 }

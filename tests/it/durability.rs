@@ -18,9 +18,14 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(nats_url: &str, db: &Path, batch_size: usize) -> Self {
+        Self::spawn_with(nats_url, db, batch_size, &[])
+    }
+
+    fn spawn_with(nats_url: &str, db: &Path, batch_size: usize, env: &[(&str, &str)]) -> Self {
         let port = free_port().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
             .arg("serve")
+            .envs(env.iter().copied())
             .env("ORRERY_NATS_URL", nats_url)
             .env("ORRERY_DATABASE", db)
             .env("ORRERY_LISTEN", format!("127.0.0.1:{port}"))
@@ -39,6 +44,15 @@ impl Daemon {
     }
 
     async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
+        self.metric_for(http, name, "RESULTS").await
+    }
+
+    async fn metric_of(&self, http: &reqwest::Client, stream: &str) -> Option<u64> {
+        self.metric_for(http, "orrery_projection_checkpoint", stream)
+            .await
+    }
+
+    async fn metric_for(&self, http: &reqwest::Client, name: &str, stream: &str) -> Option<u64> {
         let text = http
             .get(format!("{}/metrics", self.address))
             .send()
@@ -47,7 +61,7 @@ impl Daemon {
             .text()
             .await
             .ok()?;
-        let prefix = format!("{name}{{stream=\"RESULTS\"}} ");
+        let prefix = format!("{name}{{stream=\"{stream}\"}} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&prefix))
             .and_then(|v| v.parse().ok())
@@ -356,4 +370,54 @@ async fn sigterm_exits_zero_promptly_while_the_bus_is_unreachable() {
     let url = format!("nats://127.0.0.1:{}", free_port().unwrap());
     let daemon = Daemon::spawn(&url, &dir.path().join("o.db"), 256);
     sigterm_and_expect_clean_exit(daemon, "/health").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_100_open_streams_ends_them_and_exits_promptly() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn_with(
+        &nats.url(),
+        &dir.path().join("o.db"),
+        256,
+        &[("ORRERY_SSE_MAX_STREAMS_PER_USER", "200")],
+    );
+    let http = reqwest::Client::new();
+    let js = jetstream(&nats).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon to be ready",
+        || async {
+            http.get(format!("{}/ready", daemon.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let seq = publish_topology(&js, "t", "status", json!({"status": "active"})).await;
+    wait_until(Duration::from_secs(20), "the topology", || async {
+        daemon.metric_of(&http, "TOPOLOGY").await == Some(seq)
+    })
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let res = open_stream(&http, &daemon.address, "t", "many", None).await;
+        let mut sse = SseClient::new(res);
+        assert_eq!(
+            sse.next(Duration::from_secs(10)).await.unwrap().event,
+            "snapshot"
+        );
+        streams.push(sse);
+    }
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|mut sse| {
+            tokio::spawn(async move { while sse.next(Duration::from_secs(10)).await.is_some() {} })
+        })
+        .collect();
+    sigterm_and_expect_clean_exit(daemon, "/ready").await;
+    for r in readers {
+        r.await.unwrap(); // every stream ended
+    }
 }

@@ -197,3 +197,121 @@ pub async fn dump_results(db_path: &std::path::Path) -> Vec<(String, String, Str
     pool.close().await;
     rows
 }
+
+/// One server-sent event as a client parses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap()
+    }
+    pub fn seq(&self) -> u64 {
+        self.id.as_deref().unwrap().parse().unwrap()
+    }
+}
+
+/// A minimal EventSource: reads frames from a streaming response.
+pub struct SseClient {
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already searched for a frame end.
+    scanned: usize,
+}
+
+impl SseClient {
+    pub fn new(res: reqwest::Response) -> Self {
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Self {
+            body: Box::pin(res.bytes_stream()),
+            buf: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    /// The next event with an `event:` or `data:` field; `None` when the stream ends or
+    /// nothing arrives within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        use futures::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            if let Some(i) = self.buf[from..].windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = self.buf.drain(..from + i + 2).collect();
+                self.scanned = 0;
+                let mut ev = SseEvent {
+                    event: "message".into(),
+                    id: None,
+                    data: String::new(),
+                };
+                let mut has_payload = false;
+                for line in std::str::from_utf8(&frame).unwrap().lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.into();
+                        has_payload = true;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.into());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data.push_str(v);
+                        has_payload = true;
+                    }
+                }
+                if has_payload {
+                    return Some(ev);
+                }
+                continue;
+            }
+            self.scanned = self.buf.len();
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// Opens an SSE stream with a bearer token for `sub`.
+pub async fn open_stream(
+    http: &reqwest::Client,
+    base: &str,
+    tid: &str,
+    sub: &str,
+    last_event_id: Option<u64>,
+) -> reqwest::Response {
+    let mut req = http
+        .get(format!("{base}/topologies/{tid}/events"))
+        .bearer_auth(mint(&Secret::new(SECRET), sub, Role::Viewer, 3600).unwrap());
+    if let Some(id) = last_event_id {
+        req = req.header("Last-Event-ID", id.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+/// Publishes a topology event and returns its stream sequence.
+pub async fn publish_topology(
+    js: &jetstream::Context,
+    tid: &str,
+    suffix: &str,
+    data: Value,
+) -> u64 {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({"id": id, "data": data});
+    publish_raw(
+        js,
+        &format!("topology.{tid}.{suffix}"),
+        &id,
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+    .await
+    .unwrap()
+    .sequence
+}

@@ -3,4 +3,5 @@
 mod api;
 mod durability;
 mod helpers;
+mod live;
 mod results;
