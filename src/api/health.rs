@@ -139,5 +139,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "# HELP orrery_bus_connected 1 while connected to NATS.\n# TYPE orrery_bus_connected gauge\norrery_bus_connected {}",
         u8::from(bus::is_connected(&state.nats))
     );
+    let _ = writeln!(
+        out,
+        "# HELP orrery_sse_streams_open Live streams open now.\n# TYPE orrery_sse_streams_open gauge\norrery_sse_streams_open {}",
+        state.limits.open()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,6 +1,7 @@
 //! Integration tests: one binary, a real nats-server per test, a real SQLite file per daemon.
 
 mod api;
+mod browser;
 mod durability;
 mod helpers;
 mod live;
