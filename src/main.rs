@@ -66,6 +66,28 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Hold many SSE streams over many topologies under a publish rate; report deliveries,
+    /// latency and the daemon's memory per connection.
+    Fanout {
+        /// SSE connections.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Topologies the connections are spread over.
+        #[arg(long, default_value_t = 100)]
+        topologies: usize,
+        /// Events per second, spread over the topologies.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// How long to publish, e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// NATS to use; by default a private nats-server is started on a free port.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing(json: bool) {
@@ -143,6 +165,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ttl = orrery::window::parse_duration(&ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl `{ttl}`: {e}"))?;
             println!("{}", auth::mint(&secret, &sub, role, ttl.as_secs())?);
+            Ok(())
+        }
+        Command::Bench(Bench::Fanout {
+            clients,
+            topologies,
+            rate,
+            duration,
+            nats_url,
+            json,
+        }) => {
+            init_tracing(false);
+            let duration = orrery::window::parse_duration(&duration)
+                .map_err(|e| anyhow::anyhow!("--duration `{duration}`: {e}"))?;
+            let private = match nats_url {
+                Some(_) => None,
+                None => Some(orrery::natsd::NatsServer::start()?),
+            };
+            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let report = orrery::bench::fanout::fanout(
+                &url,
+                orrery::bench::fanout::FanoutOptions {
+                    clients,
+                    topologies,
+                    rate,
+                    duration,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
             Ok(())
         }
         Command::Bench(Bench::Ingest {

@@ -1,8 +1,12 @@
 //! `orrery bench`: throughput figures measured on the machine at hand.
 //!
+//! `fanout` (in [`fanout`]) holds many SSE streams under a publish rate.
+//!
 //! `ingest` publishes N result events, then times (1) the raw ordered-consumer ceiling —
 //! the same consumption with no decoding and no SQLite — and (2) the projector's catch-up
 //! from a fresh database to lag 0, and prints both with their ratio.
+
+pub mod fanout;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,430 @@
+//! `orrery bench fanout`: many SSE clients over many topologies under a steady publish rate.
+//!
+//! The daemon runs as its own process (this binary's `serve`), so its resident memory per
+//! connection can be read from `/proc`; the clients and the publisher run here. Every event
+//! carries the time it was published, and each client measures publish → receive latency.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::{mint, Role};
+use crate::config::Secret;
+use crate::natsd::free_port;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct FanoutOptions {
+    /// SSE connections to hold.
+    pub clients: usize,
+    /// Topologies they are spread over.
+    pub topologies: usize,
+    /// Events published per second, spread over the topologies.
+    pub rate: u64,
+    /// How long to publish.
+    pub duration: Duration,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Serialize, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Worst.
+    pub max_ms: f64,
+}
+
+/// Figures of one `bench fanout` run.
+#[derive(Debug, Serialize)]
+pub struct FanoutReport {
+    /// Connections asked for.
+    pub clients: usize,
+    /// Connections that received their snapshot.
+    pub connected: usize,
+    /// Topologies.
+    pub topologies: usize,
+    /// Events published.
+    pub published: u64,
+    /// Events received by all clients together.
+    pub delivered: u64,
+    /// `published × clients per topology`.
+    pub expected: u64,
+    /// Deliveries per second over the publishing window.
+    pub delivered_per_s: f64,
+    /// Publish → receive.
+    pub latency: Latency,
+    /// Failed connects, resyncs and streams that ended early.
+    pub errors: u64,
+    /// Connections still open at the end.
+    pub held_at_end: usize,
+    /// Daemon RSS before the clients connected, bytes.
+    pub rss_before: u64,
+    /// Daemon RSS with every client connected, bytes.
+    pub rss_connected: u64,
+    /// `(rss_connected - rss_before) / connected`, bytes.
+    pub rss_per_connection: u64,
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<Daemon> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("serve")
+        .env("ORRERY_NATS_URL", nats_url)
+        .env("ORRERY_DATABASE", dir.path().join("fanout.db"))
+        .env("ORRERY_LISTEN", format!("127.0.0.1:{port}"))
+        .env("ORRERY_JWT_SECRET", secret)
+        .env("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string())
+        .env("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string())
+        .env("ORRERY_BATCH_WAIT_MS", "2")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the daemon")?;
+    Ok(Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    })
+}
+
+const SENT_US: &[u8] = b"\"sent_us\":";
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Per-client tallies.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: u64,
+    open_at_end: bool,
+}
+
+/// Reads one stream until `stop`, recording latencies of events that carry `sent_us`.
+async fn client(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    connected: Arc<AtomicU64>,
+    delivered: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> Tally {
+    let mut tally = Tally::default();
+    let res = match http.get(&url).bearer_auth(token).send().await {
+        Ok(r) if r.status().is_success() => r,
+        _ => {
+            tally.errors += 1;
+            return tally;
+        }
+    };
+    let mut body = res.bytes_stream();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut seen_snapshot = false;
+    loop {
+        let chunk = tokio::select! {
+            _ = stop.cancelled() => {
+                tally.open_at_end = true;
+                return tally;
+            }
+            c = body.next() => c,
+        };
+        let Some(Ok(chunk)) = chunk else {
+            tally.errors += 1;
+            return tally;
+        };
+        let received = now_us();
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = find(&buf, b"\n\n") {
+            let frame = &buf[..end];
+            if !seen_snapshot && find(frame, b"event: snapshot").is_some() {
+                seen_snapshot = true;
+                connected.fetch_add(1, Ordering::Relaxed);
+            } else if find(frame, b"event: resync").is_some() {
+                tally.errors += 1;
+                return tally;
+            } else if let Some(at) = find(frame, SENT_US) {
+                let digits: u64 = frame[at + SENT_US.len()..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .fold(0, |n, b| n * 10 + u64::from(b - b'0'));
+                tally
+                    .latencies_us
+                    .push(received.saturating_sub(digits).min(u64::from(u32::MAX)) as u32);
+                delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            buf.drain(..end + 2);
+        }
+    }
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1]) / 1000.0
+}
+
+/// Runs the fan-out benchmark against the NATS at `nats_url`.
+pub async fn fanout(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
+    if opts.clients == 0 || opts.topologies == 0 || opts.rate == 0 {
+        bail!("--clients, --topologies and --rate must be at least 1");
+    }
+    let secret = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let daemon = spawn_daemon(nats_url, &secret, opts.clients)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let started = Instant::now();
+    loop {
+        let ready = http.get(format!("{}/ready", daemon.base)).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the daemon did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let tids: Vec<String> = (0..opts.topologies)
+        .map(|i| format!("bench-{}-{i}", &run[..8]))
+        .collect();
+    for tid in &tids {
+        let body = serde_json::json!({"id": format!("{tid}-status"), "data": {"status": "active"}});
+        js.publish(
+            format!("topology.{tid}.status"),
+            serde_json::to_vec(&body)?.into(),
+        )
+        .await?
+        .await?;
+    }
+    // Wait until every topology is projected.
+    let token = mint(&Secret::new(&secret), "bench", Role::Viewer, 3600)?;
+    let started = Instant::now();
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{}/api/v1/topologies?limit=1000", daemon.base))
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let n = v["items"].as_array().map_or(0, |a| {
+            a.iter()
+                .filter(|t| t["id"].as_str().is_some_and(|id| id.contains(&run[..8])))
+                .count()
+        });
+        if n >= opts.topologies.min(1000) {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("topologies were not projected in time");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let pid = daemon.child.id();
+    let rss_before = rss_bytes(pid);
+    let connected = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let mut clients = Vec::with_capacity(opts.clients);
+    for i in 0..opts.clients {
+        let url = format!(
+            "{}/topologies/{}/events",
+            daemon.base,
+            tids[i % opts.topologies]
+        );
+        clients.push(tokio::spawn(client(
+            http.clone(),
+            url,
+            token.clone(),
+            connected.clone(),
+            delivered.clone(),
+            stop.clone(),
+        )));
+        // Connect in waves so the listen backlog never overflows.
+        if i % 200 == 199 {
+            let target = (i + 1) as u64;
+            let wave = Instant::now();
+            while connected.load(Ordering::Relaxed) < target
+                && wave.elapsed() < Duration::from_secs(10)
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    let wave = Instant::now();
+    while (connected.load(Ordering::Relaxed) as usize) < opts.clients
+        && wave.elapsed() < Duration::from_secs(20)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connected_n = connected.load(Ordering::Relaxed) as usize;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = rss_bytes(pid);
+
+    // Publish at a steady rate: a tick every 10 ms with rate/100 events.
+    let per_tick = opts.rate.div_ceil(100);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let publish_start = Instant::now();
+    let mut published = 0u64;
+    let mut acks = std::collections::VecDeque::new();
+    let target_total = opts.rate * opts.duration.as_secs().max(1);
+    while published < target_total {
+        tick.tick().await;
+        for _ in 0..per_tick.min(target_total - published) {
+            let tid = &tids[(published as usize) % tids.len()];
+            let body = format!(
+                r#"{{"id":"{run}-{published}","data":{{"mutation_id":"m{published}","sent_us":{}}}}}"#,
+                now_us()
+            );
+            acks.push_back(
+                js.publish(format!("topology.{tid}.mutation.applied"), body.into())
+                    .await?,
+            );
+            published += 1;
+            while acks.len() > 2048 {
+                acks.pop_front().expect("non-empty").await?;
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    let publish_time = publish_start.elapsed();
+    // Let the last deliveries arrive.
+    let per_topology = |t: usize| {
+        (opts.clients / opts.topologies + usize::from(t < opts.clients % opts.topologies)) as u64
+    };
+    let expected: u64 = (0..published)
+        .map(|n| per_topology((n as usize) % opts.topologies))
+        .sum();
+    let drain = Instant::now();
+    while delivered.load(Ordering::Relaxed) < expected && drain.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered_n = delivered.load(Ordering::Relaxed);
+    stop.cancel();
+
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    let mut held = 0;
+    for c in clients {
+        let t = c.await?;
+        latencies.extend_from_slice(&t.latencies_us);
+        errors += t.errors;
+        held += usize::from(t.open_at_end);
+    }
+    latencies.sort_unstable();
+    let window = publish_time.max(drain.duration_since(publish_start));
+    Ok(FanoutReport {
+        clients: opts.clients,
+        connected: connected_n,
+        topologies: opts.topologies,
+        published,
+        delivered: delivered_n,
+        expected,
+        delivered_per_s: delivered_n as f64 / window.as_secs_f64().max(1e-9),
+        latency: Latency {
+            p50_ms: percentile(&latencies, 50.0),
+            p99_ms: percentile(&latencies, 99.0),
+            max_ms: latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
+        },
+        errors,
+        held_at_end: held,
+        rss_before,
+        rss_connected,
+        rss_per_connection: rss_connected.saturating_sub(rss_before) / connected_n.max(1) as u64,
+    })
+}
+
+impl std::fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "orrery bench fanout — {} clients over {} topologies",
+            self.clients, self.topologies
+        )?;
+        writeln!(
+            f,
+            "  connections held           {} (at end {})",
+            self.connected, self.held_at_end
+        )?;
+        writeln!(f, "  events published           {}", self.published)?;
+        writeln!(
+            f,
+            "  deliveries                 {} of {} expected",
+            self.delivered, self.expected
+        )?;
+        writeln!(
+            f,
+            "  deliveries/s               {:.0}",
+            self.delivered_per_s
+        )?;
+        writeln!(
+            f,
+            "  latency publish→receive    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
+        )?;
+        writeln!(f, "  errors                     {}", self.errors)?;
+        write!(
+            f,
+            "  daemon RSS                 {:.1} MiB idle, {:.1} MiB connected, {:.1} KiB per connection",
+            self.rss_before as f64 / 1048576.0,
+            self.rss_connected as f64 / 1048576.0,
+            self.rss_per_connection as f64 / 1024.0
+        )
+    }
+}
