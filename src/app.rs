@@ -19,6 +19,7 @@ use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::live::Hub;
+use crate::projections::alerts::AlertsProjection;
 use crate::projections::results::ResultsProjection;
 use crate::projections::topology::TopologyProjection;
 use crate::projector::{load_checkpoint, Progress, Projector};
@@ -71,7 +72,17 @@ impl Application {
         )
         .await
         .context("loading checkpoints")?;
-        let projections: Arc<[Progress]> = vec![results.progress(), topology.progress()].into();
+        let alerts = Projector::new(
+            AlertsProjection,
+            js.clone(),
+            db.writer.clone(),
+            config.batch_size,
+            config.batch_wait,
+        )
+        .await
+        .context("loading checkpoints")?;
+        let projections: Arc<[Progress]> =
+            vec![results.progress(), topology.progress(), alerts.progress()].into();
 
         let provisioning = streams::Provisioning {
             replicas: config.stream_replicas,
@@ -80,6 +91,7 @@ impl Application {
         let runs = vec![
             results.run(cancel.clone()).boxed(),
             topology.run(cancel.clone()).boxed(),
+            alerts.run(cancel.clone()).boxed(),
         ];
         let background = vec![tokio::spawn(supervise(
             js.clone(),
@@ -104,6 +116,8 @@ impl Application {
             )),
             sse: config.sse,
             mutation_wait: config.mutation_wait,
+            alert_stale_after: config.alert_stale_after,
+            fleet: Arc::new(config.fleet.clone()),
             shutdown: cancel.clone(),
         };
         let listener = TcpListener::bind(config.listen)

@@ -114,6 +114,42 @@ pub struct Settings {
     #[arg(long, env = "ORRERY_MUTATION_WAIT_MS")]
     pub mutation_wait_ms: Option<u64>,
 
+    /// An alert provider whose last event is older than this is `stale` in
+    /// /api/v1/alerts/freshness, in seconds [default: 3600].
+    #[arg(long, env = "ORRERY_ALERT_STALE_AFTER_SECS")]
+    pub alert_stale_after_secs: Option<u64>,
+
+    /// An agent with no heartbeat for this long is stale, in seconds [default: 120].
+    #[arg(long, env = "ORRERY_AGENT_STALE_AFTER_SECS")]
+    pub agent_stale_after_secs: Option<u64>,
+    /// Fleet health is degraded once the share of stale agents reaches this (0 to 1; 1 means
+    /// every known agent is stale, 0 means any one stale agent) [default: 1].
+    #[arg(long, env = "ORRERY_FLEET_STALE_SHARE")]
+    pub fleet_stale_share: Option<f64>,
+    /// Fleet health is degraded while a projection lags its stream by more than this
+    /// [default: 10000].
+    #[arg(long, env = "ORRERY_FLEET_MAX_LAG")]
+    pub fleet_max_lag: Option<u64>,
+    /// Extra JetStream streams fleet health expects, comma separated [default: none].
+    #[arg(long, env = "ORRERY_EXPECT_STREAMS")]
+    pub expect_streams: Option<String>,
+    /// JetStream KV buckets fleet health expects, comma separated [default: none].
+    #[arg(long, env = "ORRERY_EXPECT_KV")]
+    pub expect_kv: Option<String>,
+    /// JetStream object stores fleet health expects, comma separated [default: none].
+    #[arg(long, env = "ORRERY_EXPECT_OBJECT_STORES")]
+    pub expect_object_stores: Option<String>,
+    /// The agents' heartbeat interval, in seconds; /system/stats/top looks back
+    /// max(2 × this, 2 min) [default: 10].
+    #[arg(long, env = "ORRERY_HEARTBEAT_INTERVAL_SECS")]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// Stats samples older than this are pruned, in seconds [default: 86400].
+    #[arg(long, env = "ORRERY_SAMPLE_RETENTION_SECS")]
+    pub sample_retention_secs: Option<u64>,
+    /// Deploy ledger entries kept per workload [default: 50].
+    #[arg(long, env = "ORRERY_DEPLOY_HISTORY_KEEP")]
+    pub deploy_history_keep: Option<u32>,
+
     /// Log format: `text` or `json` [default: text]. Levels follow RUST_LOG.
     #[arg(long, env = "ORRERY_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -148,8 +184,35 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `?wait=true` bound.
     pub mutation_wait: Duration,
+    /// Alert providers go stale after this.
+    pub alert_stale_after: Duration,
+    /// Fleet health settings.
+    pub fleet: FleetConfig,
     /// `true` for JSON logs.
     pub log_json: bool,
+}
+
+/// What fleet health expects and when it calls the fleet degraded.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// An agent is stale after this long without a heartbeat.
+    pub stale_after: Duration,
+    /// Degraded once stale agents / known agents reaches this (and one is stale).
+    pub stale_share: f64,
+    /// Degraded while a projection lags more than this.
+    pub max_lag: u64,
+    /// Streams beyond the provisioned ones that must exist.
+    pub expect_streams: Vec<String>,
+    /// KV buckets that must exist.
+    pub expect_kv: Vec<String>,
+    /// Object stores that must exist.
+    pub expect_object_stores: Vec<String>,
+    /// Agents' heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Age past which samples are pruned.
+    pub sample_retention: Duration,
+    /// Ledger entries kept per workload.
+    pub deploy_history_keep: u32,
 }
 
 /// Limits of the SSE endpoint.
@@ -257,6 +320,16 @@ impl Settings {
                 sse_replay_events,
                 cors_origins,
                 mutation_wait_ms,
+                alert_stale_after_secs,
+                agent_stale_after_secs,
+                fleet_stale_share,
+                fleet_max_lag,
+                expect_streams,
+                expect_kv,
+                expect_object_stores,
+                heartbeat_interval_secs,
+                sample_retention_secs,
+                deploy_history_keep,
                 log_format,
             );
         }
@@ -271,6 +344,10 @@ impl Settings {
 
     fn into_config(self, needs_auth: bool) -> anyhow::Result<Config> {
         let insecure = self.insecure_no_auth.unwrap_or(false);
+        let stale_share = self.fleet_stale_share.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&stale_share) {
+            bail!("--fleet-stale-share must be between 0 and 1, got {stale_share}");
+        }
         let secret = match (self.jwt_secret, self.jwt_secret_file) {
             (Some(_), Some(_)) => bail!("give either --jwt-secret or --jwt-secret-file, not both"),
             (Some(s), None) => Some(s),
@@ -347,19 +424,39 @@ impl Settings {
                 client_queue: self.sse_client_queue.unwrap_or(1024).max(1),
                 replay_events: self.sse_replay_events.unwrap_or(1000).max(1),
             },
-            cors_origins: self
-                .cors_origins
-                .as_deref()
-                .unwrap_or("")
-                .split(',')
-                .map(str::trim)
-                .filter(|o| !o.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            cors_origins: list(self.cors_origins.as_deref()),
             mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
+            alert_stale_after: Duration::from_secs(
+                self.alert_stale_after_secs.unwrap_or(3_600).max(1),
+            ),
+            fleet: FleetConfig {
+                stale_after: Duration::from_secs(self.agent_stale_after_secs.unwrap_or(120).max(1)),
+                stale_share,
+                max_lag: self.fleet_max_lag.unwrap_or(10_000),
+                expect_streams: list(self.expect_streams.as_deref()),
+                expect_kv: list(self.expect_kv.as_deref()),
+                expect_object_stores: list(self.expect_object_stores.as_deref()),
+                heartbeat_interval: Duration::from_secs(
+                    self.heartbeat_interval_secs.unwrap_or(10).max(1),
+                ),
+                sample_retention: Duration::from_secs(
+                    self.sample_retention_secs.unwrap_or(86_400).max(60),
+                ),
+                deploy_history_keep: self.deploy_history_keep.unwrap_or(50).max(1),
+            },
             log_json,
         })
     }
+}
+
+/// Splits a comma-separated list, dropping blanks.
+fn list(s: Option<&str>) -> Vec<String> {
+    s.unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]

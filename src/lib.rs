@@ -17,6 +17,7 @@ pub mod natsd;
 pub mod projections;
 pub mod projector;
 pub mod rebuild;
+pub mod redact;
 pub mod window;
 
 pub use app::Application;

@@ -11,13 +11,18 @@ use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::live::Hub;
+use crate::projections::alerts::AlertsProjection;
 use crate::projections::results::ResultsProjection;
 use crate::projections::topology::TopologyProjection;
 use crate::projector::{self, Outcome, Projection, Projector};
 use std::sync::Arc;
 
 /// Streams that have a projection today.
-pub const PROJECTED: [&str; 2] = [streams::RESULTS.name, streams::TOPOLOGY.name];
+pub const PROJECTED: [&str; 3] = [
+    streams::RESULTS.name,
+    streams::TOPOLOGY.name,
+    streams::ALERTS.name,
+];
 
 /// Resets and replays `stream` (or every projected stream); returns messages replayed.
 pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u64> {
@@ -40,6 +45,9 @@ pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u6
         // Nobody listens during a rebuild; the hub only satisfies the projection.
         let hub = Arc::new(Hub::new(1, 1, 0));
         total += replay(TopologyProjection::new(hub), &js, &db, config).await?;
+    }
+    if stream.is_none_or(|s| s == streams::ALERTS.name) {
+        total += replay(AlertsProjection, &js, &db, config).await?;
     }
     db.close().await;
     Ok(total)

@@ -1,5 +1,6 @@
 //! The axum HTTP API: one module per resource, one error type, one state.
 
+pub mod alerts;
 pub mod auth;
 pub mod dead_letters;
 pub mod error;
@@ -56,8 +57,52 @@ pub struct AppState {
     pub sse: crate::config::SseConfig,
     /// `?wait=true` bound for enqueued mutations.
     pub mutation_wait: Duration,
+    /// Alert providers go stale after this.
+    pub alert_stale_after: Duration,
+    /// Fleet health settings.
+    pub fleet: Arc<crate::config::FleetConfig>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// One event for [`publish_all`]: subject, `Nats-Msg-Id` and envelope bytes.
+pub struct Outgoing {
+    /// Subject to publish on.
+    pub subject: String,
+    /// Deduplication id (also the envelope id).
+    pub msg_id: String,
+    /// The envelope.
+    pub body: Vec<u8>,
+}
+
+/// Publishes events to JetStream with their `Nats-Msg-Id`, acks pipelined, and waits for
+/// every ack within the bus timeout; 503 when the bus does not confirm them all.
+pub async fn publish_all(
+    state: &AppState,
+    events: Vec<Outgoing>,
+) -> Result<Vec<jetstream::publish::PublishAck>, ApiError> {
+    let publish = async {
+        let mut pending = Vec::with_capacity(events.len());
+        for e in events {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.msg_id.as_str());
+            pending.push(
+                state
+                    .js
+                    .publish_with_headers(e.subject, headers, e.body.into())
+                    .await?,
+            );
+        }
+        let mut acks = Vec::with_capacity(pending.len());
+        for ack in pending {
+            acks.push(ack.await?);
+        }
+        Ok::<_, async_nats::error::Error<jetstream::context::PublishErrorKind>>(acks)
+    };
+    tokio::time::timeout(state.bus_timeout, publish)
+        .await
+        .map_err(|_| ApiError::Unavailable("the bus did not acknowledge in time".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("publishing to the bus failed: {e}")))
 }
 
 /// Builds the whole HTTP surface; `cors_origins` empty means no CORS headers.
@@ -72,7 +117,20 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             get(topologies::mutations).post(topologies::enqueue),
         )
         .route("/topologies/{tid}/events", get(sse::events))
-        .route("/auth/sse-ticket", post(sse::ticket));
+        .route("/auth/sse-ticket", post(sse::ticket))
+        .route("/alerts/dossier", get(alerts::dossier))
+        .route("/alerts/coverage", get(alerts::coverage))
+        .route("/alerts/recurrence", get(alerts::recurrence))
+        .route("/alerts/recent", get(alerts::recent))
+        .route("/alerts/freshness", get(alerts::freshness))
+        .route(
+            "/alerts/provider-heartbeat",
+            post(alerts::provider_heartbeat),
+        )
+        .route(
+            "/alerts/webhook/alertmanager",
+            post(alerts::alertmanager_webhook),
+        );
     let cors = (!cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = cors_origins
             .iter()

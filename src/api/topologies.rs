@@ -13,7 +13,7 @@ use sqlx::{Row, SqliteConnection};
 use crate::api::auth::{Authorized, Operator, Viewer};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::params::Params;
-use crate::api::AppState;
+use crate::api::{publish_all, AppState, Outgoing};
 use crate::bus::{envelope, streams, subjects};
 use crate::projections::topology::STATES;
 use crate::window::{format_unix_ms, now_ms};
@@ -271,20 +271,16 @@ pub async fn enqueue(
         &format_unix_ms(now_ms()),
         &data,
     );
-    let mut msg_headers = async_nats::HeaderMap::new();
-    msg_headers.insert("Nats-Msg-Id", mutation_id.as_str());
-    let subject = format!("topology.{tid}.mutation.enqueued");
-    let ack = async {
-        state
-            .js
-            .publish_with_headers(subject, msg_headers, body.into())
-            .await?
-            .await
-    };
-    let ack = tokio::time::timeout(state.bus_timeout, ack)
-        .await
-        .map_err(|_| ApiError::Unavailable("the bus did not acknowledge in time".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("publishing to the bus failed: {e}")))?;
+    let ack = publish_all(
+        &state,
+        vec![Outgoing {
+            subject: format!("topology.{tid}.mutation.enqueued"),
+            msg_id: mutation_id.clone(),
+            body,
+        }],
+    )
+    .await?
+    .remove(0);
     let mut answer = json!({"mutation_id": mutation_id, "seq": ack.sequence});
     if ack.duplicate {
         answer["duplicate"] = Value::Bool(true);

@@ -1,4 +1,5 @@
 //! One module per read model: events in, SQL out, nothing else.
 
+pub mod alerts;
 pub mod results;
 pub mod topology;

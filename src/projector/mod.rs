@@ -64,6 +64,12 @@ pub trait Projection: Send + Sync + 'static {
         events: &[Self::Event],
     ) -> impl Future<Output = sqlx::Result<()>> + Send;
 
+    /// What is kept in `dead_letters` of a message that failed to decode; projections of
+    /// streams that carry secrets redact it here.
+    fn dead_letter_payload<'a>(&self, payload: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        std::borrow::Cow::Borrowed(payload)
+    }
+
     /// Called after a batch's transaction committed, in stream order, with the events it
     /// applied; the place to notify live listeners. Must not block.
     fn committed(&self, _events: &[Self::Event]) {}
@@ -559,7 +565,7 @@ async fn commit<P: Projection>(
             batch.origins.retain(|_| *keep.next().unwrap_or(&false));
         }
     }
-    insert_dead_letters(&mut tx, stream, batch).await?;
+    insert_dead_letters(projection, &mut tx, stream, batch).await?;
     let last = batch.last();
     sqlx::query(
         "INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, ?) \
@@ -575,10 +581,11 @@ async fn commit<P: Projection>(
     Ok(())
 }
 
-async fn insert_dead_letters<E>(
+async fn insert_dead_letters<P: Projection>(
+    projection: &P,
     conn: &mut SqliteConnection,
     stream: &str,
-    batch: &Batch<E>,
+    batch: &Batch<P::Event>,
 ) -> sqlx::Result<()> {
     // 6 binds a row; stay well under SQLite's 32766 variables per statement.
     for chunk in batch.dead.chunks(1000) {
@@ -591,7 +598,7 @@ async fn insert_dead_letters<E>(
                 .push_bind(m.seq as i64)
                 .push_bind(m.subject)
                 .push_bind(reason.as_str())
-                .push_bind(m.payload)
+                .push_bind(projection.dead_letter_payload(m.payload).into_owned())
                 .push_bind(m.published_ms);
         });
         q.build().execute(&mut *conn).await?;

@@ -81,6 +81,24 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// POSTs a body (JSON text or raw bytes) with a token of `role`.
+    pub async fn post(
+        &self,
+        path: &str,
+        role: Option<Role>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}{}", self.address, path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(role) = role {
+            req = req.bearer_auth(token(role));
+        }
+        req.send().await.unwrap()
+    }
+
     /// `count` of the results badge.
     pub async fn count(&self, query: &str) -> i64 {
         let v = self

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, a real nats-server per test, a real SQLite file per daemon.
 
+mod alerts;
 mod api;
 mod browser;
 mod durability;
