@@ -66,6 +66,27 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Alert ingest with redaction on, then /alerts/recurrence latency with every event stored.
+    Alerts {
+        /// Alert events to publish and project.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// NATS to use; by default a private nats-server is started on a free port.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Projector batch size.
+        #[arg(long, default_value_t = 4096)]
+        batch_size: usize,
+        /// Concurrent HTTP clients for the query phase.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Requests per query measured.
+        #[arg(long, default_value_t = 3200)]
+        requests: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold many SSE streams over many topologies under a publish rate; report deliveries,
     /// latency and the daemon's memory per connection.
     Fanout {
@@ -200,6 +221,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(Bench::Alerts {
+            events,
+            nats_url,
+            batch_size,
+            concurrency,
+            requests,
+            json,
+        }) => {
+            init_tracing(false);
+            let private = match nats_url {
+                Some(_) => None,
+                None => Some(orrery::natsd::NatsServer::start()?),
+            };
+            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let report =
+                orrery::bench::alerts::run(&url, events, batch_size, concurrency, requests).await?;
+            print_report(&report, json)
+        }
         Command::Bench(Bench::Ingest {
             events,
             nats_url,
@@ -239,3 +278,16 @@ async fn main() -> ExitCode {
 // buffers); mimalloc measured faster on `orrery bench ingest`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Prints a bench report as a table or, with `--json`, as JSON.
+fn print_report<R: serde::Serialize + std::fmt::Display>(
+    report: &R,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        println!("{report}");
+    }
+    Ok(())
+}

@@ -6,7 +6,9 @@
 //! the same consumption with no decoding and no SQLite — and (2) the projector's catch-up
 //! from a fresh database to lag 0, and prints both with their ratio.
 
+pub mod alerts;
 pub mod fanout;
+pub mod query;
 
 use std::time::{Duration, Instant};
 
@@ -116,14 +118,31 @@ fn result_event(i: u64) -> Vec<u8> {
 /// Publishes `events` results into RESULTS with up to 4096 acks in flight.
 async fn publish(js: &jetstream::Context, events: u64, run: &str) -> anyhow::Result<Duration> {
     const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
+    publish_with(js, events, run, |i| {
+        (
+            format!("result.{}.agent-{:04}", KINDS[(i % 4) as usize], i % 1000),
+            result_event(i),
+        )
+    })
+    .await
+}
+
+/// Publishes `events` messages made by `make(i)` (subject, body) with up to 4096 acks in
+/// flight; returns how long it took.
+pub(crate) async fn publish_with(
+    js: &jetstream::Context,
+    events: u64,
+    run: &str,
+    mut make: impl FnMut(u64) -> (String, Vec<u8>),
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let mut inflight = std::collections::VecDeque::with_capacity(4096);
     for i in 0..events {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{run}-{i}").as_str());
-        let subject = format!("result.{}.agent-{:04}", KINDS[(i % 4) as usize], i % 1000);
+        let (subject, body) = make(i);
         let ack = js
-            .publish_with_headers(subject, headers, result_event(i).into())
+            .publish_with_headers(subject, headers, body.into())
             .await
             .context("publishing")?;
         inflight.push_back(ack);

@@ -104,6 +104,8 @@ pub struct AlertEvent {
     pub source_url: Option<String>,
     /// Redacted source references, as JSON.
     pub source_refs: Option<String>,
+    /// References per kind (`{"sentry": 2}`), as JSON.
+    pub source_ref_counts: String,
     /// References across every kind of `source_refs`.
     pub source_ref_total: i64,
     /// A heartbeat or a synthetic test event: never an incident.
@@ -202,15 +204,20 @@ fn decode_inner(msg: &Message<'_>) -> Result<AlertEvent, String> {
             .as_ref()
             .and_then(|l| l.get("synthetic"))
             .is_some_and(|v| v == &Value::Bool(true) || v.as_str() == Some("true"));
-    let source_ref_total = d.source_refs.as_ref().map_or(0, |refs| {
-        refs.values()
-            .map(|v| match v {
-                Value::Array(items) => items.len() as i64,
-                Value::Null => 0,
-                _ => 1,
+    let counts: Map<String, Value> = d.source_refs.as_ref().map_or_else(Map::new, |refs| {
+        refs.iter()
+            .map(|(kind, v)| {
+                let n = match v {
+                    Value::Array(items) => items.len(),
+                    Value::Null => 0,
+                    _ => 1,
+                };
+                (kind.clone(), Value::from(n))
             })
-            .sum()
+            .collect()
     });
+    let source_ref_total = counts.values().filter_map(Value::as_i64).sum();
+    let source_ref_counts = Value::Object(counts).to_string();
     let labels = object_json("labels", d.labels)?;
     let annotations = object_json("annotations", d.annotations)?;
     let source_refs = object_json("source_refs", d.source_refs)?;
@@ -261,6 +268,7 @@ fn decode_inner(msg: &Message<'_>) -> Result<AlertEvent, String> {
         has_redacted_content,
         source_url,
         source_refs,
+        source_ref_counts,
         source_ref_total,
         is_synthetic,
         provider_ts: d.provider_ts.map(|t| t.0),
@@ -285,7 +293,7 @@ pub fn redact_payload(payload: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AlertsProjection;
 
-const EVENT_COLUMNS: usize = 26;
+const EVENT_COLUMNS: usize = 27;
 const KEY_PAIRS_PER_STATEMENT: usize = 400;
 
 /// One recurrence group's change within a batch.
@@ -370,7 +378,7 @@ impl Projection for AlertsProjection {
                  provider_event_id, alertname, severity, namespace, target_resource, fingerprint, \
                  recurrence_key, labels, annotations, content_redacted, content_sha256, \
                  content_length, has_redacted_content, redaction_version, source_url, source_refs, \
-                 source_ref_total, is_duplicate, is_synthetic, provider_ts, received_at) ",
+                 source_ref_counts, source_ref_total, is_duplicate, is_synthetic, provider_ts, received_at) ",
             );
             q.push_values(chunk, |mut b, (e, dup)| {
                 b.push_bind(e.seq as i64)
@@ -394,6 +402,7 @@ impl Projection for AlertsProjection {
                     .push_bind(redact::VERSION)
                     .push_bind(e.source_url.as_deref())
                     .push_bind(e.source_refs.as_deref())
+                    .push_bind(e.source_ref_counts.as_str())
                     .push_bind(e.source_ref_total)
                     .push_bind(*dup)
                     .push_bind(e.is_synthetic)

@@ -1,0 +1,183 @@
+//! `orrery bench alerts`: alert ingest with redaction on, then `/alerts/recurrence` latency
+//! with every event stored.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::query::{measure, Latency, LocalDaemon};
+use super::{eps, publish_with};
+use crate::bus::streams::{self, Provisioning};
+use crate::db;
+use crate::projections::alerts::AlertsProjection;
+use crate::projector::{Outcome, Projector};
+
+/// Figures of one `bench alerts` run.
+#[derive(Debug, Serialize)]
+pub struct AlertsReport {
+    /// Alert events published and projected.
+    pub events: u64,
+    /// Of those, events whose content holds a secret to redact.
+    pub with_secrets: u64,
+    /// Publish rate, events/s.
+    pub publish_eps: f64,
+    /// Projector catch-up from a fresh database, redaction on, events/s.
+    pub ingest_eps: f64,
+    /// Rows in `alert_events` afterwards (must equal `events`).
+    pub rows: u64,
+    /// Recurrence groups stored.
+    pub groups: u64,
+    /// `/alerts/recurrence` latency, all projects and one project.
+    pub recurrence: Vec<Latency>,
+}
+
+const PROVIDERS: [&str; 3] = ["alertmanager", "sentry", "signoz"];
+
+/// One alert event: a tenth carry a secret, a fifth repeat an earlier provider event id.
+fn alert_event(i: u64) -> (String, Vec<u8>) {
+    let provider = PROVIDERS[(i % 3) as usize];
+    let project = i % 10;
+    let peid = if i % 5 == 4 { i - 3 } else { i };
+    let secret = if i % 10 == 0 {
+        format!(" curl -H 'Authorization: Bearer tok{i:08}abcdef' https://api.example/v1")
+    } else {
+        String::new()
+    };
+    let body = format!(
+        r#"{{"specversion":"1.0","id":"bench-alert-{i}","type":"alert","source":"bench","time":"2026-11-22T10:00:00Z","data":{{"provider_event_id":"{provider}-{peid}","stage":"{stage}","alertname":"Alert{a}","severity":"warning","namespace":"ns-{n}","target_resource":"svc-{t}","fingerprint":"fp-{fp}","labels":{{"team":"t{n}","env":"prod"}},"content":"Error rate above 5% for svc-{t} in ns-{n} over the last 10 minutes; see runbook.{secret}","source_url":"https://{provider}.example/issues/{i}","provider_ts":"2026-11-22T09:59:58Z","source_refs":{{"{provider}":["{i}"]}}}}}}"#,
+        stage = if i % 7 == 0 { "resolved" } else { "firing" },
+        a = i % 40,
+        n = i % 13,
+        t = i % 97,
+        fp = i % 5_000,
+    );
+    (
+        format!("alert.{provider}.proj-{project}"),
+        body.into_bytes(),
+    )
+}
+
+/// Runs the alerts benchmark against `nats_url`.
+pub async fn run(
+    nats_url: &str,
+    events: u64,
+    batch_size: usize,
+    concurrency: usize,
+    requests: usize,
+) -> anyhow::Result<AlertsReport> {
+    if events == 0 {
+        bail!("--events must be at least 1");
+    }
+    let js = jetstream::new(
+        async_nats::connect(nats_url)
+            .await
+            .with_context(|| format!("connecting to {nats_url}"))?,
+    );
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(86_400),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
+    let before = js
+        .get_stream(streams::ALERTS.name)
+        .await?
+        .cached_info()
+        .state
+        .last_sequence;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let publish_time = publish_with(&js, events, &run, alert_event).await?;
+    let last = before + events;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    let db = db::open(&path, 1).await?;
+    sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
+        .bind(streams::ALERTS.name)
+        .bind(before as i64)
+        .execute(&db.writer)
+        .await?;
+    let mut projector = Projector::new(
+        AlertsProjection,
+        js.clone(),
+        db.writer.clone(),
+        batch_size,
+        Duration::from_millis(20),
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    while projector.checkpoint() < last {
+        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
+            bail!(
+                "projector went idle at {} of {last}",
+                projector.checkpoint()
+            );
+        }
+    }
+    let ingest_time = started.elapsed();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_events")
+        .fetch_one(&db.writer)
+        .await?;
+    let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_recurrence")
+        .fetch_one(&db.writer)
+        .await?;
+    drop(projector);
+    db.close().await;
+
+    let daemon = LocalDaemon::start(nats_url, &path).await?;
+    let mut recurrence = Vec::new();
+    for query in [
+        "/api/v1/alerts/recurrence?limit=100",
+        "/api/v1/alerts/recurrence?project_id=proj-3&limit=100",
+        "/api/v1/alerts/recurrence?project_id=proj-3&provider=sentry&limit=300",
+    ] {
+        recurrence.push(measure(&daemon.base, query, concurrency, requests).await?);
+    }
+    daemon.stop().await?;
+
+    Ok(AlertsReport {
+        events,
+        with_secrets: events.div_ceil(10),
+        publish_eps: eps(events, publish_time),
+        ingest_eps: eps(events, ingest_time),
+        rows: rows as u64,
+        groups: groups as u64,
+        recurrence,
+    })
+}
+
+impl std::fmt::Display for AlertsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "orrery bench alerts — {} alert events ({} with secrets to redact)",
+            self.events, self.with_secrets
+        )?;
+        writeln!(
+            f,
+            "  publish (acks pipelined)       {:>10.0} events/s",
+            self.publish_eps
+        )?;
+        writeln!(
+            f,
+            "  ingest, redaction on           {:>10.0} events/s",
+            self.ingest_eps
+        )?;
+        writeln!(
+            f,
+            "  stored                         {} events, {} recurrence groups",
+            self.rows, self.groups
+        )?;
+        for l in &self.recurrence {
+            writeln!(f, "{l}")?;
+        }
+        Ok(())
+    }
+}
