@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::live::Hub;
 use crate::projections::alerts::AlertsProjection;
+use crate::projections::heartbeats::{self, HeartbeatsProjection};
 use crate::projections::results::ResultsProjection;
 use crate::projections::topology::TopologyProjection;
 use crate::projector::{load_checkpoint, Progress, Projector};
@@ -49,7 +50,9 @@ impl Application {
         let cancel = CancellationToken::new();
 
         let results = Projector::new(
-            ResultsProjection,
+            ResultsProjection {
+                deploy_keep: config.fleet.deploy_history_keep,
+            },
             js.clone(),
             db.writer.clone(),
             config.batch_size,
@@ -81,8 +84,22 @@ impl Application {
         )
         .await
         .context("loading checkpoints")?;
-        let projections: Arc<[Progress]> =
-            vec![results.progress(), topology.progress(), alerts.progress()].into();
+        let beats = Projector::new(
+            HeartbeatsProjection,
+            js.clone(),
+            db.writer.clone(),
+            config.batch_size,
+            config.batch_wait,
+        )
+        .await
+        .context("loading checkpoints")?;
+        let projections: Arc<[Progress]> = vec![
+            results.progress(),
+            topology.progress(),
+            alerts.progress(),
+            beats.progress(),
+        ]
+        .into();
 
         let provisioning = streams::Provisioning {
             replicas: config.stream_replicas,
@@ -92,13 +109,16 @@ impl Application {
             results.run(cancel.clone()).boxed(),
             topology.run(cancel.clone()).boxed(),
             alerts.run(cancel.clone()).boxed(),
+            beats.run(cancel.clone()).boxed(),
         ];
-        let background = vec![tokio::spawn(supervise(
-            js.clone(),
-            provisioning,
-            runs,
-            cancel.clone(),
-        ))];
+        let background = vec![
+            tokio::spawn(supervise(js.clone(), provisioning, runs, cancel.clone())),
+            tokio::spawn(prune_samples_forever(
+                db.writer.clone(),
+                config.fleet.sample_retention,
+                cancel.clone(),
+            )),
+        ];
 
         let state = AppState {
             db: db.clone(),
@@ -166,6 +186,29 @@ impl Application {
         self.db.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// How often old stats samples are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Prunes stats samples past their retention, in small chunks, until shutdown.
+async fn prune_samples_forever(
+    writer: sqlx::SqlitePool,
+    retention: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
+        match heartbeats::prune_samples(&writer, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned old stats samples"),
+            Err(error) => tracing::warn!(%error, "pruning stats samples failed; will retry"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }
 

@@ -12,16 +12,18 @@ use crate::config::Config;
 use crate::db::{self, Db};
 use crate::live::Hub;
 use crate::projections::alerts::AlertsProjection;
+use crate::projections::heartbeats::HeartbeatsProjection;
 use crate::projections::results::ResultsProjection;
 use crate::projections::topology::TopologyProjection;
 use crate::projector::{self, Outcome, Projection, Projector};
 use std::sync::Arc;
 
 /// Streams that have a projection today.
-pub const PROJECTED: [&str; 3] = [
+pub const PROJECTED: [&str; 4] = [
     streams::RESULTS.name,
     streams::TOPOLOGY.name,
     streams::ALERTS.name,
+    streams::HEARTBEATS.name,
 ];
 
 /// Resets and replays `stream` (or every projected stream); returns messages replayed.
@@ -39,12 +41,23 @@ pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u6
     let js = jetstream::new(nats);
     let mut total = 0;
     if stream.is_none_or(|s| s == streams::RESULTS.name) {
-        total += replay(ResultsProjection, &js, &db, config).await?;
+        total += replay(
+            ResultsProjection {
+                deploy_keep: config.fleet.deploy_history_keep,
+            },
+            &js,
+            &db,
+            config,
+        )
+        .await?;
     }
     if stream.is_none_or(|s| s == streams::TOPOLOGY.name) {
         // Nobody listens during a rebuild; the hub only satisfies the projection.
         let hub = Arc::new(Hub::new(1, 1, 0));
         total += replay(TopologyProjection::new(hub), &js, &db, config).await?;
+    }
+    if stream.is_none_or(|s| s == streams::HEARTBEATS.name) {
+        total += replay(HeartbeatsProjection, &js, &db, config).await?;
     }
     if stream.is_none_or(|s| s == streams::ALERTS.name) {
         total += replay(AlertsProjection, &js, &db, config).await?;

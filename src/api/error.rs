@@ -36,6 +36,9 @@ pub enum ApiError {
     /// A dependency (bus, database) is not available right now.
     #[error("{0}")]
     Unavailable(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The caller holds too many of something (429).
     #[error("{0}")]
     TooMany(String),
@@ -74,6 +77,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +108,7 @@ impl IntoResponse for ApiError {
                     Self::NotFound(_) => "not_found",
                     Self::BadRequest(_) => "bad_request",
                     Self::TooMany(_) => "too_many_requests",
+                    Self::Conflict(_) => "conflict",
                     Self::Busy(_) => "busy",
                     Self::TooLarge(_) => "payload_too_large",
                     _ => "unavailable",

@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod auth;
 pub mod dead_letters;
 pub mod error;
+pub mod fleet;
 pub mod health;
 pub mod params;
 pub mod results;
@@ -118,6 +119,18 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         )
         .route("/topologies/{tid}/events", get(sse::events))
         .route("/auth/sse-ticket", post(sse::ticket))
+        .route("/health/fleet", get(fleet::fleet_health))
+        .route("/results/durations", get(fleet::durations))
+        .route("/agents", get(fleet::agents))
+        .route("/agents/{id}", get(fleet::agent))
+        .route("/system/stats/history", get(fleet::system_history))
+        .route("/system/stats/top", get(fleet::top))
+        .route(
+            "/workloads/{wid}/stats/history",
+            get(fleet::workload_history),
+        )
+        .route("/workloads/{wid}/deploys", get(fleet::deploys))
+        .route("/workloads/{wid}/rollback", post(fleet::rollback))
         .route("/alerts/dossier", get(alerts::dossier))
         .route("/alerts/coverage", get(alerts::coverage))
         .route("/alerts/recurrence", get(alerts::recurrence))

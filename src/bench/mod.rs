@@ -234,7 +234,7 @@ pub async fn ingest(
         .execute(&db.writer)
         .await?;
     let mut projector = Projector::new(
-        ResultsProjection,
+        ResultsProjection::default(),
         js.clone(),
         db.writer.clone(),
         batch_size,

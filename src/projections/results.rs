@@ -29,7 +29,32 @@ struct ResultData {
     started_at: Option<UnixMs>,
     #[serde(default)]
     finished_at: Option<UnixMs>,
+    #[serde(default)]
+    workload_id: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    /// Read only to log it: deploy errors can carry registry credentials.
+    #[serde(default)]
+    error: Option<serde_json::Value>,
 }
+
+/// What the deploy ledger records of a `result.deploy.*` event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deploy {
+    /// The workload deployed.
+    pub workload_id: String,
+    /// The (pinned) image reference.
+    pub reference: Option<String>,
+    /// `deploy` or `rollback`.
+    pub reason: String,
+}
+
+/// Longest image reference accepted.
+pub const MAX_REFERENCE_LEN: usize = 512;
+/// What a failed deploy's error reads as, wherever it is shown.
+pub const DEPLOY_ERROR_MARKER: &str = "deploy failed (see server logs)";
 
 /// A validated execution result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +79,8 @@ pub struct ResultEvent {
     pub recorded_at: i64,
     /// Stream sequence.
     pub seq: u64,
+    /// Ledger fields, for `deploy` results.
+    pub deploy: Option<Deploy>,
 }
 
 /// Validates one result message.
@@ -84,6 +111,39 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
         (None, Some(code)) => code == 0,
         (None, None) => return Err("data needs `success` or `exit_code`".into()),
     };
+    let deploy = if kind == "deploy" {
+        let workload_id = d
+            .workload_id
+            .filter(|w| subjects::is_token(w))
+            .ok_or_else(|| {
+                format!(
+                    "a deploy result needs data.workload_id of {}",
+                    subjects::TOKEN_FORM
+                )
+            })?;
+        if d.reference
+            .as_ref()
+            .is_some_and(|r| r.len() > MAX_REFERENCE_LEN)
+        {
+            return Err(format!(
+                "data.reference must be at most {MAX_REFERENCE_LEN} bytes"
+            ));
+        }
+        let reason = d.reason.unwrap_or_else(|| "deploy".to_owned());
+        if reason != "deploy" && reason != "rollback" {
+            return Err("data.reason must be deploy or rollback".into());
+        }
+        if let Some(error) = &d.error {
+            tracing::debug!(result_id = %d.result_id, workload_id, %error, "deploy error text");
+        }
+        Some(Deploy {
+            workload_id,
+            reference: d.reference,
+            reason,
+        })
+    } else {
+        None
+    };
     let started_at = d.started_at.map(|t| t.0);
     let finished_at = d.finished_at.map(|t| t.0);
     Ok(ResultEvent {
@@ -97,12 +157,30 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
         finished_at,
         recorded_at: finished_at.or(env.time_ms).unwrap_or(msg.published_ms),
         seq: msg.seq,
+        deploy,
     })
 }
 
 /// The RESULTS stream's projection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ResultsProjection;
+#[derive(Debug, Clone, Copy)]
+pub struct ResultsProjection {
+    /// Deploy ledger entries kept per workload.
+    pub deploy_keep: u32,
+}
+
+impl Default for ResultsProjection {
+    fn default() -> Self {
+        Self { deploy_keep: 50 }
+    }
+}
+
+/// Replaces `data.error` in a payload about to be dead-lettered.
+pub fn scrub_error(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let error = v.get_mut("data")?.get_mut("error")?;
+    *error = serde_json::Value::String(DEPLOY_ERROR_MARKER.to_owned());
+    Some(v.to_string().into_bytes())
+}
 
 /// Columns bound per row; SQLite allows 32766 variables per statement.
 const COLUMNS: usize = 10;
@@ -117,6 +195,13 @@ impl Projection for ResultsProjection {
 
     fn decode(&self, msg: &Message<'_>) -> Result<ResultEvent, String> {
         decode(msg)
+    }
+
+    fn dead_letter_payload<'a>(&self, payload: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        match scrub_error(payload) {
+            Some(scrubbed) => std::borrow::Cow::Owned(scrubbed),
+            None => std::borrow::Cow::Borrowed(payload),
+        }
     }
 
     async fn apply(&self, conn: &mut SqliteConnection, events: &[ResultEvent]) -> sqlx::Result<()> {
@@ -155,7 +240,7 @@ impl Projection for ResultsProjection {
             });
             q.build().execute(&mut *conn).await?;
         }
-        Ok(())
+        apply_deploys(conn, events, self.deploy_keep).await
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
@@ -164,9 +249,65 @@ impl Projection for ResultsProjection {
             .await?;
         sqlx::query("DELETE FROM result_kinds")
             .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM deploy_history")
+            .execute(&mut *conn)
             .await
             .map(|_| ())
     }
+}
+
+/// Records deploy results in the ledger and keeps the newest `keep` per workload.
+async fn apply_deploys(
+    conn: &mut SqliteConnection,
+    events: &[ResultEvent],
+    keep: u32,
+) -> sqlx::Result<()> {
+    let deploys: Vec<(&ResultEvent, &Deploy)> = events
+        .iter()
+        .filter_map(|e| e.deploy.as_ref().map(|d| (e, d)))
+        .collect();
+    if deploys.is_empty() {
+        return Ok(());
+    }
+    for chunk in deploys.chunks(32_000 / 9) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO deploy_history (deploy_id, workload_id, agent_id, reference, reason, \
+             success, error_marker, recorded_at, seq) ",
+        );
+        q.push_values(chunk, |mut b, (e, d)| {
+            b.push_bind(e.result_id.as_str())
+                .push_bind(d.workload_id.as_str())
+                .push_bind(e.agent_id.as_str())
+                .push_bind(d.reference.as_deref())
+                .push_bind(d.reason.as_str())
+                .push_bind(e.success)
+                .push_bind((!e.success).then_some(DEPLOY_ERROR_MARKER))
+                .push_bind(e.recorded_at)
+                .push_bind(e.seq as i64);
+        });
+        q.push(" ON CONFLICT (deploy_id) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
+    }
+    let mut workloads: Vec<&str> = deploys
+        .iter()
+        .map(|(_, d)| d.workload_id.as_str())
+        .collect();
+    workloads.sort_unstable();
+    workloads.dedup();
+    crate::projections::heartbeats::insert_workloads(conn, &workloads).await?;
+    for w in workloads {
+        sqlx::query(
+            "DELETE FROM deploy_history WHERE workload_id = ?1 AND deploy_id NOT IN \
+             (SELECT deploy_id FROM deploy_history WHERE workload_id = ?1 \
+              ORDER BY recorded_at DESC, seq DESC LIMIT ?2)",
+        )
+        .bind(w)
+        .bind(i64::from(keep))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -184,12 +184,29 @@ pub async fn publish_result(js: &jetstream::Context, subject: &str, data: Value)
         .unwrap();
 }
 
-/// Waits until the RESULTS stream exists (the daemon provisions it in the background).
+/// Publishes one event whose envelope carries `time`, and waits for the ack.
+pub async fn publish_at(js: &jetstream::Context, subject: &str, time: &str, data: Value) {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = serde_json::json!({"id": id, "time": time, "data": data});
+    publish_raw(js, subject, &id, serde_json::to_vec(&body).unwrap())
+        .await
+        .await
+        .unwrap();
+}
+
+/// Waits until every stream exists (the daemon provisions it in the background).
 pub async fn wait_for_streams(js: &jetstream::Context) {
     wait_until(
         Duration::from_secs(10),
         "streams to be provisioned",
-        || async { js.get_stream("RESULTS").await.is_ok() },
+        || async {
+            for s in orrery::bus::streams::ALL {
+                if js.get_stream(s.name).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        },
     )
     .await;
 }

@@ -4,6 +4,7 @@ mod alerts;
 mod api;
 mod browser;
 mod durability;
+mod fleet;
 mod helpers;
 mod live;
 mod results;
