@@ -21,7 +21,7 @@ use crate::db::{self, Db};
 use crate::live::Hub;
 use crate::projections::alerts::AlertsProjection;
 use crate::projections::heartbeats::{self, HeartbeatsProjection};
-use crate::projections::results::ResultsProjection;
+use crate::projections::results::{self, ResultsProjection};
 use crate::projections::topology::TopologyProjection;
 use crate::projector::{load_checkpoint, Progress, Projector};
 use futures::future::BoxFuture;
@@ -138,6 +138,7 @@ impl Application {
             mutation_wait: config.mutation_wait,
             alert_stale_after: config.alert_stale_after,
             fleet: Arc::new(config.fleet.clone()),
+            bus_view: Arc::default(),
             shutdown: cancel.clone(),
         };
         let listener = TcpListener::bind(config.listen)
@@ -191,23 +192,43 @@ impl Application {
 
 /// How often old stats samples are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How often duration blocks are merged.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(5);
+/// (hour, job) pairs merged per pass.
+const COMPACT_GROUPS: i64 = 500;
 
-/// Prunes stats samples past their retention, in small chunks, until shutdown.
+/// Until shutdown: prunes stats samples past their retention and merges duration blocks, in
+/// small transactions between the projectors' commits.
 async fn prune_samples_forever(
     writer: sqlx::SqlitePool,
     retention: Duration,
     cancel: CancellationToken,
 ) {
+    let mut last_prune: Option<std::time::Instant> = None;
     loop {
-        let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
-        match heartbeats::prune_samples(&writer, cutoff).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "pruned old stats samples"),
-            Err(error) => tracing::warn!(%error, "pruning stats samples failed; will retry"),
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(std::time::Instant::now());
+            let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
+            match heartbeats::prune_samples(&writer, cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "pruned old stats samples"),
+                Err(error) => tracing::warn!(%error, "pruning stats samples failed; will retry"),
+            }
+        }
+        // Merge duration blocks until none is left to merge, a bounded pass at a time.
+        loop {
+            match results::compact_duration_blocks(&writer, COMPACT_GROUPS).await {
+                Ok(n) if n == COMPACT_GROUPS as u64 && !cancel.is_cancelled() => continue,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "merging duration blocks failed; will retry");
+                    break;
+                }
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
         }
     }
 }

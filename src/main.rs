@@ -87,6 +87,31 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// A fleet's heartbeats and results through the bus, then fleet health, badge and
+    /// durations latency under concurrent clients.
+    Query {
+        /// Distinct agents.
+        #[arg(long, default_value_t = 10_000)]
+        agents: u64,
+        /// Heartbeats (one system sample each; a tenth add a container sample).
+        #[arg(long, default_value_t = 1_000_000)]
+        samples: u64,
+        /// Execution results, spread over the last seven days.
+        #[arg(long, default_value_t = 5_000_000)]
+        results: u64,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Requests per endpoint.
+        #[arg(long, default_value_t = 3200)]
+        requests: usize,
+        /// NATS to use (with empty streams); by default a private nats-server is started.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold many SSE streams over many topologies under a publish rate; report deliveries,
     /// latency and the daemon's memory per connection.
     Fanout {
@@ -237,6 +262,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
             let report =
                 orrery::bench::alerts::run(&url, events, batch_size, concurrency, requests).await?;
+            print_report(&report, json)
+        }
+        Command::Bench(Bench::Query {
+            agents,
+            samples,
+            results,
+            concurrency,
+            requests,
+            nats_url,
+            json,
+        }) => {
+            init_tracing(false);
+            let private = match nats_url {
+                Some(_) => None,
+                None => Some(orrery::natsd::NatsServer::start()?),
+            };
+            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let load = orrery::bench::fleet::QueryLoad {
+                agents,
+                samples,
+                results,
+                concurrency,
+                requests,
+            };
+            let report = orrery::bench::fleet::run(&url, load).await?;
             print_report(&report, json)
         }
         Command::Bench(Bench::Ingest {

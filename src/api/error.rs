@@ -55,7 +55,13 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(e).context("database query"))
+        match e {
+            // Every reader busy for the whole acquire timeout: overload, not a bug.
+            sqlx::Error::PoolTimedOut => {
+                Self::Busy("the database is busy; try again shortly".into())
+            }
+            e => Self::Internal(anyhow::Error::new(e).context("database query")),
+        }
     }
 }
 

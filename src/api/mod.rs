@@ -62,6 +62,8 @@ pub struct AppState {
     pub alert_stale_after: Duration,
     /// Fleet health settings.
     pub fleet: Arc<crate::config::FleetConfig>,
+    /// Recent JetStream facts for fleet health.
+    pub bus_view: Arc<fleet::BusView>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

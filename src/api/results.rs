@@ -9,6 +9,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::params::Params;
 use crate::api::AppState;
 use crate::bus::subjects;
+use crate::projections::results::count_results;
 use crate::window::{now_ms, parse_single_unit};
 
 /// Longest window the badge accepts.
@@ -36,35 +37,7 @@ pub async fn stats(
     }
     let now = now_ms();
     let from = now - window.as_millis() as i64;
-    // Every shape counts from the (kind, success, recorded_at) index alone; without a kind,
-    // one range count per known kind is added up.
-    let sql = match (success.is_some(), kind.is_some()) {
-        (true, true) => {
-            "SELECT COUNT(*) FROM execution_results \
-                         WHERE kind = ?1 AND success = ?2 AND recorded_at BETWEEN ?3 AND ?4"
-        }
-        (false, true) => {
-            "SELECT COUNT(*) FROM execution_results \
-                          WHERE kind = ?1 AND success IN (0, 1) AND recorded_at BETWEEN ?3 AND ?4"
-        }
-        (true, false) => {
-            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM execution_results r \
-                          WHERE r.kind = k.kind AND r.success = ?2 \
-                          AND r.recorded_at BETWEEN ?3 AND ?4)), 0) FROM result_kinds k"
-        }
-        (false, false) => {
-            "SELECT COALESCE(SUM((SELECT COUNT(*) FROM execution_results r \
-                           WHERE r.kind = k.kind AND r.success IN (0, 1) \
-                           AND r.recorded_at BETWEEN ?3 AND ?4)), 0) FROM result_kinds k"
-        }
-    };
-    let count: i64 = sqlx::query_scalar(sql)
-        .bind(kind)
-        .bind(success)
-        .bind(from)
-        .bind(now)
-        .fetch_one(&state.db.readers)
-        .await?;
+    let count = count_results(&state.db.readers, kind, success, from, now).await?;
     Ok(Json(json!({
         "since": since,
         "success": success,

@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod fanout;
+pub mod fleet;
 pub mod query;
 
 use std::time::{Duration, Instant};
@@ -100,7 +101,7 @@ pub struct IngestReport {
     pub catchup_cpu: CpuCost,
 }
 
-fn eps(n: u64, d: Duration) -> f64 {
+pub(crate) fn eps(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
 }
 

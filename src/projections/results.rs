@@ -205,6 +205,13 @@ impl Projection for ResultsProjection {
     }
 
     async fn apply(&self, conn: &mut SqliteConnection, events: &[ResultEvent]) -> sqlx::Result<()> {
+        // Rows this batch inserts get rowids above the current largest; duplicates of known
+        // result_ids insert nothing, so the duration blocks count each result once.
+        let rowid_before: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(rowid), 0) FROM execution_results")
+                .fetch_one(&mut *conn)
+                .await?;
+        let mut all_new = true;
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO execution_results (result_id, kind, agent_id, job_id, exit_code, \
@@ -223,7 +230,8 @@ impl Projection for ResultsProjection {
                     .push_bind(e.seq as i64);
             });
             q.push(" ON CONFLICT (result_id) DO NOTHING");
-            q.build().execute(&mut *conn).await?;
+            let inserted = q.build().execute(&mut *conn).await?.rows_affected();
+            all_new &= inserted == chunk.len() as u64;
         }
         // A handful of kinds per batch: a linear scan beats hashing here.
         let mut kinds: Vec<&str> = Vec::new();
@@ -240,6 +248,36 @@ impl Projection for ResultsProjection {
             });
             q.build().execute(&mut *conn).await?;
         }
+        if all_new {
+            insert_duration_blocks(conn, events).await?;
+            upsert_counts(conn, events).await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO result_counts (kind, success, minute, n) \
+                 SELECT kind, success, recorded_at / 60000, COUNT(*) FROM execution_results \
+                 WHERE rowid > ?1 GROUP BY kind, success, recorded_at / 60000 \
+                 ON CONFLICT (kind, success, minute) DO UPDATE SET n = n + excluded.n",
+            )
+            .bind(rowid_before)
+            .execute(&mut *conn)
+            .await?;
+            // Some result_ids were known already: let SQLite build the blocks from the rows
+            // this batch actually inserted.
+            sqlx::query(
+                "INSERT INTO duration_blocks (hour, job_id, vals, n, sum_ms, max_key) \
+                 SELECT finished_at / 3600000, job_id, \
+                   group_concat(finished_at || ':' || MAX(0, finished_at - started_at), ','), \
+                   COUNT(*), SUM(MAX(0, finished_at - started_at)), \
+                   MAX(printf('%012d', MAX(0, finished_at - started_at)) || result_id) \
+                 FROM execution_results \
+                 WHERE rowid > ?1 AND job_id IS NOT NULL AND started_at IS NOT NULL \
+                   AND finished_at IS NOT NULL \
+                 GROUP BY finished_at / 3600000, job_id",
+            )
+            .bind(rowid_before)
+            .execute(&mut *conn)
+            .await?;
+        }
         apply_deploys(conn, events, self.deploy_keep).await
     }
 
@@ -250,11 +288,208 @@ impl Projection for ResultsProjection {
         sqlx::query("DELETE FROM result_kinds")
             .execute(&mut *conn)
             .await?;
+        sqlx::query("DELETE FROM result_counts")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM duration_blocks")
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("DELETE FROM deploy_history")
             .execute(&mut *conn)
             .await
             .map(|_| ())
     }
+}
+
+/// Adds a batch of new results to the per-minute counts.
+async fn upsert_counts(conn: &mut SqliteConnection, events: &[ResultEvent]) -> sqlx::Result<()> {
+    let mut counts: std::collections::HashMap<(&str, bool, i64), i64> = Default::default();
+    for e in events {
+        *counts
+            .entry((e.kind.as_str(), e.success, e.recorded_at / 60_000))
+            .or_default() += 1;
+    }
+    let rows: Vec<_> = counts.into_iter().collect();
+    for chunk in rows.chunks(32_000 / 4) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO result_counts (kind, success, minute, n) ");
+        q.push_values(chunk, |mut b, ((kind, success, minute), n)| {
+            b.push_bind(*kind)
+                .push_bind(*success)
+                .push_bind(*minute)
+                .push_bind(*n);
+        });
+        q.push(" ON CONFLICT (kind, success, minute) DO UPDATE SET n = n + excluded.n");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Exactly how many results were recorded in `from..=to` (Unix ms), optionally of one kind
+/// and outcome: whole minutes from `result_counts`, the two partial minutes at the edges
+/// from the (kind, success, recorded_at) index.
+pub async fn count_results(
+    readers: &sqlx::SqlitePool,
+    kind: Option<&str>,
+    success: Option<bool>,
+    from: i64,
+    to: i64,
+) -> sqlx::Result<i64> {
+    if to < from {
+        return Ok(0);
+    }
+    // Whole minutes [first, last) lie inside the window; the rest is counted row by row.
+    let first = from.div_euclid(60_000) + i64::from(from.rem_euclid(60_000) != 0);
+    let last = (to + 1).div_euclid(60_000);
+    let kinds = if kind.is_some() {
+        "k.kind = ?1"
+    } else {
+        "k.kind IN (SELECT kind FROM result_kinds)"
+    };
+    let outcome = if success.is_some() {
+        "success = ?2"
+    } else {
+        "success IN (0, 1)"
+    };
+    let rows = |lo: &str, hi: &str| {
+        format!(
+            "(SELECT COALESCE(SUM((SELECT COUNT(*) FROM execution_results r \
+               WHERE r.kind = k.kind AND r.{outcome} AND r.recorded_at >= {lo} \
+               AND r.recorded_at <= {hi})), 0) \
+             FROM (SELECT kind FROM result_kinds) k WHERE {kinds})"
+        )
+    };
+    let sql = if first < last {
+        format!(
+            "SELECT (SELECT COALESCE(SUM(n), 0) FROM result_counts k \
+               WHERE {kinds} AND k.{outcome} AND k.minute >= ?5 AND k.minute < ?6) \
+             + {} + {}",
+            rows("?3", "?5 * 60000 - 1"),
+            rows("?6 * 60000", "?4"),
+        )
+    } else {
+        format!("SELECT {}", rows("?3", "?4"))
+    };
+    sqlx::query_scalar(&sql)
+        .bind(kind)
+        .bind(success)
+        .bind(from)
+        .bind(to)
+        .bind(first)
+        .bind(last)
+        .fetch_one(readers)
+        .await
+}
+
+/// The hour bucket of a finish time, as SQLite's integer division computes it.
+fn hour_of(ms: i64) -> i64 {
+    ms / 3_600_000
+}
+
+/// One duration block under construction.
+struct Block<'a> {
+    hour: i64,
+    job_id: &'a str,
+    vals: String,
+    n: i64,
+    sum_ms: i64,
+    max_ms: i64,
+    max_id: &'a str,
+}
+
+/// Writes one duration block per (hour, job) of a batch whose results are all new.
+async fn insert_duration_blocks(
+    conn: &mut SqliteConnection,
+    events: &[ResultEvent],
+) -> sqlx::Result<()> {
+    use std::fmt::Write as _;
+    let mut blocks: Vec<Block<'_>> = Vec::new();
+    let mut index: std::collections::HashMap<(i64, &str), usize> = Default::default();
+    for e in events {
+        let (Some(job), Some(start), Some(finish)) =
+            (e.job_id.as_deref(), e.started_at, e.finished_at)
+        else {
+            continue;
+        };
+        let ms = (finish - start).max(0);
+        let hour = hour_of(finish);
+        let i = *index.entry((hour, job)).or_insert_with(|| {
+            blocks.push(Block {
+                hour,
+                job_id: job,
+                vals: String::new(),
+                n: 0,
+                sum_ms: 0,
+                max_ms: -1,
+                max_id: "",
+            });
+            blocks.len() - 1
+        });
+        let b = &mut blocks[i];
+        if b.n > 0 {
+            b.vals.push(',');
+        }
+        let _ = write!(b.vals, "{finish}:{ms}");
+        b.n += 1;
+        b.sum_ms += ms;
+        if ms > b.max_ms || (ms == b.max_ms && e.result_id.as_str() > b.max_id) {
+            b.max_ms = ms;
+            b.max_id = &e.result_id;
+        }
+    }
+    for chunk in blocks.chunks(32_000 / 6) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO duration_blocks (hour, job_id, vals, n, sum_ms, max_key) ",
+        );
+        q.push_values(chunk, |mut row, b| {
+            row.push_bind(b.hour)
+                .push_bind(b.job_id)
+                .push_bind(b.vals.as_str())
+                .push_bind(b.n)
+                .push_bind(b.sum_ms)
+                .push_bind(format!("{:012}{}", b.max_ms, b.max_id));
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Merges the duration blocks of up to `max_groups` (hour, job) pairs that have more than one
+/// block into a single block each, one short transaction per pair so the projector is never
+/// held back for long; returns the pairs merged.
+pub async fn compact_duration_blocks(
+    writer: &sqlx::SqlitePool,
+    max_groups: i64,
+) -> sqlx::Result<u64> {
+    let groups: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT hour, job_id, MAX(rowid) FROM duration_blocks \
+         GROUP BY hour, job_id HAVING COUNT(*) > 1 LIMIT ?1",
+    )
+    .bind(max_groups)
+    .fetch_all(writer)
+    .await?;
+    for (hour, job, upto) in &groups {
+        let mut tx = writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO duration_blocks (hour, job_id, vals, n, sum_ms, max_key) \
+             SELECT hour, job_id, group_concat(vals, ','), SUM(n), SUM(sum_ms), MAX(max_key) \
+             FROM duration_blocks WHERE hour = ?1 AND job_id = ?2 AND rowid <= ?3 \
+             GROUP BY hour, job_id",
+        )
+        .bind(hour)
+        .bind(job)
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM duration_blocks WHERE hour = ?1 AND job_id = ?2 AND rowid <= ?3")
+            .bind(hour)
+            .bind(job)
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(groups.len() as u64)
 }
 
 /// Records deploy results in the ledger and keeps the newest `keep` per workload.

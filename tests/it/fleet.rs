@@ -113,6 +113,11 @@ async fn fleet_health_moves_between_unknown_ok_and_degraded() {
     // A stream and a bucket deleted behind Orrery's back are named.
     js.delete_stream("COMMANDS").await.unwrap();
     js.delete_key_value("config").await.unwrap();
+    // JetStream facts are cached for up to a second.
+    wait_until(Duration::from_secs(5), "fleet health to notice", || async {
+        fleet(&app).await.0 == 503
+    })
+    .await;
     let (code, v) = fleet(&app).await;
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["jetstream"]["all_ok"], false);
@@ -166,6 +171,10 @@ async fn durations_are_nearest_rank_per_job_slowest_first() {
     // scan-a: 10..=100 ms in steps of 10, published out of order.
     for (i, d) in [30, 100, 10, 90, 20, 80, 40, 70, 50, 60].iter().enumerate() {
         publish_result(&js, "result.job.a1", json!({"result_id": format!("a-{d}"), "job_id": "scan-a", "success": i % 2 == 0, "started_at": at(1_000), "finished_at": at(1_000 + d)})).await;
+        if i == 4 {
+            // A second batch, so that scan-a has more than one block to merge.
+            app.wait_caught_up().await;
+        }
     }
     // scan-b: 5 ms, 500 ms, and a finish before its start (clock skew) that counts as 0.
     publish_result(&js, "result.traffic.a2", json!({"result_id": "b-5", "job_id": "scan-b", "exit_code": 0, "started_at": at(0), "finished_at": at(5)})).await;
@@ -202,10 +211,61 @@ async fn durations_are_nearest_rank_per_job_slowest_first() {
         ])
     );
     // The default window (24 h) also sees scan-c.
-    let v = app
+    let all = app
         .get_json("/api/v1/results/durations", Role::Viewer)
         .await;
-    assert_eq!(v["items"].as_array().unwrap().len(), 3);
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    // There every block of scan-a and scan-b lies wholly inside the window: same figures.
+    let whole: Vec<&Value> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["job_id"] != "scan-c")
+        .collect();
+    assert_eq!(json!(whole), v["items"]);
+
+    // A result id seen before counts once, even with another duration.
+    publish_result(&js, "result.job.a1", json!({"result_id": "a-100", "job_id": "scan-a", "success": true, "started_at": at(0), "finished_at": at(9_000)})).await;
+    app.wait_caught_up().await;
+    let again = app
+        .get_json(
+            &format!("/api/v1/results/durations?since={since}"),
+            Role::Viewer,
+        )
+        .await;
+    assert_eq!(again["items"], v["items"]);
+
+    // Merging the per-batch blocks changes no answer.
+    let (db_path, dir) = app.stop().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
+        .await
+        .unwrap();
+    let count = "SELECT COUNT(*) FROM duration_blocks";
+    let before: i64 = sqlx::query_scalar(count).fetch_one(&pool).await.unwrap();
+    while orrery::projections::results::compact_duration_blocks(&pool, 500)
+        .await
+        .unwrap()
+        > 0
+    {}
+    let after: i64 = sqlx::query_scalar(count).fetch_one(&pool).await.unwrap();
+    // (The daemon's own maintenance may have merged some already.)
+    assert!(before >= after, "{before} blocks merged into {after}");
+    let groups: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT DISTINCT hour, job_id FROM duration_blocks)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(after, groups, "one block per hour and job");
+    pool.close().await;
+    let app = spawn_app_with(settings(&nats.url(), &db_path), dir).await;
+    let merged = app
+        .get_json(
+            &format!("/api/v1/results/durations?since={since}"),
+            Role::Viewer,
+        )
+        .await;
+    assert_eq!(merged["items"], v["items"]);
 }
 
 #[tokio::test]

@@ -243,3 +243,61 @@ async fn fixture_events_project_as_documented() {
     let dl = app.get_json("/api/v1/dead-letters", Role::Admin).await;
     assert_eq!(dl["total"], 1);
 }
+
+#[tokio::test]
+async fn windowed_counts_equal_a_row_by_row_count_at_every_edge() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    // Results on, just before and just after minute boundaries, over a few minutes.
+    let base = (orrery::window::now_ms() / 60_000 - 10) * 60_000;
+    let mut i = 0;
+    for minute in 0..5 {
+        for offset in [-1, 0, 1, 29_999, 59_999] {
+            let at = base + minute * 60_000 + offset;
+            let kind = ["traffic", "job"][i % 2];
+            publish_result(
+                &js,
+                &format!("result.{kind}.a1"),
+                json!({"result_id": format!("e{i}"), "success": i % 3 == 0,
+                       "finished_at": orrery::window::format_unix_ms(at)}),
+            )
+            .await;
+            i += 1;
+        }
+    }
+    app.wait_caught_up().await;
+    let (db_path, _dir) = app.stop().await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db_path.display()))
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for from_off in [-1, 0, 1, 59_999, 60_000, 60_001, 90_000] {
+        for to_off in [0, 1, 59_998, 59_999, 60_000, 179_999, 180_000, 300_000] {
+            let (from, to) = (base + from_off, base + to_off);
+            for kind in [None, Some("traffic")] {
+                for success in [None, Some(true), Some(false)] {
+                    let fast =
+                        orrery::projections::results::count_results(&pool, kind, success, from, to)
+                            .await
+                            .unwrap();
+                    let slow: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM execution_results WHERE recorded_at BETWEEN ?1 AND ?2 \
+                         AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR success = ?4)",
+                    )
+                    .bind(from)
+                    .bind(to)
+                    .bind(kind)
+                    .bind(success)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                    assert_eq!(fast, slow, "{from_off}..={to_off} {kind:?} {success:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 8 * 6);
+}

@@ -1,0 +1,206 @@
+//! `orrery bench query`: a fleet's worth of heartbeats and results loaded through the bus,
+//! then the latency of the fleet health, badge and durations endpoints under load.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use async_nats::jetstream;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::query::{measure, Latency, LocalDaemon};
+use super::{eps, publish_with};
+use crate::bus::streams::{self, Provisioning};
+use crate::db::{self, Db};
+use crate::projections::heartbeats::HeartbeatsProjection;
+use crate::projections::results::ResultsProjection;
+use crate::projector::{Outcome, Projection, Projector};
+use crate::window::{format_unix_ms, now_ms};
+
+/// What `bench query` loads.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct QueryLoad {
+    /// Distinct agents beating.
+    pub agents: u64,
+    /// Heartbeats, each with a system sample (a tenth also carry a container sample).
+    pub samples: u64,
+    /// Execution results, spread over the last seven days.
+    pub results: u64,
+    /// Concurrent HTTP clients.
+    pub concurrency: usize,
+    /// Requests per endpoint measured.
+    pub requests: usize,
+}
+
+/// Figures of one `bench query` run.
+#[derive(Debug, Serialize)]
+pub struct QueryReport {
+    /// What was loaded.
+    pub load: QueryLoad,
+    /// Heartbeat projection from a fresh database, events/s.
+    pub heartbeat_ingest_eps: f64,
+    /// Results projection from a fresh database, events/s.
+    pub results_ingest_eps: f64,
+    /// Endpoint latencies.
+    pub endpoints: Vec<Latency>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+async fn catch_up<P: Projection>(
+    projection: P,
+    js: &jetstream::Context,
+    db: &Db,
+    last: u64,
+) -> anyhow::Result<Duration> {
+    let mut projector = Projector::new(
+        projection,
+        js.clone(),
+        db.writer.clone(),
+        4096,
+        Duration::from_millis(20),
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    while projector.checkpoint() < last {
+        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
+            bail!(
+                "projector went idle at {} of {last}",
+                projector.checkpoint()
+            );
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the query benchmark against `nats_url` (a server with empty streams).
+pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport> {
+    if load.agents == 0 || load.samples == 0 || load.results == 0 {
+        bail!("--agents, --samples and --results must be at least 1");
+    }
+    let js = jetstream::new(
+        async_nats::connect(nats_url)
+            .await
+            .with_context(|| format!("connecting to {nats_url}"))?,
+    );
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(8 * 86_400),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
+    for s in [streams::HEARTBEATS, streams::RESULTS] {
+        let state = js.get_stream(s.name).await?.cached_info().state.clone();
+        if state.last_sequence != 0 {
+            bail!(
+                "stream {} is not empty; run against a fresh nats-server",
+                s.name
+            );
+        }
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let now = now_ms();
+
+    // Every agent beats every 10 s; the newest beat of each is seconds old.
+    let beats_per_agent = load.samples.div_ceil(load.agents) as i64;
+    publish_with(&js, load.samples, &run, |i| {
+        let agent = i % load.agents;
+        let round = (i / load.agents) as i64;
+        let at = now - (beats_per_agent - round) * 10_000;
+        let container = if i % 10 == 0 {
+            format!(
+                r#","containers":[{{"container_id":"c{agent}","workload_id":"w{w}","role":"web","cpu_percent":{cpu}.5,"memory_usage":{mem},"memory_limit":1073741824}}]"#,
+                w = agent % 500,
+                cpu = i % 97,
+                mem = (i % 1000) * 1_048_576,
+            )
+        } else {
+            String::new()
+        };
+        let body = format!(
+            r#"{{"id":"hb-{run}-{i}","time":"{t}","data":{{"hostname":"agent-{agent}.corp","version":"1.8.2","labels":{{"site":"s{s}"}},"stats":{{"cpu_percent":{cpu}.0,"memory_usage":{mem},"memory_limit":8589934592}}{container}}}}}"#,
+            t = format_unix_ms(at),
+            s = agent % 7,
+            cpu = i % 100,
+            mem = (i % 8192) * 1_048_576,
+        );
+        (format!("heartbeat.agent-{agent:05}"), body.into_bytes())
+    })
+    .await?;
+
+    const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
+    let span = 7 * DAY_MS;
+    publish_with(&js, load.results, &run, |i| {
+        let finished = now - span + (i as i64 * span) / load.results as i64;
+        let duration = (i * 7_919) % 5_000;
+        let body = format!(
+            r#"{{"id":"res-{run}-{i}","data":{{"result_id":"r-{run}-{i}","job_id":"probe-{job}","exit_code":{code},"started_at":"{s}","finished_at":"{f}"}}}}"#,
+            job = i % 200,
+            code = u8::from(i % 10 == 0),
+            s = format_unix_ms(finished - duration as i64),
+            f = format_unix_ms(finished),
+        );
+        (
+            format!("result.{}.agent-{:05}", KINDS[(i % 4) as usize], i % load.agents),
+            body.into_bytes(),
+        )
+    })
+    .await?;
+
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.db");
+    let db = db::open(&path, 1).await?;
+    let hb_time = catch_up(HeartbeatsProjection, &js, &db, load.samples).await?;
+    let res_time = catch_up(ResultsProjection::default(), &js, &db, load.results).await?;
+    // The daemon merges duration blocks in the background as results arrive; bring the
+    // loaded database to that steady state before measuring.
+    while crate::projections::results::compact_duration_blocks(&db.writer, 10_000).await? > 0 {}
+    db.close().await;
+
+    let daemon = LocalDaemon::start(nats_url, &path).await?;
+    let mut endpoints = Vec::new();
+    for query in [
+        "/api/v1/health/fleet",
+        "/api/v1/results/stats?since=1h&success=false&kind=traffic",
+        "/api/v1/results/stats?since=24h&success=false",
+        "/api/v1/results/durations",
+    ] {
+        endpoints.push(measure(&daemon.base, query, load.concurrency, load.requests).await?);
+    }
+    daemon.stop().await?;
+    Ok(QueryReport {
+        load,
+        heartbeat_ingest_eps: eps(load.samples, hb_time),
+        results_ingest_eps: eps(load.results, res_time),
+        endpoints,
+    })
+}
+
+impl std::fmt::Display for QueryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.load;
+        writeln!(
+            f,
+            "orrery bench query — {} agents, {} heartbeats, {} results over 7 days; {} clients",
+            l.agents, l.samples, l.results, l.concurrency
+        )?;
+        writeln!(
+            f,
+            "  heartbeat ingest   {:>10.0} events/s",
+            self.heartbeat_ingest_eps
+        )?;
+        writeln!(
+            f,
+            "  results ingest     {:>10.0} events/s",
+            self.results_ingest_eps
+        )?;
+        for e in &self.endpoints {
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
