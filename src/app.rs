@@ -23,7 +23,7 @@ use crate::projections::alerts::AlertsProjection;
 use crate::projections::heartbeats::{self, HeartbeatsProjection};
 use crate::projections::results::{self, ResultsProjection};
 use crate::projections::topology::TopologyProjection;
-use crate::projector::{load_checkpoint, Progress, Projector};
+use crate::projector::{load_checkpoint, Progress, Projection, Projector};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
@@ -49,50 +49,24 @@ impl Application {
         let js = jetstream::new(nats.clone());
         let cancel = CancellationToken::new();
 
-        let results = Projector::new(
+        let results = projector(
             ResultsProjection {
                 deploy_keep: config.fleet.deploy_history_keep,
             },
-            js.clone(),
-            db.writer.clone(),
-            config.batch_size,
-            config.batch_wait,
+            &js,
+            &db,
+            &config,
         )
-        .await
-        .context("loading checkpoints")?;
+        .await?;
         let topology_start = load_checkpoint(&db.writer, streams::TOPOLOGY.name).await?;
         let hub = Arc::new(Hub::new(
             config.sse.replay_events,
             config.sse.client_queue,
             topology_start,
         ));
-        let topology = Projector::new(
-            TopologyProjection::new(hub.clone()),
-            js.clone(),
-            db.writer.clone(),
-            config.batch_size,
-            config.batch_wait,
-        )
-        .await
-        .context("loading checkpoints")?;
-        let alerts = Projector::new(
-            AlertsProjection,
-            js.clone(),
-            db.writer.clone(),
-            config.batch_size,
-            config.batch_wait,
-        )
-        .await
-        .context("loading checkpoints")?;
-        let beats = Projector::new(
-            HeartbeatsProjection,
-            js.clone(),
-            db.writer.clone(),
-            config.batch_size,
-            config.batch_wait,
-        )
-        .await
-        .context("loading checkpoints")?;
+        let topology = projector(TopologyProjection::new(hub.clone()), &js, &db, &config).await?;
+        let alerts = projector(AlertsProjection, &js, &db, &config).await?;
+        let beats = projector(HeartbeatsProjection, &js, &db, &config).await?;
         let projections: Arc<[Progress]> = vec![
             results.progress(),
             topology.progress(),
@@ -188,6 +162,24 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// A projector for `projection` with this daemon's bus, writer and batch settings.
+async fn projector<P: Projection>(
+    projection: P,
+    js: &jetstream::Context,
+    db: &Db,
+    config: &Config,
+) -> anyhow::Result<Projector<P>> {
+    Projector::new(
+        projection,
+        js.clone(),
+        db.writer.clone(),
+        config.batch_size,
+        config.batch_wait,
+    )
+    .await
+    .context("loading checkpoints")
 }
 
 /// How often old stats samples are pruned.

@@ -224,11 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(false);
             let duration = orrery::window::parse_duration(&duration)
                 .map_err(|e| anyhow::anyhow!("--duration `{duration}`: {e}"))?;
-            let private = match nats_url {
-                Some(_) => None,
-                None => Some(orrery::natsd::NatsServer::start()?),
-            };
-            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let (_nats, url) = bench_nats(nats_url)?;
             let report = orrery::bench::fanout::fanout(
                 &url,
                 orrery::bench::fanout::FanoutOptions {
@@ -239,12 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json)
         }
         Command::Bench(Bench::Alerts {
             events,
@@ -255,11 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             init_tracing(false);
-            let private = match nats_url {
-                Some(_) => None,
-                None => Some(orrery::natsd::NatsServer::start()?),
-            };
-            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let (_nats, url) = bench_nats(nats_url)?;
             let report =
                 orrery::bench::alerts::run(&url, events, batch_size, concurrency, requests).await?;
             print_report(&report, json)
@@ -274,11 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             init_tracing(false);
-            let private = match nats_url {
-                Some(_) => None,
-                None => Some(orrery::natsd::NatsServer::start()?),
-            };
-            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let (_nats, url) = bench_nats(nats_url)?;
             let load = orrery::bench::fleet::QueryLoad {
                 agents,
                 samples,
@@ -296,19 +279,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         }) => {
             init_tracing(false);
-            let private = match nats_url {
-                Some(_) => None,
-                None => Some(orrery::natsd::NatsServer::start()?),
-            };
-            let url = nats_url.unwrap_or_else(|| private.as_ref().expect("started").url());
+            let (private, url) = bench_nats(nats_url)?;
             let pid = private.as_ref().map(|n| n.pid());
             let report = orrery::bench::ingest(&url, pid, events, batch_size).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
-            Ok(())
+            print_report(&report, json)
         }
     }
 }
@@ -328,6 +302,21 @@ async fn main() -> ExitCode {
 // buffers); mimalloc measured faster on `orrery bench ingest`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The NATS a bench uses: `--nats-url`, else a private nats-server on a free port (kept
+/// running while the returned handle lives).
+fn bench_nats(
+    nats_url: Option<String>,
+) -> anyhow::Result<(Option<orrery::natsd::NatsServer>, String)> {
+    Ok(match nats_url {
+        Some(url) => (None, url),
+        None => {
+            let server = orrery::natsd::NatsServer::start()?;
+            let url = server.url();
+            (Some(server), url)
+        }
+    })
+}
 
 /// Prints a bench report as a table or, with `--json`, as JSON.
 fn print_report<R: serde::Serialize + std::fmt::Display>(

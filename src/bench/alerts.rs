@@ -1,19 +1,16 @@
 //! `orrery bench alerts`: alert ingest with redaction on, then `/alerts/recurrence` latency
 //! with every event stored.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use async_nats::jetstream;
+use anyhow::bail;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use super::query::{measure, Latency, LocalDaemon};
-use super::{eps, publish_with};
-use crate::bus::streams::{self, Provisioning};
+use super::{catch_up, connect_provisioned, eps, last_seq, publish_with};
+use crate::bus::streams;
 use crate::db;
 use crate::projections::alerts::AlertsProjection;
-use crate::projector::{Outcome, Projector};
 
 /// Figures of one `bench alerts` run.
 #[derive(Debug, Serialize)]
@@ -71,26 +68,8 @@ pub async fn run(
     if events == 0 {
         bail!("--events must be at least 1");
     }
-    let js = jetstream::new(
-        async_nats::connect(nats_url)
-            .await
-            .with_context(|| format!("connecting to {nats_url}"))?,
-    );
-    streams::provision(
-        &js,
-        Provisioning {
-            replicas: 1,
-            max_age: Duration::from_secs(86_400),
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
-    let before = js
-        .get_stream(streams::ALERTS.name)
-        .await?
-        .cached_info()
-        .state
-        .last_sequence;
+    let js = connect_provisioned(nats_url, Duration::from_secs(86_400)).await?;
+    let before = last_seq(&js, streams::ALERTS.name).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let publish_time = publish_with(&js, events, &run, alert_event).await?;
     let last = before + events;
@@ -98,40 +77,16 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.db");
     let db = db::open(&path, 1).await?;
-    sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
-        .bind(streams::ALERTS.name)
-        .bind(before as i64)
-        .execute(&db.writer)
-        .await?;
-    let mut projector = Projector::new(
-        AlertsProjection,
-        js.clone(),
-        db.writer.clone(),
-        batch_size,
-        Duration::from_millis(20),
-    )
-    .await?;
-    let cancel = CancellationToken::new();
-    let started = Instant::now();
-    while projector.checkpoint() < last {
-        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
-            bail!(
-                "projector went idle at {} of {last}",
-                projector.checkpoint()
-            );
-        }
-    }
-    let ingest_time = started.elapsed();
+    let ingest_time = catch_up(AlertsProjection, &js, &db, batch_size, before, last).await?;
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_events")
         .fetch_one(&db.writer)
         .await?;
     let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_recurrence")
         .fetch_one(&db.writer)
         .await?;
-    drop(projector);
     db.close().await;
 
-    let daemon = LocalDaemon::start(nats_url, &path).await?;
+    let daemon = LocalDaemon::start(nats_url, &path, |_| {}).await?;
     let mut recurrence = Vec::new();
     for query in [
         "/api/v1/alerts/recurrence?limit=100",

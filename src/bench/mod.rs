@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::streams::{self, Provisioning};
 use crate::db;
 use crate::projections::results::ResultsProjection;
-use crate::projector::{Outcome, Projector};
+use crate::projector::{Outcome, Projection, Projector};
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
@@ -103,6 +103,70 @@ pub struct IngestReport {
 
 pub(crate) fn eps(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Connects to `nats_url` and provisions Orrery's streams, as the daemon would.
+pub(crate) async fn connect_provisioned(
+    nats_url: &str,
+    max_age: Duration,
+) -> anyhow::Result<jetstream::Context> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .with_context(|| format!("connecting to {nats_url}"))?;
+    let js = jetstream::new(client);
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age,
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
+    Ok(js)
+}
+
+/// The last sequence of stream `name`.
+pub(crate) async fn last_seq(js: &jetstream::Context, name: &str) -> anyhow::Result<u64> {
+    Ok(js.get_stream(name).await?.cached_info().state.last_sequence)
+}
+
+/// Projects `projection` into `db` from just after `from` until `last` is committed, and
+/// returns how long that took.
+pub(crate) async fn catch_up<P: Projection>(
+    projection: P,
+    js: &jetstream::Context,
+    db: &db::Db,
+    batch_size: usize,
+    from: u64,
+    last: u64,
+) -> anyhow::Result<Duration> {
+    if from > 0 {
+        sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
+            .bind(projection.stream().name)
+            .bind(from as i64)
+            .execute(&db.writer)
+            .await?;
+    }
+    let mut projector = Projector::new(
+        projection,
+        js.clone(),
+        db.writer.clone(),
+        batch_size,
+        Duration::from_millis(20),
+    )
+    .await?;
+    let cancel = CancellationToken::new();
+    let started = Instant::now();
+    while projector.checkpoint() < last {
+        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
+            bail!(
+                "projector went idle at {} of {last}",
+                projector.checkpoint()
+            );
+        }
+    }
+    Ok(started.elapsed())
 }
 
 /// One result event body, about the size agents send.
@@ -189,33 +253,11 @@ pub async fn ingest(
     if events == 0 {
         bail!("--events must be at least 1");
     }
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
-    let js = jetstream::new(client);
-    streams::provision(
-        &js,
-        Provisioning {
-            replicas: 1,
-            max_age: Duration::from_secs(86_400),
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
-    let before = js
-        .get_stream(streams::RESULTS.name)
-        .await?
-        .cached_info()
-        .state
-        .last_sequence;
+    let js = connect_provisioned(nats_url, Duration::from_secs(86_400)).await?;
+    let before = last_seq(&js, streams::RESULTS.name).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let publish_time = publish(&js, events, &run).await?;
-    let last = js
-        .get_stream(streams::RESULTS.name)
-        .await?
-        .cached_info()
-        .state
-        .last_sequence;
+    let last = last_seq(&js, streams::RESULTS.name).await?;
     if last - before != events {
         bail!(
             "expected {events} new messages in RESULTS, found {}",
@@ -229,31 +271,16 @@ pub async fn ingest(
 
     let dir = tempfile::tempdir()?;
     let db = db::open(&dir.path().join("bench.db"), 1).await?;
-    sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
-        .bind(streams::RESULTS.name)
-        .bind(before as i64)
-        .execute(&db.writer)
-        .await?;
-    let mut projector = Projector::new(
+    let meter = CpuMeter::start(nats_pid);
+    let catchup_time = catch_up(
         ResultsProjection::default(),
-        js.clone(),
-        db.writer.clone(),
+        &js,
+        &db,
         batch_size,
-        Duration::from_millis(20),
+        before,
+        last,
     )
     .await?;
-    let cancel = CancellationToken::new();
-    let meter = CpuMeter::start(nats_pid);
-    let started = Instant::now();
-    while projector.checkpoint() < last {
-        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
-            bail!(
-                "projector went idle at {} of {last}",
-                projector.checkpoint()
-            );
-        }
-    }
-    let catchup_time = started.elapsed();
     let catchup_cpu = meter.per_event(events);
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
         .fetch_one(&db.writer)

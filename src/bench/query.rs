@@ -50,15 +50,21 @@ pub struct LocalDaemon {
 }
 
 impl LocalDaemon {
-    /// Starts the daemon on `database` against `nats_url`.
-    pub async fn start(nats_url: &str, database: &Path) -> anyhow::Result<Self> {
-        let settings = Settings {
+    /// Starts the daemon on `database` against `nats_url`, with `tweak` applied to its
+    /// settings.
+    pub async fn start(
+        nats_url: &str,
+        database: &Path,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
+        let mut settings = Settings {
             nats_url: Some(nats_url.to_owned()),
             database: Some(database.to_owned()),
             listen: Some("127.0.0.1:0".parse().expect("valid address")),
             insecure_no_auth: Some(true),
             ..Default::default()
         };
+        tweak(&mut settings);
         let app = Application::build(settings.resolve()?).await?;
         let base = format!("http://127.0.0.1:{}", app.port());
         let cancel = app.shutdown_token();
