@@ -122,8 +122,9 @@ impl<'a> Filters<'a> {
         })
     }
 
-    /// Appends ` WHERE …` for the filters on table alias `t`.
-    fn push_where(&self, q: &mut QueryBuilder<'a, Sqlite>, t: &str) {
+    /// Appends ` WHERE …` for the filters on table alias `t`; returns what joins a further
+    /// condition (` AND ` or ` WHERE `).
+    fn push_where(&self, q: &mut QueryBuilder<'a, Sqlite>, t: &str) -> &'static str {
         let mut sep = " WHERE ";
         if let Some(p) = self.project_id {
             q.push(format!("{sep}{t}.project_id = ")).push_bind(p);
@@ -131,7 +132,9 @@ impl<'a> Filters<'a> {
         }
         if let Some(p) = self.provider {
             q.push(format!("{sep}{t}.provider = ")).push_bind(p);
+            sep = " AND ";
         }
+        sep
     }
 }
 
@@ -156,15 +159,9 @@ pub async fn dossier(
         "SELECT {EVENT_JSON} AS item, e.provider, e.is_duplicate, e.has_redacted_content, \
          e.source_ref_total FROM alert_events e"
     ));
-    filters.push_where(&mut q, "e");
+    let sep = filters.push_where(&mut q, "e");
     if let Some(id) = event_id {
-        q.push(if filters.project_id.is_some() {
-            " AND "
-        } else {
-            " WHERE "
-        })
-        .push("e.provider_event_id = ")
-        .push_bind(id);
+        q.push(sep).push("e.provider_event_id = ").push_bind(id);
     }
     q.push(" ORDER BY e.seq DESC LIMIT ").push_bind(limit);
     let rows = q.build().fetch_all(&state.db.readers).await?;
@@ -331,17 +328,13 @@ pub async fn recent(
     }
     let limit = params.int("limit", 1, 100, 20)?;
     let mut q = QueryBuilder::new(format!("SELECT {EVENT_JSON} AS item FROM alert_events e"));
-    filters.push_where(&mut q, "e");
+    let sep = filters.push_where(&mut q, "e");
     if let Some(p) = prefix {
-        q.push(if filters.project_id.is_some() {
-            " AND "
-        } else {
-            " WHERE "
-        })
-        .push("substr(e.provider, 1, ")
-        .push_bind(p.len() as i64)
-        .push(") = ")
-        .push_bind(p);
+        q.push(sep)
+            .push("substr(e.provider, 1, ")
+            .push_bind(p.len() as i64)
+            .push(") = ")
+            .push_bind(p);
     }
     q.push(" ORDER BY e.seq DESC LIMIT ").push_bind(limit);
     let rows = q.build().fetch_all(&state.db.readers).await?;

@@ -503,17 +503,16 @@ impl Projection for AlertsProjection {
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        for table in [
-            "alert_events",
-            "alert_event_keys",
-            "alert_recurrence",
-            "alert_freshness",
-        ] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        super::delete_all(
+            conn,
+            &[
+                "alert_events",
+                "alert_event_keys",
+                "alert_recurrence",
+                "alert_freshness",
+            ],
+        )
+        .await
     }
 }
 

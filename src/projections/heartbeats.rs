@@ -302,12 +302,11 @@ impl Projection for HeartbeatsProjection {
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
         // `workloads` is shared with the deploy ledger; it only ever grows and is rebuilt by
         // whichever projection replays.
-        for table in ["agents", "system_stats_samples", "container_stats_samples"] {
-            sqlx::query(&format!("DELETE FROM {table}"))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        super::delete_all(
+            conn,
+            &["agents", "system_stats_samples", "container_stats_samples"],
+        )
+        .await
     }
 }
 

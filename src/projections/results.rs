@@ -282,22 +282,17 @@ impl Projection for ResultsProjection {
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM execution_results")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM result_kinds")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM result_counts")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM duration_blocks")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM deploy_history")
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
+        super::delete_all(
+            conn,
+            &[
+                "execution_results",
+                "result_kinds",
+                "result_counts",
+                "duration_blocks",
+                "deploy_history",
+            ],
+        )
+        .await
     }
 }
 

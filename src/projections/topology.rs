@@ -293,13 +293,7 @@ impl Projection for TopologyProjection {
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        sqlx::query("DELETE FROM topology_mutations")
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM topologies")
-            .execute(&mut *conn)
-            .await
-            .map(|_| ())
+        super::delete_all(conn, &["topology_mutations", "topologies"]).await
     }
 }
 

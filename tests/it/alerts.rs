@@ -385,13 +385,7 @@ async fn provider_heartbeats_are_published_and_never_recur() {
         ]
     );
 
-    let last = js
-        .get_stream("ALERTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .last_sequence;
+    let last = stream_state(&js, "ALERTS").await.0;
     for bad in [
         json!({"project_id": "shop", "providers": []}),
         json!({"project_id": "shop", "providers": ["pagerduty"]}),
@@ -430,13 +424,7 @@ async fn provider_heartbeats_are_published_and_never_recur() {
         )
         .await;
     assert_eq!(res.status(), 413);
-    let after = js
-        .get_stream("ALERTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .last_sequence;
+    let after = stream_state(&js, "ALERTS").await.0;
     assert_eq!(after, last, "nothing published for bad requests");
 }
 
@@ -505,13 +493,7 @@ async fn alertmanager_webhooks_become_alert_events() {
     assert_eq!(resolved["has_redacted_content"], true);
 
     // Nothing is published for a malformed body, even when only one alert is bad.
-    let last = js
-        .get_stream("ALERTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .last_sequence;
+    let last = stream_state(&js, "ALERTS").await.0;
     let mut one_bad = hook.clone();
     one_bad["alerts"][1]["startsAt"] = json!("yesterday");
     let mut no_alerts = hook.clone();
@@ -542,13 +524,7 @@ async fn alertmanager_webhooks_become_alert_events() {
         )
         .await;
     assert_eq!(res.status(), 422, "project_id is required");
-    let after = js
-        .get_stream("ALERTS")
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .last_sequence;
+    let after = stream_state(&js, "ALERTS").await.0;
     assert_eq!(after, last);
 }
 

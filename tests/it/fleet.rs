@@ -603,13 +603,7 @@ async fn the_deploy_ledger_hides_errors_prunes_and_guards_rollbacks() {
         )
         .await;
     assert_eq!(res.status(), 422);
-    let commands = js
-        .get_stream("COMMANDS")
-        .await
-        .unwrap()
-        .cached_info()
-        .state
-        .messages;
+    let commands = stream_state(&js, "COMMANDS").await.1;
     assert_eq!(commands, 0, "nothing published for refused rollbacks");
 
     let res = app.post(path, Some(Role::Admin), rb("d5")).await;

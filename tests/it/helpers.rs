@@ -184,6 +184,18 @@ pub async fn publish_result(js: &jetstream::Context, subject: &str, data: Value)
         .unwrap();
 }
 
+/// `(last_sequence, messages)` of a stream.
+pub async fn stream_state(js: &jetstream::Context, name: &str) -> (u64, u64) {
+    let state = js
+        .get_stream(name)
+        .await
+        .unwrap()
+        .cached_info()
+        .state
+        .clone();
+    (state.last_sequence, state.messages)
+}
+
 /// Publishes one event whose envelope carries `time`, and waits for the ack.
 pub async fn publish_at(js: &jetstream::Context, subject: &str, time: &str, data: Value) {
     let id = uuid::Uuid::new_v4().to_string();
