@@ -14,18 +14,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::sse::StreamLimits;
-use crate::api::{self, auth::Authenticator, AppState};
+use crate::api::{self, AppState};
 use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::live::Hub;
-use crate::projections::alerts::AlertsProjection;
-use crate::projections::heartbeats::{self, HeartbeatsProjection};
-use crate::projections::results::{self, ResultsProjection};
-use crate::projections::topology::TopologyProjection;
-use crate::projector::{load_checkpoint, Progress, Projection, Projector};
+use crate::projections::{self, heartbeats, results};
+use crate::projector::{load_checkpoint, Progress};
+use crate::token::Authenticator;
 use futures::future::BoxFuture;
-use futures::FutureExt;
 
 /// How long in-flight HTTP requests get to finish after shutdown starts.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
@@ -49,42 +46,36 @@ impl Application {
         let js = jetstream::new(nats.clone());
         let cancel = CancellationToken::new();
 
-        let results = projector(
-            ResultsProjection {
-                deploy_keep: config.fleet.deploy_history_keep,
-            },
-            &js,
-            &db,
-            &config,
-        )
-        .await?;
         let topology_start = load_checkpoint(&db.writer, streams::TOPOLOGY.name).await?;
         let hub = Arc::new(Hub::new(
             config.sse.replay_events,
             config.sse.client_queue,
             topology_start,
         ));
-        let topology = projector(TopologyProjection::new(hub.clone()), &js, &db, &config).await?;
-        let alerts = projector(AlertsProjection, &js, &db, &config).await?;
-        let beats = projector(HeartbeatsProjection, &js, &db, &config).await?;
-        let projections: Arc<[Progress]> = vec![
-            results.progress(),
-            topology.progress(),
-            alerts.progress(),
-            beats.progress(),
-        ]
-        .into();
+        let mut projectors = Vec::new();
+        for projection in projections::roster(&config, hub.clone()) {
+            projectors.push(
+                projection
+                    .projector(
+                        js.clone(),
+                        db.writer.clone(),
+                        config.batch_size,
+                        config.batch_wait,
+                    )
+                    .await
+                    .context("loading checkpoints")?,
+            );
+        }
+        let progress: Arc<[Progress]> = projectors.iter().map(|p| p.progress()).collect();
 
         let provisioning = streams::Provisioning {
             replicas: config.stream_replicas,
             max_age: config.stream_max_age,
         };
-        let runs = vec![
-            results.run(cancel.clone()).boxed(),
-            topology.run(cancel.clone()).boxed(),
-            alerts.run(cancel.clone()).boxed(),
-            beats.run(cancel.clone()).boxed(),
-        ];
+        let runs = projectors
+            .into_iter()
+            .map(|p| p.run(cancel.clone()))
+            .collect();
         let background = vec![
             tokio::spawn(supervise(js.clone(), provisioning, runs, cancel.clone())),
             tokio::spawn(prune_samples_forever(
@@ -99,7 +90,7 @@ impl Application {
             nats,
             js,
             auth: Arc::new(Authenticator::new(config.jwt_secret.as_ref())),
-            projections,
+            projections: progress,
             ready_max_lag: config.ready_max_lag,
             bus_timeout: Duration::from_secs(5),
             hub,
@@ -162,24 +153,6 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// A projector for `projection` with this daemon's bus, writer and batch settings.
-async fn projector<P: Projection>(
-    projection: P,
-    js: &jetstream::Context,
-    db: &Db,
-    config: &Config,
-) -> anyhow::Result<Projector<P>> {
-    Projector::new(
-        projection,
-        js.clone(),
-        db.writer.clone(),
-        config.batch_size,
-        config.batch_wait,
-    )
-    .await
-    .context("loading checkpoints")
 }
 
 /// How often old stats samples are pruned.

@@ -14,6 +14,14 @@ use sqlx::SqlitePool;
 /// The embedded migrations under `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Variables one statement may bind: SQLite's limit is 32,766; stay a little under it.
+const MAX_BOUND_VARIABLES: usize = 32_000;
+
+/// How many rows of `columns` bound values each fit one multi-row statement.
+pub const fn rows_per_statement(columns: usize) -> usize {
+    MAX_BOUND_VARIABLES / columns
+}
+
 /// The two pools over one database file.
 #[derive(Clone, Debug)]
 pub struct Db {

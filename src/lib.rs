@@ -5,10 +5,24 @@
 //! transaction per batch together with the stream checkpoint; the [`api`] serves queries from
 //! a read-only pool. The bus is the source of truth: the database can be deleted and rebuilt
 //! from the streams at any time.
+//!
+//! # Layout
+//! - [`api`]: the axum HTTP surface, one module per URL resource, one error type.
+//! - [`app`]: builds the daemon from a [`Config`] and runs it until shutdown.
+//! - [`bus`]: NATS connection, stream provisioning, subjects, the envelope, publishing.
+//! - [`config`]: layered settings resolved into a validated [`Config`], section by section.
+//! - [`db`]: the SQLite file: one writer, a read-only pool, migrations.
+//! - [`live`]: the in-process hub that fans committed topology events out to SSE streams.
+//! - [`natsd`]: starts a private `nats-server` for tests and benchmarks.
+//! - [`projections`]: one module per read model, and the roster of them all.
+//! - [`projector`]: the engine: batch → one transaction with the checkpoint → commit.
+//! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
+//! - [`redact`]: secret redaction for alert text.
+//! - [`token`]: roles, claims, minting and verifying API tokens.
+//! - [`window`]: times and durations: parsing, formatting, Unix milliseconds.
 
 pub mod api;
 pub mod app;
-pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod db;
@@ -18,6 +32,7 @@ pub mod projections;
 pub mod projector;
 pub mod rebuild;
 pub mod redact;
+pub mod token;
 pub mod window;
 
 pub use app::Application;

@@ -6,16 +6,15 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use crate::api::auth::Admin;
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::params::Params;
+use crate::api::extract::{AsAdmin, Params};
 use crate::api::AppState;
 use crate::bus::streams;
 use crate::window::format_unix_ms;
 
 /// `GET /api/v1/dead-letters?stream=&limit=`: newest first, with the total for the filter.
 pub async fn list(
-    _: Admin,
+    _: AsAdmin,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {

@@ -5,7 +5,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::api::auth::Role;
+use crate::bus::publish::PublishError;
+use crate::token::{Role, TokenError};
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -74,53 +75,54 @@ impl ApiError {
         }
     }
 
-    fn status(&self) -> StatusCode {
+    /// The status and the `error` code of the JSON body, in one place.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::InvalidParam { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unavailable(_) | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::InvalidParam { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        Self::Unauthorized(e.message())
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        Self::Unavailable(e.to_string())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let (status, code) = self.status_and_code();
         let body = match &self {
             Self::InvalidParam {
                 parameter,
                 expected,
             } => json!({
-                "error": "invalid_parameter",
+                "error": code,
                 "parameter": parameter,
                 "expected": expected,
                 "message": self.to_string(),
             }),
             Self::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
-                json!({"error": "internal", "message": "internal error (see server logs)"})
+                json!({"error": code, "message": "internal error (see server logs)"})
             }
-            other => {
-                let code = match other {
-                    Self::Unauthorized(_) => "unauthorized",
-                    Self::Forbidden(_) => "forbidden",
-                    Self::NotFound(_) => "not_found",
-                    Self::BadRequest(_) => "bad_request",
-                    Self::TooMany(_) => "too_many_requests",
-                    Self::Conflict(_) => "conflict",
-                    Self::Busy(_) => "busy",
-                    Self::TooLarge(_) => "payload_too_large",
-                    _ => "unavailable",
-                };
-                json!({"error": code, "message": other.to_string()})
-            }
+            other => json!({"error": code, "message": other.to_string()}),
         };
         let mut response = (status, Json(body)).into_response();
         if matches!(self, Self::Busy(_)) {

@@ -1,18 +1,29 @@
-//! Liveness, readiness and Prometheus metrics.
+//! `/health` (liveness), `/ready` (readiness) and `/api/v1/health/fleet` (is the fleet
+//! healthy?), which share how a projection's lag is judged.
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::future::join_all;
+use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::api::error::ApiResult;
+use crate::api::extract::AsViewer;
 use crate::api::AppState;
-use crate::bus;
+use crate::bus::{self, streams};
+use crate::projections::results::counts::count_results;
+use crate::window::{format_unix_ms, now_ms};
+
+/// Window of `recent_results` in fleet health.
+const RECENT_RESULTS_HOURS: i64 = 24;
+/// How old the JetStream facts behind fleet health may be.
+pub const BUS_VIEW_TTL: Duration = Duration::from_secs(1);
 
 /// `GET /health`: the process is up. Touches nothing else, so it never flaps with the bus.
 pub async fn health() -> Json<serde_json::Value> {
@@ -32,6 +43,30 @@ pub struct Lag {
     pub lag: Option<u64>,
 }
 
+impl Lag {
+    /// A projection at `checkpoint` against a stream whose last sequence is `last`.
+    fn new(stream: &'static str, checkpoint: u64, last: Option<u64>) -> Self {
+        Self {
+            stream,
+            checkpoint,
+            stream_last_seq: last,
+            lag: last.map(|l| l.saturating_sub(checkpoint)),
+        }
+    }
+
+    /// Why this projection is unwell with `max_lag` allowed, if it is.
+    fn reason(&self, max_lag: u64) -> Option<String> {
+        match self.lag {
+            None => Some(format!("stream {} could not be read", self.stream)),
+            Some(lag) if lag > max_lag => Some(format!(
+                "projection {} lags by {lag} messages (threshold {max_lag})",
+                self.stream
+            )),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Reads every projection's lag, asking JetStream for the streams' last sequences in parallel.
 pub async fn lags(state: &AppState) -> Vec<Lag> {
     let lookups = state.projections.iter().map(|p| async move {
@@ -43,12 +78,7 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
         .await
         .ok()
         .flatten();
-        Lag {
-            stream: p.stream.name,
-            checkpoint,
-            stream_last_seq: last,
-            lag: last.map(|l| l.saturating_sub(checkpoint)),
-        }
+        Lag::new(p.stream.name, checkpoint, last)
     });
     join_all(lookups).await
 }
@@ -69,16 +99,11 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         Vec::new()
     };
-    for p in &projections {
-        match p.lag {
-            None => reasons.push(format!("stream {} could not be read", p.stream)),
-            Some(lag) if lag > state.ready_max_lag => reasons.push(format!(
-                "projection {} lags by {lag} messages (threshold {})",
-                p.stream, state.ready_max_lag
-            )),
-            Some(_) => {}
-        }
-    }
+    reasons.extend(
+        projections
+            .iter()
+            .filter_map(|p| p.reason(state.ready_max_lag)),
+    );
     let (status, word) = if reasons.is_empty() {
         (StatusCode::OK, "ready")
     } else {
@@ -90,59 +115,166 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `GET /metrics`: Prometheus text exposition of the projector counters.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let mut out = String::with_capacity(2048);
-    let families: [(&str, &str, &str); 5] = [
-        (
-            "orrery_projected_messages_total",
-            "counter",
-            "Messages whose effect was committed.",
-        ),
-        (
-            "orrery_dead_letters_total",
-            "counter",
-            "Messages stored in dead_letters.",
-        ),
-        (
-            "orrery_projection_batches_total",
-            "counter",
-            "Committed batches.",
-        ),
-        (
-            "orrery_projection_errors_total",
-            "counter",
-            "Failed projection steps (retried).",
-        ),
-        (
-            "orrery_projection_checkpoint",
-            "gauge",
-            "Last committed stream sequence.",
-        ),
-    ];
-    for (i, (name, kind, help)) in families.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for p in state.projections.iter() {
-            let c = &p.counters;
-            let value = match i {
-                0 => c.messages.load(Ordering::Relaxed),
-                1 => c.dead_letters.load(Ordering::Relaxed),
-                2 => c.batches.load(Ordering::Relaxed),
-                3 => c.errors.load(Ordering::Relaxed),
-                _ => *p.checkpoint.borrow(),
-            };
-            let _ = writeln!(out, "{name}{{stream=\"{}\"}} {value}", p.stream.name);
+/// Expected JetStream resources, as stream names with the label to report when missing.
+fn expected_resources(state: &AppState) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = streams::ALL
+        .iter()
+        .map(|s| (s.name.to_owned(), s.name.to_owned()))
+        .collect();
+    let f = &state.fleet;
+    out.extend(f.expect_streams.iter().map(|s| (s.clone(), s.clone())));
+    out.extend(
+        f.expect_kv
+            .iter()
+            .map(|b| (format!("KV_{b}"), format!("kv:{b}"))),
+    );
+    out.extend(
+        f.expect_object_stores
+            .iter()
+            .map(|o| (format!("OBJ_{o}"), format!("object_store:{o}"))),
+    );
+    out
+}
+
+/// Every stream name on the server (one paged listing), or `None` when the bus is away.
+async fn stream_names(state: &AppState) -> Option<HashSet<String>> {
+    tokio::time::timeout(state.bus_timeout, async {
+        let mut names = HashSet::new();
+        let mut list = state.js.stream_names();
+        while let Some(name) = list.next().await {
+            names.insert(name.ok()?);
         }
+        Some(names)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// What fleet health asks JetStream: the streams present and each projected stream's last
+/// sequence. Probes poll; JetStream API requests are the expensive part of an answer, so
+/// they are made at most once per [`BUS_VIEW_TTL`] whatever the number of callers.
+#[derive(Default)]
+pub struct BusView {
+    cached: tokio::sync::Mutex<Option<BusFacts>>,
+}
+
+#[derive(Clone)]
+struct BusFacts {
+    at: Instant,
+    names: Option<HashSet<String>>,
+    last_seqs: Vec<(&'static str, Option<u64>)>,
+}
+
+impl BusView {
+    async fn facts(&self, state: &AppState) -> BusFacts {
+        // Holding the lock across the refresh makes concurrent callers share one refresh.
+        let mut cached = self.cached.lock().await;
+        if let Some(f) = cached.as_ref().filter(|f| f.at.elapsed() < BUS_VIEW_TTL) {
+            return f.clone();
+        }
+        let (names, lags) = tokio::join!(stream_names(state), lags(state));
+        let facts = BusFacts {
+            at: Instant::now(),
+            names,
+            last_seqs: lags.iter().map(|l| (l.stream, l.stream_last_seq)).collect(),
+        };
+        *cached = Some(facts.clone());
+        facts
     }
-    let _ = writeln!(
-        out,
-        "# HELP orrery_bus_connected 1 while connected to NATS.\n# TYPE orrery_bus_connected gauge\norrery_bus_connected {}",
-        u8::from(bus::is_connected(&state.nats))
+}
+
+/// `GET /api/v1/health/fleet`: one answer to "is the fleet healthy?" — 200 `ok` or
+/// `unknown` (no agent yet), 503 `degraded` naming nothing but counts and missing resources.
+pub async fn fleet(_: AsViewer, State(state): State<AppState>) -> ApiResult<Response> {
+    let now = now_ms();
+    let f = &state.fleet;
+    let stale_cutoff = now - f.stale_after.as_millis() as i64;
+    let (known, stale): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM agents), \
+         (SELECT COUNT(*) FROM agents WHERE last_heartbeat < ?1)",
+    )
+    .bind(stale_cutoff)
+    .fetch_one(&state.db.readers)
+    .await?;
+    let since = now - RECENT_RESULTS_HOURS * 3_600_000;
+    let readers = &state.db.readers;
+    let (total, failed) = (
+        count_results(readers, None, None, since, now).await?,
+        count_results(readers, None, Some(false), since, now).await?,
     );
-    let _ = writeln!(
-        out,
-        "# HELP orrery_sse_streams_open Live streams open now.\n# TYPE orrery_sse_streams_open gauge\norrery_sse_streams_open {}",
-        state.limits.open()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    let facts = state.bus_view.facts(&state).await;
+    let names = facts.names;
+    let projections: Vec<Lag> = state
+        .projections
+        .iter()
+        .map(|p| {
+            let last = facts
+                .last_seqs
+                .iter()
+                .find(|(s, _)| *s == p.stream.name)
+                .and_then(|(_, l)| *l);
+            let checkpoint = *p.checkpoint.borrow();
+            // Facts may be a moment older than the checkpoint: never report it ahead.
+            Lag::new(p.stream.name, checkpoint, last.map(|l| l.max(checkpoint)))
+        })
+        .collect();
+    let expected = expected_resources(&state);
+    let missing: Vec<String> = expected
+        .iter()
+        .filter(|(name, _)| names.as_ref().is_none_or(|n| !n.contains(name)))
+        .map(|(_, label)| label.clone())
+        .collect();
+
+    let mut reasons = Vec::new();
+    if !missing.is_empty() {
+        reasons.push(format!(
+            "missing JetStream resources: {}",
+            missing.join(", ")
+        ));
+    }
+    reasons.extend(projections.iter().filter_map(|p| p.reason(f.max_lag)));
+    let share = if known > 0 {
+        stale as f64 / known as f64
+    } else {
+        0.0
+    };
+    if stale > 0 && share >= f.stale_share {
+        reasons.push(format!(
+            "{stale} of {known} agents are stale (threshold share {})",
+            f.stale_share
+        ));
+    }
+    let status = if !reasons.is_empty() {
+        "degraded"
+    } else if known == 0 {
+        "unknown"
+    } else {
+        "ok"
+    };
+    let body = json!({
+        "status": status,
+        "reasons": reasons,
+        "agents": {
+            "known": known,
+            "active": known - stale,
+            "stale": stale,
+            "stale_after_secs": f.stale_after.as_secs(),
+        },
+        "jetstream": {
+            "all_ok": missing.is_empty(),
+            "healthy": expected.len() - missing.len(),
+            "total": expected.len(),
+            "missing": missing,
+        },
+        "projections": projections,
+        "recent_results": {"window_hours": RECENT_RESULTS_HOURS, "total": total, "failed": failed},
+        "observed_at": format_unix_ms(now),
+    });
+    let code = if status == "degraded" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(body)).into_response())
 }

@@ -1,20 +1,23 @@
-//! The axum HTTP API: one module per resource, one error type, one state.
+//! The axum HTTP API: one module per URL resource (named after its path), one error type,
+//! one extractor module, one state. [`router`] is the whole surface.
 
+pub mod agents;
 pub mod alerts;
-pub mod auth;
 pub mod dead_letters;
 pub mod error;
-pub mod fleet;
+pub mod extract;
 pub mod health;
-pub mod params;
+pub mod metrics;
 pub mod results;
 pub mod sse;
+pub mod system;
 pub mod topologies;
+pub mod workloads;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, publish::PublishAck};
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method};
@@ -23,13 +26,16 @@ use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
+use crate::bus::publish::{self, Outgoing};
 use crate::db::Db;
 use crate::projector::Progress;
-use auth::Authenticator;
-use error::ApiError;
+use crate::token::Authenticator;
+use error::{ApiError, ApiResult};
 
 /// Largest request body accepted anywhere.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most points one stats history answer holds.
+pub const MAX_HISTORY_POINTS: i64 = 10_000;
 
 /// Cheap handles every handler can reach.
 #[derive(Clone)]
@@ -63,55 +69,30 @@ pub struct AppState {
     /// Fleet health settings.
     pub fleet: Arc<crate::config::FleetConfig>,
     /// Recent JetStream facts for fleet health.
-    pub bus_view: Arc<fleet::BusView>,
+    pub bus_view: Arc<health::BusView>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// One event for [`publish_all`]: subject, `Nats-Msg-Id` and envelope bytes.
-pub struct Outgoing {
-    /// Subject to publish on.
-    pub subject: String,
-    /// Deduplication id (also the envelope id).
-    pub msg_id: String,
-    /// The envelope.
-    pub body: Vec<u8>,
-}
+impl AppState {
+    /// Publishes events the API originates and waits for every ack (bounded by
+    /// `bus_timeout`); 503 when the bus does not confirm them all.
+    pub async fn publish(&self, events: Vec<Outgoing>) -> ApiResult<Vec<PublishAck>> {
+        Ok(publish::publish_all(&self.js, self.bus_timeout, events).await?)
+    }
 
-/// Publishes events to JetStream with their `Nats-Msg-Id`, acks pipelined, and waits for
-/// every ack within the bus timeout; 503 when the bus does not confirm them all.
-pub async fn publish_all(
-    state: &AppState,
-    events: Vec<Outgoing>,
-) -> Result<Vec<jetstream::publish::PublishAck>, ApiError> {
-    let publish = async {
-        let mut pending = Vec::with_capacity(events.len());
-        for e in events {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.msg_id.as_str());
-            pending.push(
-                state
-                    .js
-                    .publish_with_headers(e.subject, headers, e.body.into())
-                    .await?,
-            );
-        }
-        let mut acks = Vec::with_capacity(pending.len());
-        for ack in pending {
-            acks.push(ack.await?);
-        }
-        Ok::<_, async_nats::error::Error<jetstream::context::PublishErrorKind>>(acks)
-    };
-    tokio::time::timeout(state.bus_timeout, publish)
-        .await
-        .map_err(|_| ApiError::Unavailable("the bus did not acknowledge in time".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("publishing to the bus failed: {e}")))
+    /// [`Self::publish`] for one event.
+    pub async fn publish_one(&self, event: Outgoing) -> ApiResult<PublishAck> {
+        Ok(publish::publish_one(&self.js, self.bus_timeout, event).await?)
+    }
 }
 
 /// Builds the whole HTTP surface; `cors_origins` empty means no CORS headers.
 pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let api = Router::new()
+        .route("/health/fleet", get(health::fleet))
         .route("/results/stats", get(results::stats))
+        .route("/results/durations", get(results::durations))
         .route("/dead-letters", get(dead_letters::list))
         .route("/topologies", get(topologies::list))
         .route("/topologies/{tid}", get(topologies::get))
@@ -121,30 +102,25 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         )
         .route("/topologies/{tid}/events", get(sse::events))
         .route("/auth/sse-ticket", post(sse::ticket))
-        .route("/health/fleet", get(fleet::fleet_health))
-        .route("/results/durations", get(fleet::durations))
-        .route("/agents", get(fleet::agents))
-        .route("/agents/{id}", get(fleet::agent))
-        .route("/system/stats/history", get(fleet::system_history))
-        .route("/system/stats/top", get(fleet::top))
-        .route(
-            "/workloads/{wid}/stats/history",
-            get(fleet::workload_history),
-        )
-        .route("/workloads/{wid}/deploys", get(fleet::deploys))
-        .route("/workloads/{wid}/rollback", post(fleet::rollback))
-        .route("/alerts/dossier", get(alerts::dossier))
-        .route("/alerts/coverage", get(alerts::coverage))
-        .route("/alerts/recurrence", get(alerts::recurrence))
-        .route("/alerts/recent", get(alerts::recent))
-        .route("/alerts/freshness", get(alerts::freshness))
+        .route("/agents", get(agents::list))
+        .route("/agents/{id}", get(agents::get))
+        .route("/system/stats/history", get(system::history))
+        .route("/system/stats/top", get(system::top))
+        .route("/workloads/{wid}/stats/history", get(workloads::history))
+        .route("/workloads/{wid}/deploys", get(workloads::deploys))
+        .route("/workloads/{wid}/rollback", post(workloads::rollback))
+        .route("/alerts/dossier", get(alerts::queries::dossier))
+        .route("/alerts/coverage", get(alerts::queries::coverage))
+        .route("/alerts/recurrence", get(alerts::queries::recurrence))
+        .route("/alerts/recent", get(alerts::queries::recent))
+        .route("/alerts/freshness", get(alerts::queries::freshness))
         .route(
             "/alerts/provider-heartbeat",
-            post(alerts::provider_heartbeat),
+            post(alerts::intake::provider_heartbeat),
         )
         .route(
             "/alerts/webhook/alertmanager",
-            post(alerts::alertmanager_webhook),
+            post(alerts::intake::alertmanager_webhook),
         );
     let cors = (!cors_origins.is_empty()).then(|| {
         let origins: Vec<HeaderValue> = cors_origins
@@ -165,7 +141,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/topologies/{tid}/events", get(sse::events))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

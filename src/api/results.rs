@@ -1,16 +1,16 @@
-//! Execution results: the failure-count badge.
+//! `/api/v1/results/…`: the failure-count badge (`stats`) and run durations per job
+//! (`durations`).
 
 use axum::extract::{RawQuery, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::api::auth::Viewer;
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::params::Params;
+use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
-use crate::bus::subjects;
 use crate::projections::results::count_results;
-use crate::window::{now_ms, parse_single_unit};
+use crate::projections::results::durations::job_durations;
+use crate::window::{format_unix_ms, now_ms, parse_rfc3339_ms, parse_single_unit};
 
 /// Longest window the badge accepts.
 pub const MAX_SINCE_SECS: u64 = 7 * 86_400;
@@ -20,7 +20,7 @@ const SINCE_FORM: &str =
 /// `GET /api/v1/results/stats?since=1h&success=false&kind=traffic`: results recorded in the
 /// last `since`, optionally filtered by outcome and kind.
 pub async fn stats(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -31,10 +31,7 @@ pub async fn stats(
         .filter(|d| d.as_secs() <= MAX_SINCE_SECS)
         .ok_or_else(|| ApiError::invalid("since", SINCE_FORM))?;
     let success = params.bool("success")?;
-    let kind = params.get("kind")?;
-    if kind.is_some_and(|k| !subjects::is_token(k)) {
-        return Err(ApiError::invalid("kind", subjects::TOKEN_FORM));
-    }
+    let kind = params.token("kind")?;
     let now = now_ms();
     let from = now - window.as_millis() as i64;
     let count = count_results(&state.db.readers, kind, success, from, now).await?;
@@ -44,4 +41,40 @@ pub async fn stats(
         "kind": kind,
         "count": count,
     })))
+}
+
+/// `GET /api/v1/results/durations?since=<RFC3339>`: per `job_id`, duration statistics of the
+/// results finished since then (default 24 h ago), slowest p95 first.
+pub async fn durations(
+    _: AsViewer,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let since = match params.get("since")? {
+        None => now_ms() - 24 * 3_600_000,
+        Some(s) => parse_rfc3339_ms(s).ok_or_else(|| {
+            ApiError::invalid("since", "an RFC 3339 time such as 2026-11-22T10:00:00Z")
+        })?,
+    };
+    let items: Vec<Value> = job_durations(&state.db.readers, since)
+        .await?
+        .into_iter()
+        .map(|j| {
+            json!({
+                "job_id": j.job_id,
+                "count": j.count,
+                "min_ms": j.min_ms,
+                "p50_ms": j.p50_ms,
+                "p95_ms": j.p95_ms,
+                "p99_ms": j.p99_ms,
+                "max_ms": j.max_ms,
+                "mean_ms": j.mean_ms,
+                "max_result_id": j.max_result_id,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"since": format_unix_ms(since), "items": items}),
+    ))
 }

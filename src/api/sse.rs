@@ -22,14 +22,14 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::{Authorized, Claims, Viewer};
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::params::Params;
+use crate::api::extract::{bearer, AsViewer, Authorized, Params};
 use crate::api::topologies::{in_flight, topology_json};
 use crate::api::AppState;
 use crate::bus::{streams, subjects};
 use crate::live::{LiveEvent, Resume};
 use crate::projector::load_checkpoint;
+use crate::token::Claims;
 
 /// How long an SSE ticket stays valid.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -151,7 +151,7 @@ impl Drop for StreamSlot {
 
 /// `POST /api/v1/auth/sse-ticket`: a single-use ticket for `?ticket=` on an EventSource URL.
 pub async fn ticket(
-    Authorized(claims): Viewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
 ) -> ApiResult<Json<Value>> {
     let ticket = state.tickets.issue(claims)?;
@@ -163,7 +163,7 @@ pub async fn ticket(
 /// Bearer header, else `?ticket=`, else `?token=`; 401 when none is valid.
 fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiResult<Claims> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        return state.auth.from_header_value(value);
+        return bearer(&state.auth, value);
     }
     if let Some(ticket) = params.get("ticket")? {
         return state.tickets.redeem(ticket).ok_or(ApiError::Unauthorized(
@@ -171,11 +171,11 @@ fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiRe
         ));
     }
     if let Some(token) = params.get("token")? {
-        return state.auth.verify(token);
+        return Ok(state.auth.verify(token)?);
     }
-    state
+    Ok(state
         .auth
-        .missing("missing credentials: an Authorization header, ?ticket= or ?token=")
+        .missing("missing credentials: an Authorization header, ?ticket= or ?token=")?)
 }
 
 fn last_event_id(headers: &HeaderMap, params: &Params) -> ApiResult<Option<u64>> {
@@ -364,7 +364,7 @@ fn snapshot_event(seq: u64, body: &Value) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::auth::Role;
+    use crate::token::Role;
 
     fn claims(sub: &str) -> Claims {
         Claims {

@@ -1,6 +1,5 @@
 //! Topologies: the read model, and enqueueing mutations onto the bus.
 
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -10,10 +9,12 @@ use serde_json::{json, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use crate::api::auth::{Authorized, Operator, Viewer};
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::params::Params;
-use crate::api::{publish_all, AppState, Outgoing};
+use crate::api::extract::{
+    body_bytes, parse_json, AsOperator, AsViewer, Authorized, Params, RawBody,
+};
+use crate::api::AppState;
+use crate::bus::publish::Outgoing;
 use crate::bus::{envelope, streams, subjects};
 use crate::projections::topology::STATES;
 use crate::window::{format_unix_ms, now_ms};
@@ -94,7 +95,7 @@ fn topology_id(tid: &str) -> ApiResult<()> {
 
 /// `GET /api/v1/topologies?limit=`: every topology with its status and in-flight count.
 pub async fn list(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -126,7 +127,7 @@ pub async fn list(
 
 /// `GET /api/v1/topologies/<tid>`: the topology with its in-flight mutations.
 pub async fn get(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
@@ -142,7 +143,7 @@ pub async fn get(
 
 /// `GET /api/v1/topologies/<tid>/mutations?state=&limit=`: newest first.
 pub async fn mutations(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     Path(tid): Path<String>,
     RawQuery(query): RawQuery,
@@ -188,28 +189,21 @@ struct NewMutation<'a> {
 /// publish ack. `Idempotency-Key` makes retries return the same mutation; `?wait=true`
 /// answers once the local projection has reached the event (bounded by a timeout).
 pub async fn enqueue(
-    Authorized(claims): Operator,
+    Authorized(claims): AsOperator,
     State(state): State<AppState>,
     Path(tid): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let body = body.map_err(|_| ApiError::TooLarge(MAX_MUTATION_BYTES))?;
-    if body.len() > MAX_MUTATION_BYTES {
-        return Err(ApiError::TooLarge(MAX_MUTATION_BYTES));
-    }
+    let body = body_bytes(&body, MAX_MUTATION_BYTES)?;
     if !subjects::is_token(&tid) {
         return Err(ApiError::invalid("topology_id", subjects::TOKEN_FORM));
     }
     let wait = Params::parse(query.as_deref())
         .bool("wait")?
         .unwrap_or(false);
-    let request: NewMutation = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "body must be {{\"op\": string, \"spec\": object}}: {e}"
-        ))
-    })?;
+    let request: NewMutation = parse_json(body, r#"{"op": string, "spec": object}"#)?;
     if !subjects::is_token(&request.op) {
         return Err(ApiError::BadRequest(format!(
             "op must be {}",
@@ -271,16 +265,13 @@ pub async fn enqueue(
         &format_unix_ms(now_ms()),
         &data,
     );
-    let ack = publish_all(
-        &state,
-        vec![Outgoing {
+    let ack = state
+        .publish_one(Outgoing {
             subject: format!("topology.{tid}.mutation.enqueued"),
             msg_id: mutation_id.clone(),
             body,
-        }],
-    )
-    .await?
-    .remove(0);
+        })
+        .await?;
     let mut answer = json!({"mutation_id": mutation_id, "seq": ack.sequence});
     if ack.duplicate {
         answer["duplicate"] = Value::Bool(true);

@@ -1,9 +1,11 @@
-//! The NATS side: connection, stream provisioning, subject rules and the event envelope.
+//! The NATS side: connection, stream provisioning, subject rules, the event envelope and
+//! publishing.
 //!
 //! JetStream is the source of truth; everything here is about reaching it reliably and
 //! reading what it holds without trusting the publisher.
 
 pub mod envelope;
+pub mod publish;
 pub mod streams;
 pub mod subjects;
 

@@ -17,6 +17,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
+use crate::db::rows_per_statement;
 use crate::projector::{Message, Projection};
 use crate::redact;
 use crate::window::UnixMs;
@@ -293,7 +294,9 @@ pub fn redact_payload(payload: &[u8]) -> Vec<u8> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AlertsProjection;
 
+/// Columns of an `alert_events` row.
 const EVENT_COLUMNS: usize = 27;
+/// Key pairs looked up or inserted per statement: a row-value `IN` list stays short.
 const KEY_PAIRS_PER_STATEMENT: usize = 400;
 
 /// One recurrence group's change within a batch.
@@ -327,179 +330,11 @@ impl Projection for AlertsProjection {
         if events.is_empty() {
             return Ok(());
         }
-        // Duplicates: which keys were seen before this batch, then walk the batch in order.
-        let mut keys: Vec<(&str, &str)> = events
-            .iter()
-            .map(|e| (e.provider.as_str(), e.provider_event_id.as_str()))
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-        for chunk in keys.chunks(KEY_PAIRS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT provider, provider_event_id FROM alert_event_keys \
-                 WHERE (provider, provider_event_id) IN (",
-            );
-            q.push_values(chunk, |mut b, (p, id)| {
-                b.push_bind(*p).push_bind(*id);
-            });
-            q.push(")");
-            let found: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
-            seen.extend(found);
-        }
-        let mut fresh: Vec<(&str, &str)> = Vec::new();
-        let duplicate: Vec<bool> = events
-            .iter()
-            .map(|e| {
-                let key = (e.provider.clone(), e.provider_event_id.clone());
-                if seen.contains(&key) {
-                    true
-                } else {
-                    fresh.push((&e.provider, &e.provider_event_id));
-                    seen.insert(key);
-                    false
-                }
-            })
-            .collect();
-        for chunk in fresh.chunks(KEY_PAIRS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO alert_event_keys (provider, provider_event_id) ",
-            );
-            q.push_values(chunk, |mut b, (p, id)| {
-                b.push_bind(*p).push_bind(*id);
-            });
-            q.build().execute(&mut *conn).await?;
-        }
-
+        let duplicate = mark_duplicates(conn, events).await?;
         let rows: Vec<(&AlertEvent, bool)> = events.iter().zip(duplicate).collect();
-        for chunk in rows.chunks(32_000 / EVENT_COLUMNS) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT OR IGNORE INTO alert_events (seq, event_id, project_id, provider, stage, \
-                 provider_event_id, alertname, severity, namespace, target_resource, fingerprint, \
-                 recurrence_key, labels, annotations, content_redacted, content_sha256, \
-                 content_length, has_redacted_content, redaction_version, source_url, source_refs, \
-                 source_ref_counts, source_ref_total, is_duplicate, is_synthetic, provider_ts, received_at) ",
-            );
-            q.push_values(chunk, |mut b, (e, dup)| {
-                b.push_bind(e.seq as i64)
-                    .push_bind(e.event_id.as_str())
-                    .push_bind(e.project_id.as_str())
-                    .push_bind(e.provider.as_str())
-                    .push_bind(e.stage.as_str())
-                    .push_bind(e.provider_event_id.as_str())
-                    .push_bind(e.alertname.as_deref())
-                    .push_bind(e.severity.as_deref())
-                    .push_bind(e.namespace.as_deref())
-                    .push_bind(e.target_resource.as_deref())
-                    .push_bind(e.fingerprint.as_deref())
-                    .push_bind(e.recurrence_key.as_deref())
-                    .push_bind(e.labels.as_deref())
-                    .push_bind(e.annotations.as_deref())
-                    .push_bind(e.content_redacted.as_deref())
-                    .push_bind(e.content_sha256.as_deref())
-                    .push_bind(e.content_length)
-                    .push_bind(e.has_redacted_content)
-                    .push_bind(redact::VERSION)
-                    .push_bind(e.source_url.as_deref())
-                    .push_bind(e.source_refs.as_deref())
-                    .push_bind(e.source_ref_counts.as_str())
-                    .push_bind(e.source_ref_total)
-                    .push_bind(*dup)
-                    .push_bind(e.is_synthetic)
-                    .push_bind(e.provider_ts)
-                    .push_bind(e.received_at);
-            });
-            q.build().execute(&mut *conn).await?;
-        }
-
-        // Recurrence groups, folded per batch (events arrive in stream order).
-        let mut groups: Vec<GroupDelta<'_>> = Vec::new();
-        let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-        for (e, dup) in &rows {
-            let Some(key) = e.recurrence_key.as_deref() else {
-                continue;
-            };
-            let at = e.received_at;
-            match index.get(&(e.project_id.as_str(), key)) {
-                Some(&i) => {
-                    let g = &mut groups[i];
-                    g.occurrences += 1;
-                    g.duplicates += i64::from(*dup);
-                    g.latest = at;
-                    g.latest_seq = e.seq as i64;
-                    g.provider = &e.provider;
-                }
-                None => {
-                    index.insert((&e.project_id, key), groups.len());
-                    groups.push(GroupDelta {
-                        project_id: &e.project_id,
-                        key,
-                        provider: &e.provider,
-                        occurrences: 1,
-                        duplicates: i64::from(*dup),
-                        first: at,
-                        latest: at,
-                        latest_seq: e.seq as i64,
-                    });
-                }
-            }
-        }
-        for chunk in groups.chunks(32_000 / 8) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alert_recurrence (project_id, recurrence_key, provider, \
-                 occurrence_total, duplicate_total, first_received_at, latest_received_at, \
-                 latest_seq) ",
-            );
-            q.push_values(chunk, |mut b, g| {
-                b.push_bind(g.project_id)
-                    .push_bind(g.key)
-                    .push_bind(g.provider)
-                    .push_bind(g.occurrences)
-                    .push_bind(g.duplicates)
-                    .push_bind(g.first)
-                    .push_bind(g.latest)
-                    .push_bind(g.latest_seq);
-            });
-            q.push(
-                " ON CONFLICT (project_id, recurrence_key) DO UPDATE SET \
-                 provider = excluded.provider, \
-                 occurrence_total = occurrence_total + excluded.occurrence_total, \
-                 duplicate_total = duplicate_total + excluded.duplicate_total, \
-                 first_received_at = MIN(first_received_at, excluded.first_received_at), \
-                 latest_received_at = excluded.latest_received_at, \
-                 latest_seq = excluded.latest_seq",
-            );
-            q.build().execute(&mut *conn).await?;
-        }
-
-        // Freshness: the last event per provider and project, heartbeats included.
-        let mut latest: Vec<&AlertEvent> = Vec::new();
-        for e in events.iter().rev() {
-            if !latest
-                .iter()
-                .any(|l| l.provider == e.provider && l.project_id == e.project_id)
-            {
-                latest.push(e);
-            }
-        }
-        for chunk in latest.chunks(32_000 / 4) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alert_freshness (provider, project_id, last_received_at, last_stage) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(e.provider.as_str())
-                    .push_bind(e.project_id.as_str())
-                    .push_bind(e.received_at)
-                    .push_bind(e.stage.as_str());
-            });
-            q.push(
-                " ON CONFLICT (provider, project_id) DO UPDATE SET \
-                 last_received_at = MAX(last_received_at, excluded.last_received_at), \
-                 last_stage = excluded.last_stage",
-            );
-            q.build().execute(&mut *conn).await?;
-        }
-        Ok(())
+        insert_events(conn, &rows).await?;
+        fold_recurrence(conn, &rows).await?;
+        update_freshness(conn, events).await
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
@@ -514,6 +349,203 @@ impl Projection for AlertsProjection {
         )
         .await
     }
+}
+
+/// Flags each event of a batch that repeats a `(provider, provider_event_id)` seen before
+/// (in an earlier batch or earlier in this one) and records the new keys.
+async fn mark_duplicates(
+    conn: &mut SqliteConnection,
+    events: &[AlertEvent],
+) -> sqlx::Result<Vec<bool>> {
+    // Which keys were seen before this batch, then walk the batch in order.
+    let mut keys: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.provider.as_str(), e.provider_event_id.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    for chunk in keys.chunks(KEY_PAIRS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT provider, provider_event_id FROM alert_event_keys \
+             WHERE (provider, provider_event_id) IN (",
+        );
+        q.push_values(chunk, |mut b, (p, id)| {
+            b.push_bind(*p).push_bind(*id);
+        });
+        q.push(")");
+        let found: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        seen.extend(found);
+    }
+    let mut fresh: Vec<(&str, &str)> = Vec::new();
+    let duplicate: Vec<bool> = events
+        .iter()
+        .map(|e| {
+            let key = (e.provider.clone(), e.provider_event_id.clone());
+            if seen.contains(&key) {
+                true
+            } else {
+                fresh.push((&e.provider, &e.provider_event_id));
+                seen.insert(key);
+                false
+            }
+        })
+        .collect();
+    for chunk in fresh.chunks(KEY_PAIRS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO alert_event_keys (provider, provider_event_id) ",
+        );
+        q.push_values(chunk, |mut b, (p, id)| {
+            b.push_bind(*p).push_bind(*id);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(duplicate)
+}
+
+/// Inserts the events with their duplicate flags.
+async fn insert_events(
+    conn: &mut SqliteConnection,
+    rows: &[(&AlertEvent, bool)],
+) -> sqlx::Result<()> {
+    for chunk in rows.chunks(rows_per_statement(EVENT_COLUMNS)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO alert_events (seq, event_id, project_id, provider, stage, \
+             provider_event_id, alertname, severity, namespace, target_resource, fingerprint, \
+             recurrence_key, labels, annotations, content_redacted, content_sha256, \
+             content_length, has_redacted_content, redaction_version, source_url, source_refs, \
+             source_ref_counts, source_ref_total, is_duplicate, is_synthetic, provider_ts, received_at) ",
+        );
+        q.push_values(chunk, |mut b, (e, dup)| {
+            b.push_bind(e.seq as i64)
+                .push_bind(e.event_id.as_str())
+                .push_bind(e.project_id.as_str())
+                .push_bind(e.provider.as_str())
+                .push_bind(e.stage.as_str())
+                .push_bind(e.provider_event_id.as_str())
+                .push_bind(e.alertname.as_deref())
+                .push_bind(e.severity.as_deref())
+                .push_bind(e.namespace.as_deref())
+                .push_bind(e.target_resource.as_deref())
+                .push_bind(e.fingerprint.as_deref())
+                .push_bind(e.recurrence_key.as_deref())
+                .push_bind(e.labels.as_deref())
+                .push_bind(e.annotations.as_deref())
+                .push_bind(e.content_redacted.as_deref())
+                .push_bind(e.content_sha256.as_deref())
+                .push_bind(e.content_length)
+                .push_bind(e.has_redacted_content)
+                .push_bind(redact::VERSION)
+                .push_bind(e.source_url.as_deref())
+                .push_bind(e.source_refs.as_deref())
+                .push_bind(e.source_ref_counts.as_str())
+                .push_bind(e.source_ref_total)
+                .push_bind(*dup)
+                .push_bind(e.is_synthetic)
+                .push_bind(e.provider_ts)
+                .push_bind(e.received_at);
+        });
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Folds a batch into the recurrence groups (events arrive in stream order); synthetic
+/// events have no group.
+async fn fold_recurrence(
+    conn: &mut SqliteConnection,
+    rows: &[(&AlertEvent, bool)],
+) -> sqlx::Result<()> {
+    let mut groups: Vec<GroupDelta<'_>> = Vec::new();
+    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
+    for (e, dup) in rows {
+        let Some(key) = e.recurrence_key.as_deref() else {
+            continue;
+        };
+        let at = e.received_at;
+        match index.get(&(e.project_id.as_str(), key)) {
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.occurrences += 1;
+                g.duplicates += i64::from(*dup);
+                g.latest = at;
+                g.latest_seq = e.seq as i64;
+                g.provider = &e.provider;
+            }
+            None => {
+                index.insert((&e.project_id, key), groups.len());
+                groups.push(GroupDelta {
+                    project_id: &e.project_id,
+                    key,
+                    provider: &e.provider,
+                    occurrences: 1,
+                    duplicates: i64::from(*dup),
+                    first: at,
+                    latest: at,
+                    latest_seq: e.seq as i64,
+                });
+            }
+        }
+    }
+    for chunk in groups.chunks(rows_per_statement(8)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO alert_recurrence (project_id, recurrence_key, provider, \
+             occurrence_total, duplicate_total, first_received_at, latest_received_at, \
+             latest_seq) ",
+        );
+        q.push_values(chunk, |mut b, g| {
+            b.push_bind(g.project_id)
+                .push_bind(g.key)
+                .push_bind(g.provider)
+                .push_bind(g.occurrences)
+                .push_bind(g.duplicates)
+                .push_bind(g.first)
+                .push_bind(g.latest)
+                .push_bind(g.latest_seq);
+        });
+        q.push(
+            " ON CONFLICT (project_id, recurrence_key) DO UPDATE SET \
+             provider = excluded.provider, \
+             occurrence_total = occurrence_total + excluded.occurrence_total, \
+             duplicate_total = duplicate_total + excluded.duplicate_total, \
+             first_received_at = MIN(first_received_at, excluded.first_received_at), \
+             latest_received_at = excluded.latest_received_at, \
+             latest_seq = excluded.latest_seq",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Keeps the last event per provider and project, heartbeats included.
+async fn update_freshness(conn: &mut SqliteConnection, events: &[AlertEvent]) -> sqlx::Result<()> {
+    let mut latest: Vec<&AlertEvent> = Vec::new();
+    for e in events.iter().rev() {
+        if !latest
+            .iter()
+            .any(|l| l.provider == e.provider && l.project_id == e.project_id)
+        {
+            latest.push(e);
+        }
+    }
+    for chunk in latest.chunks(rows_per_statement(4)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO alert_freshness (provider, project_id, last_received_at, last_stage) ",
+        );
+        q.push_values(chunk, |mut b, e| {
+            b.push_bind(e.provider.as_str())
+                .push_bind(e.project_id.as_str())
+                .push_bind(e.received_at)
+                .push_bind(e.stage.as_str());
+        });
+        q.push(
+            " ON CONFLICT (provider, project_id) DO UPDATE SET \
+             last_received_at = MAX(last_received_at, excluded.last_received_at), \
+             last_stage = excluded.last_stage",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

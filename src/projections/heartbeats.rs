@@ -1,5 +1,5 @@
 //! `heartbeat.<agent_id>` → `agents`, `system_stats_samples`, `container_stats_samples`,
-//! `workloads`.
+//! and the shared `workloads` ([`super::workloads`]).
 //!
 //! A large fleet beats mostly redundant state: `agents` gets one upsert per agent per batch
 //! (its newest heartbeat), while every stats sample is kept.
@@ -11,6 +11,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
+use crate::db::rows_per_statement;
+use crate::projections::workloads;
 use crate::projector::{Message, Projection};
 
 /// Longest hostname, version, container id or role.
@@ -76,6 +78,9 @@ pub struct ContainerSample {
     pub memory_limit: Option<i64>,
 }
 
+/// A system sample: cpu %, memory usage and memory limit (bytes), each when reported.
+pub type SystemStats = (Option<f64>, Option<i64>, Option<i64>);
+
 /// A validated heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
@@ -91,8 +96,8 @@ pub struct Heartbeat {
     pub version: Option<String>,
     /// Labels, as JSON.
     pub labels: Option<String>,
-    /// System sample: cpu %, memory usage, memory limit.
-    pub stats: Option<(Option<f64>, Option<i64>, Option<i64>)>,
+    /// System sample.
+    pub stats: Option<SystemStats>,
     /// Container samples.
     pub containers: Vec<ContainerSample>,
 }
@@ -227,7 +232,7 @@ impl Projection for HeartbeatsProjection {
                 .or_insert(e);
         }
         let agents: Vec<&Heartbeat> = newest.into_values().collect();
-        for chunk in agents.chunks(32_000 / 6) {
+        for chunk in agents.chunks(rows_per_statement(6)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO agents (agent_id, hostname, version, labels, last_heartbeat, last_seq) ",
             );
@@ -249,20 +254,22 @@ impl Projection for HeartbeatsProjection {
             q.build().execute(&mut *conn).await?;
         }
 
-        let system: Vec<&Heartbeat> = events.iter().filter(|e| e.stats.is_some()).collect();
-        for chunk in system.chunks(32_000 / 6) {
+        let system: Vec<(&Heartbeat, SystemStats)> = events
+            .iter()
+            .filter_map(|e| e.stats.map(|s| (e, s)))
+            .collect();
+        for chunk in system.chunks(rows_per_statement(6)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO system_stats_samples \
                  (seq, agent_id, at, cpu_percent, memory_usage, memory_limit) ",
             );
-            q.push_values(chunk, |mut b, e| {
-                let (cpu, usage, limit) = e.stats.expect("filtered");
+            q.push_values(chunk, |mut b, (e, (cpu, usage, limit))| {
                 b.push_bind(e.seq as i64)
                     .push_bind(e.agent_id.as_str())
                     .push_bind(e.at)
-                    .push_bind(cpu)
-                    .push_bind(usage)
-                    .push_bind(limit);
+                    .push_bind(*cpu)
+                    .push_bind(*usage)
+                    .push_bind(*limit);
             });
             q.build().execute(&mut *conn).await?;
         }
@@ -271,7 +278,7 @@ impl Projection for HeartbeatsProjection {
             .iter()
             .flat_map(|e| e.containers.iter().enumerate().map(move |(i, c)| (e, i, c)))
             .collect();
-        for chunk in containers.chunks(32_000 / 10) {
+        for chunk in containers.chunks(rows_per_statement(10)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO container_stats_samples (seq, idx, agent_id, container_id, \
                  workload_id, role, at, cpu_percent, memory_usage, memory_limit) ",
@@ -290,37 +297,23 @@ impl Projection for HeartbeatsProjection {
             });
             q.build().execute(&mut *conn).await?;
         }
-        let mut workloads: Vec<&str> = containers
+        let mut touched: Vec<&str> = containers
             .iter()
             .filter_map(|(_, _, c)| c.workload_id.as_deref())
             .collect();
-        workloads.sort_unstable();
-        workloads.dedup();
-        insert_workloads(conn, &workloads).await
+        touched.sort_unstable();
+        touched.dedup();
+        workloads::insert(conn, &touched).await
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
-        // `workloads` is shared with the deploy ledger; it only ever grows and is rebuilt by
-        // whichever projection replays.
+        // `workloads` is shared with the deploy ledger: see `projections::workloads`.
         super::delete_all(
             conn,
             &["agents", "system_stats_samples", "container_stats_samples"],
         )
         .await
     }
-}
-
-/// Records workloads as known.
-pub async fn insert_workloads(conn: &mut SqliteConnection, ids: &[&str]) -> sqlx::Result<()> {
-    for chunk in ids.chunks(30_000) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT OR IGNORE INTO workloads (workload_id) ");
-        q.push_values(chunk, |mut b, w| {
-            b.push_bind(*w);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// Deletes samples older than `cutoff_ms`, a bounded chunk per transaction, so the writer is

@@ -10,6 +10,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
+use crate::db::rows_per_statement;
 use crate::live::{self, Hub, LiveEvent};
 use crate::projector::{Message, Projection};
 use crate::window::format_unix_ms;
@@ -212,8 +213,8 @@ impl Projection for TopologyProjection {
         conn: &mut SqliteConnection,
         events: &[TopologyEvent],
     ) -> sqlx::Result<()> {
-        // 5 and 11 binds a row: well under SQLite's 32766 variables.
-        for chunk in events.chunks(2000) {
+        // A chunk feeds two statements, of 5 and 11 binds a row.
+        for chunk in events.chunks(rows_per_statement(11)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO topologies (id, name, status, updated_at, last_seq) ",
             );
@@ -238,7 +239,17 @@ impl Projection for TopologyProjection {
 
             let mutations: Vec<_> = chunk
                 .iter()
-                .filter(|e| matches!(e.change, Change::Mutation { .. }))
+                .filter_map(|e| match &e.change {
+                    Change::Mutation {
+                        mutation_id,
+                        state,
+                        op,
+                        spec,
+                        actor,
+                        error,
+                    } => Some((e, mutation_id, *state, op, spec, actor, error)),
+                    Change::Status { .. } => None,
+                })
                 .collect();
             if mutations.is_empty() {
                 continue;
@@ -247,30 +258,22 @@ impl Projection for TopologyProjection {
                 "INSERT INTO topology_mutations (topology_id, mutation_id, op, spec, actor, \
                  state, error, enqueued_at, enqueued_seq, updated_at, seq) ",
             );
-            q.push_values(mutations, |mut b, e| {
-                let Change::Mutation {
-                    mutation_id,
-                    state,
-                    op,
-                    spec,
-                    actor,
-                    error,
-                } = &e.change
-                else {
-                    unreachable!("filtered to mutations");
-                };
-                b.push_bind(e.topology_id.as_str())
-                    .push_bind(mutation_id.as_str())
-                    .push_bind(op.as_deref())
-                    .push_bind(spec.as_deref())
-                    .push_bind(actor.as_deref())
-                    .push_bind(*state)
-                    .push_bind(error.as_deref())
-                    .push_bind((*state == "enqueued").then_some(e.ts))
-                    .push_bind((*state == "enqueued").then_some(e.seq as i64))
-                    .push_bind(e.ts)
-                    .push_bind(e.seq as i64);
-            });
+            q.push_values(
+                mutations,
+                |mut b, (e, mutation_id, state, op, spec, actor, error)| {
+                    b.push_bind(e.topology_id.as_str())
+                        .push_bind(mutation_id.as_str())
+                        .push_bind(op.as_deref())
+                        .push_bind(spec.as_deref())
+                        .push_bind(actor.as_deref())
+                        .push_bind(state)
+                        .push_bind(error.as_deref())
+                        .push_bind((state == "enqueued").then_some(e.ts))
+                        .push_bind((state == "enqueued").then_some(e.seq as i64))
+                        .push_bind(e.ts)
+                        .push_bind(e.seq as i64);
+                },
+            );
             q.push(
                 " ON CONFLICT (topology_id, mutation_id) DO UPDATE SET \
                  op = COALESCE(excluded.op, topology_mutations.op), \

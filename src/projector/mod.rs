@@ -10,6 +10,7 @@
 //! [`Projector::project_next_batch`] is the single step; [`Projector::run`] loops it with
 //! capped backoff. Tests and `orrery rebuild` drive the same step.
 
+mod any;
 mod error;
 
 use std::future::Future;
@@ -26,7 +27,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::streams::StreamSpec;
+use crate::db::rows_per_statement;
 use crate::window::to_unix_ms;
+pub use any::{AnyProjection, Drive};
 pub use error::ProjectorError;
 
 /// How long one step waits for a first message before reporting [`Outcome::Idle`].
@@ -587,8 +590,7 @@ async fn insert_dead_letters<P: Projection>(
     stream: &str,
     batch: &Batch<P::Event>,
 ) -> sqlx::Result<()> {
-    // 6 binds a row; stay well under SQLite's 32766 variables per statement.
-    for chunk in batch.dead.chunks(1000) {
+    for chunk in batch.dead.chunks(rows_per_statement(6)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO dead_letters (stream, seq, subject, reason, payload, received_at) ",
         );

@@ -1,8 +1,8 @@
 //! The alert dossier: redaction, duplicates, recurrence, coverage, freshness and the two
 //! write endpoints, against a real nats-server and SQLite file.
 
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use serde_json::{json, Value};
 
 use crate::helpers::*;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use serde_json::Value;
 
 use crate::helpers::*;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use axum::response::Html;
 use axum::routing::get;
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 

@@ -220,7 +220,7 @@ async fn sigkill_mid_ingest_loses_nothing_and_counts_nothing_twice() {
             "{}/api/v1/results/stats?since=1h&success=false",
             daemon.address
         ))
-        .bearer_auth(token(orrery::api::auth::Role::Viewer))
+        .bearer_auth(token(orrery::token::Role::Viewer))
         .send()
         .await
         .unwrap()
@@ -312,7 +312,7 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
     assert_eq!(before, after);
     assert_eq!(rows_before, dump_results(&app.db_path).await);
     let dl = app
-        .get_json("/api/v1/dead-letters", orrery::api::auth::Role::Admin)
+        .get_json("/api/v1/dead-letters", orrery::token::Role::Admin)
         .await;
     assert_eq!(dl["total"], 1);
 

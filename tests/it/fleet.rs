@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use orrery::Settings;
 use serde_json::{json, Value};
 

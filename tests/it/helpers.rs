@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use async_nats::HeaderMap;
-use orrery::api::auth::{mint, Role};
 use orrery::config::Secret;
 use orrery::natsd::NatsServer;
+use orrery::token::{mint, Role};
 use orrery::{Application, Settings};
 use serde_json::Value;
 use tokio::task::JoinHandle;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use serde_json::json;
 
 use crate::helpers::*;
@@ -359,8 +359,8 @@ async fn the_stream_closes_when_the_token_expires() {
     wait_for_topology_streams(&js).await;
     publish_topology(&js, "t", "status", json!({"status": "active"})).await;
     app.wait_caught_up().await;
-    let short = orrery::api::auth::mint(&orrery::config::Secret::new(SECRET), "u", Role::Viewer, 2)
-        .unwrap();
+    let short =
+        orrery::token::mint(&orrery::config::Secret::new(SECRET), "u", Role::Viewer, 2).unwrap();
     let res = app
         .http
         .get(format!("{}/topologies/t/events", app.address))

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use base64::Engine;
-use orrery::api::auth::Role;
 use orrery::natsd::NatsServer;
+use orrery::token::Role;
 use serde_json::json;
 
 use crate::helpers::*;

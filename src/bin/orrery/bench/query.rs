@@ -6,13 +6,11 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::query::{measure, Latency, LocalDaemon};
+use super::load::{measure, Endpoint, LocalDaemon};
 use super::{catch_up, connect_provisioned, eps, publish_with};
-use crate::bus::streams;
-use crate::db;
-use crate::projections::heartbeats::HeartbeatsProjection;
-use crate::projections::results::ResultsProjection;
-use crate::window::{format_unix_ms, now_ms};
+use orrery::bus::streams;
+use orrery::db;
+use orrery::window::{format_unix_ms, now_ms};
 
 /// What `bench query` loads.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -39,7 +37,7 @@ pub struct QueryReport {
     /// Results projection from a fresh database, events/s.
     pub results_ingest_eps: f64,
     /// Endpoint latencies.
-    pub endpoints: Vec<Latency>,
+    pub endpoints: Vec<Endpoint>,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -111,19 +109,11 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.db");
     let db = db::open(&path, 1).await?;
-    let hb_time = catch_up(HeartbeatsProjection, &js, &db, 4096, 0, load.samples).await?;
-    let res_time = catch_up(
-        ResultsProjection::default(),
-        &js,
-        &db,
-        4096,
-        0,
-        load.results,
-    )
-    .await?;
+    let hb_time = catch_up(streams::HEARTBEATS, &js, &db, 4096, 0, load.samples).await?;
+    let res_time = catch_up(streams::RESULTS, &js, &db, 4096, 0, load.results).await?;
     // The daemon merges duration blocks in the background as results arrive; bring the
     // loaded database to that steady state before measuring.
-    while crate::projections::results::compact_duration_blocks(&db.writer, 10_000).await? > 0 {}
+    while orrery::projections::results::compact_duration_blocks(&db.writer, 10_000).await? > 0 {}
     db.close().await;
 
     // Loading takes minutes; agents count as active for the hour after their last beat so

@@ -1,29 +1,17 @@
-//! `orrery bench`: throughput figures measured on the machine at hand.
-//!
-//! `fanout` (in [`fanout`]) holds many SSE streams under a publish rate.
-//!
-//! `ingest` publishes N result events, then times (1) the raw ordered-consumer ceiling —
-//! the same consumption with no decoding and no SQLite — and (2) the projector's catch-up
-//! from a fresh database to lag 0, and prints both with their ratio.
-
-pub mod alerts;
-pub mod fanout;
-pub mod fleet;
-pub mod query;
+//! `orrery bench ingest`: publishes N result events, then times (1) the raw ordered-consumer
+//! ceiling — the same consumption with no decoding and no SQLite — and (2) the projector's
+//! catch-up from a fresh database to lag 0, and prints both with their ratio.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use async_nats::jetstream::{self, consumer};
-use async_nats::HeaderMap;
 use futures::StreamExt;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::bus::streams::{self, Provisioning};
-use crate::db;
-use crate::projections::results::ResultsProjection;
-use crate::projector::{Outcome, Projection, Projector};
+use super::{catch_up, connect_provisioned, eps, last_seq, publish_with};
+use orrery::bus::streams;
+use orrery::db;
 
 /// CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat`.
 fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
@@ -101,74 +89,6 @@ pub struct IngestReport {
     pub catchup_cpu: CpuCost,
 }
 
-pub(crate) fn eps(n: u64, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64().max(1e-9)
-}
-
-/// Connects to `nats_url` and provisions Orrery's streams, as the daemon would.
-pub(crate) async fn connect_provisioned(
-    nats_url: &str,
-    max_age: Duration,
-) -> anyhow::Result<jetstream::Context> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("connecting to {nats_url}"))?;
-    let js = jetstream::new(client);
-    streams::provision(
-        &js,
-        Provisioning {
-            replicas: 1,
-            max_age,
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("provisioning streams: {e}"))?;
-    Ok(js)
-}
-
-/// The last sequence of stream `name`.
-pub(crate) async fn last_seq(js: &jetstream::Context, name: &str) -> anyhow::Result<u64> {
-    Ok(js.get_stream(name).await?.cached_info().state.last_sequence)
-}
-
-/// Projects `projection` into `db` from just after `from` until `last` is committed, and
-/// returns how long that took.
-pub(crate) async fn catch_up<P: Projection>(
-    projection: P,
-    js: &jetstream::Context,
-    db: &db::Db,
-    batch_size: usize,
-    from: u64,
-    last: u64,
-) -> anyhow::Result<Duration> {
-    if from > 0 {
-        sqlx::query("INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, 0)")
-            .bind(projection.stream().name)
-            .bind(from as i64)
-            .execute(&db.writer)
-            .await?;
-    }
-    let mut projector = Projector::new(
-        projection,
-        js.clone(),
-        db.writer.clone(),
-        batch_size,
-        Duration::from_millis(20),
-    )
-    .await?;
-    let cancel = CancellationToken::new();
-    let started = Instant::now();
-    while projector.checkpoint() < last {
-        if let Outcome::Idle = projector.project_next_batch(&cancel).await? {
-            bail!(
-                "projector went idle at {} of {last}",
-                projector.checkpoint()
-            );
-        }
-    }
-    Ok(started.elapsed())
-}
-
 /// One result event body, about the size agents send.
 fn result_event(i: u64) -> Vec<u8> {
     let ok = i % 10 != 0;
@@ -190,35 +110,6 @@ async fn publish(js: &jetstream::Context, events: u64, run: &str) -> anyhow::Res
         )
     })
     .await
-}
-
-/// Publishes `events` messages made by `make(i)` (subject, body) with up to 4096 acks in
-/// flight; returns how long it took.
-pub(crate) async fn publish_with(
-    js: &jetstream::Context,
-    events: u64,
-    run: &str,
-    mut make: impl FnMut(u64) -> (String, Vec<u8>),
-) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut inflight = std::collections::VecDeque::with_capacity(4096);
-    for i in 0..events {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{run}-{i}").as_str());
-        let (subject, body) = make(i);
-        let ack = js
-            .publish_with_headers(subject, headers, body.into())
-            .await
-            .context("publishing")?;
-        inflight.push_back(ack);
-        if inflight.len() >= 4096 {
-            inflight.pop_front().expect("non-empty").await?;
-        }
-    }
-    for ack in inflight {
-        ack.await?;
-    }
-    Ok(started.elapsed())
 }
 
 async fn raw_consume(js: &jetstream::Context, from: u64, to: u64) -> anyhow::Result<Duration> {
@@ -244,7 +135,7 @@ async fn raw_consume(js: &jetstream::Context, from: u64, to: u64) -> anyhow::Res
 }
 
 /// Runs the ingest benchmark against `nats_url` (RESULTS is created if missing).
-pub async fn ingest(
+pub async fn run(
     nats_url: &str,
     nats_pid: Option<u32>,
     events: u64,
@@ -272,15 +163,7 @@ pub async fn ingest(
     let dir = tempfile::tempdir()?;
     let db = db::open(&dir.path().join("bench.db"), 1).await?;
     let meter = CpuMeter::start(nats_pid);
-    let catchup_time = catch_up(
-        ResultsProjection::default(),
-        &js,
-        &db,
-        batch_size,
-        before,
-        last,
-    )
-    .await?;
+    let catchup_time = catch_up(streams::RESULTS, &js, &db, batch_size, before, last).await?;
     let catchup_cpu = meter.per_event(events);
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
         .fetch_one(&db.writer)

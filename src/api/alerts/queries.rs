@@ -1,34 +1,25 @@
-//! The alert dossier: queries over `alert_events` and the two ways alerts come in through
-//! the API (synthetic provider heartbeats, Alertmanager's webhook).
+//! The dossier's read side: `dossier`, `coverage`, `recurrence`, `recent` and `freshness`,
+//! all over `alert_events` and the tables the projection keeps beside it.
 
 use std::collections::BTreeMap;
 
-use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use crate::api::auth::{Authorized, Operator, Viewer};
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::params::Params;
-use crate::api::{publish_all, AppState, Outgoing, MAX_BODY_BYTES};
-use crate::bus::{envelope, subjects};
+use crate::api::extract::{AsViewer, Params};
+use crate::api::AppState;
+use crate::bus::subjects;
 use crate::projections::alerts::MAX_FIELD_LEN;
-use crate::window::{format_unix_ms, now_ms, parse_rfc3339_ms};
+use crate::window::{format_unix_ms, now_ms};
 
-/// Providers a synthetic heartbeat may be sent for.
-pub const HEARTBEAT_PROVIDERS: [&str; 2] = ["sentry", "signoz"];
 /// Providers listed by /freshness even before their first event.
 pub const KNOWN_PROVIDERS: [&str; 3] = ["alertmanager", "sentry", "signoz"];
-/// Longest `reason` / `run_ref` of a provider heartbeat.
-pub const MAX_NOTE_LEN: usize = 200;
-/// Most alerts accepted in one Alertmanager webhook call.
-pub const MAX_WEBHOOK_ALERTS: usize = 1_000;
 
 /// An RFC 3339 UTC rendering (millisecond precision) of a Unix-ms column, in SQL.
 macro_rules! sql_time {
@@ -97,25 +88,17 @@ fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
 }
 
 /// Filters shared by the dossier queries, validated.
-struct Filters<'a> {
+pub(super) struct Filters<'a> {
     project_id: Option<&'a str>,
     provider: Option<&'a str>,
 }
 
-fn token_param<'a>(params: &'a Params, name: &'static str) -> ApiResult<Option<&'a str>> {
-    let value = params.get(name)?;
-    if value.is_some_and(|v| !subjects::is_token(v)) {
-        return Err(ApiError::invalid(name, subjects::TOKEN_FORM));
-    }
-    Ok(value)
-}
-
 impl<'a> Filters<'a> {
-    fn parse(params: &'a Params, with_provider: bool) -> ApiResult<Self> {
+    pub(super) fn parse(params: &'a Params, with_provider: bool) -> ApiResult<Self> {
         Ok(Self {
-            project_id: token_param(params, "project_id")?,
+            project_id: params.token("project_id")?,
             provider: if with_provider {
-                token_param(params, "provider")?
+                params.token("provider")?
             } else {
                 None
             },
@@ -141,7 +124,7 @@ impl<'a> Filters<'a> {
 /// `GET /api/v1/alerts/dossier?project_id=&provider_event_id=&limit=`: events newest first
 /// and a summary of them.
 pub async fn dossier(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
@@ -232,7 +215,7 @@ impl Coverage {
 /// `GET /api/v1/alerts/coverage?project_id=&provider=&limit=`: over the newest `limit`
 /// events, what each provider contributed.
 pub async fn coverage(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -272,7 +255,7 @@ pub async fn coverage(
 /// `GET /api/v1/alerts/recurrence?project_id=&provider=&limit=`: recurrence groups, latest
 /// first, with the fields of each group's latest event. Synthetic heartbeats never count.
 pub async fn recurrence(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
@@ -313,7 +296,7 @@ pub async fn recurrence(
 
 /// `GET /api/v1/alerts/recent?project_id=&provider_prefix=&limit=`: newest events first.
 pub async fn recent(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
@@ -345,7 +328,7 @@ pub async fn recent(
 /// `GET /api/v1/alerts/freshness?project_id=`: per provider, the last event (heartbeats
 /// included) and whether it is older than the configured threshold.
 pub async fn freshness(
-    _: Viewer,
+    _: AsViewer,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
@@ -383,229 +366,4 @@ pub async fn freshness(
         "providers": providers,
         "observed_at": format_unix_ms(now),
     })))
-}
-
-fn read_body<'a, T: Deserialize<'a>>(
-    body: &'a Result<Bytes, axum::extract::rejection::BytesRejection>,
-    form: &str,
-) -> ApiResult<T> {
-    let bytes = body
-        .as_ref()
-        .map_err(|_| ApiError::TooLarge(MAX_BODY_BYTES))?;
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("body must be {form}: {e}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeartbeatRequest {
-    project_id: String,
-    providers: Vec<String>,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    run_ref: Option<String>,
-}
-
-/// `POST /api/v1/alerts/provider-heartbeat`: publishes one synthetic `heartbeat` alert per
-/// provider, so freshness can tell a quiet provider from a dead feed.
-pub async fn provider_heartbeat(
-    Authorized(claims): Operator,
-    State(state): State<AppState>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let form = r#"{"project_id": token, "providers": ["sentry"|"signoz"], "reason"?: string, "run_ref"?: string}"#;
-    let req: HeartbeatRequest = read_body(&body, form)?;
-    if !subjects::is_token(&req.project_id) {
-        return Err(ApiError::BadRequest(format!(
-            "project_id must be {}",
-            subjects::TOKEN_FORM
-        )));
-    }
-    let mut providers = req.providers.clone();
-    providers.sort();
-    providers.dedup();
-    if providers.is_empty()
-        || providers.len() != req.providers.len()
-        || providers
-            .iter()
-            .any(|p| !HEARTBEAT_PROVIDERS.contains(&p.as_str()))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "providers must list 1 to 2 distinct providers of {}",
-            HEARTBEAT_PROVIDERS.join(", ")
-        )));
-    }
-    for (name, v) in [("reason", &req.reason), ("run_ref", &req.run_ref)] {
-        if v.as_ref().is_some_and(|s| s.len() > MAX_NOTE_LEN) {
-            return Err(ApiError::BadRequest(format!(
-                "{name} must be at most {MAX_NOTE_LEN} bytes"
-            )));
-        }
-    }
-    let now = format_unix_ms(now_ms());
-    let mut outgoing = Vec::new();
-    for provider in &req.providers {
-        let id = uuid::Uuid::new_v4().to_string();
-        let mut labels = json!({"synthetic": "true", "requested_by": claims.sub});
-        if let Some(r) = &req.reason {
-            labels["reason"] = r.clone().into();
-        }
-        if let Some(r) = &req.run_ref {
-            labels["run_ref"] = r.clone().into();
-        }
-        let data = json!({
-            "provider_event_id": format!("heartbeat-{id}"),
-            "stage": "heartbeat",
-            "alertname": "SourceProviderHeartbeat",
-            "severity": "info",
-            "labels": labels,
-            "provider_ts": now,
-        });
-        outgoing.push(Outgoing {
-            subject: format!("alert.{provider}.{}", req.project_id),
-            body: envelope::encode(&id, "alert.heartbeat", "orrery/api", &now, &data),
-            msg_id: id,
-        });
-    }
-    let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();
-    let acks = publish_all(&state, outgoing).await?;
-    let items: Vec<Value> = req
-        .providers
-        .iter()
-        .zip(&ids)
-        .zip(&acks)
-        .map(|((p, id), ack)| json!({"provider": p, "event_id": id, "seq": ack.sequence}))
-        .collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"event_ids": ids, "items": items})),
-    ))
-}
-
-/// One alert of an Alertmanager v4 webhook body (unknown fields are ignored, as Alertmanager
-/// adds fields over time).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AmAlert {
-    status: String,
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    annotations: BTreeMap<String, String>,
-    starts_at: String,
-    #[serde(default, rename = "generatorURL")]
-    generator_url: Option<String>,
-    #[serde(default)]
-    fingerprint: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct AmWebhook {
-    version: String,
-    alerts: Vec<AmAlert>,
-}
-
-/// Turns one Alertmanager alert into the `data` of an alert event.
-fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
-    if a.status != "firing" && a.status != "resolved" {
-        return Err(format!(
-            "alert status must be firing or resolved, not {:?}",
-            a.status
-        ));
-    }
-    let starts = parse_rfc3339_ms(&a.starts_at)
-        .ok_or_else(|| "alert startsAt must be an RFC 3339 time".to_owned())?;
-    let fingerprint = match &a.fingerprint {
-        Some(f) if !f.is_empty() && f.len() <= 64 => f.clone(),
-        Some(_) => return Err("alert fingerprint must be 1 to 64 characters".into()),
-        None => return Err("alert fingerprint is missing".into()),
-    };
-    for (k, v) in a.labels.iter().chain(&a.annotations) {
-        if k.len() > MAX_FIELD_LEN || v.len() > 8 * 1024 {
-            return Err(format!("label or annotation `{k}` is too long"));
-        }
-    }
-    let label = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| a.labels.get(*n))
-            .filter(|v| v.len() <= MAX_FIELD_LEN)
-            .cloned()
-    };
-    // A repeat notification of the same alert instance is a duplicate; its resolution is not.
-    let provider_event_id = format!("{fingerprint}:{}:{}", a.starts_at, a.status);
-    if provider_event_id.len() > MAX_FIELD_LEN {
-        return Err("alert startsAt is too long".into());
-    }
-    let content: Vec<&str> = ["summary", "description", "message"]
-        .iter()
-        .filter_map(|k| a.annotations.get(*k).map(String::as_str))
-        .collect();
-    let data = json!({
-        "provider_event_id": provider_event_id,
-        "stage": a.status,
-        "alertname": label(&["alertname"]),
-        "severity": label(&["severity"]),
-        "namespace": label(&["namespace"]),
-        "target_resource": label(&["instance", "pod", "service", "job"]),
-        "fingerprint": fingerprint,
-        "labels": a.labels,
-        "annotations": a.annotations,
-        "content": (!content.is_empty()).then(|| content.join("\n")),
-        "source_url": a.generator_url.as_deref().filter(|u| !u.is_empty() && u.len() <= 2_048),
-        "provider_ts": format_unix_ms(starts),
-        "source_refs": {"alert": [fingerprint]},
-    });
-    Ok((provider_event_id, data))
-}
-
-/// `POST /api/v1/alerts/webhook/alertmanager?project_id=`: Alertmanager's webhook (v4);
-/// one alert event per alert on `alert.alertmanager.<project_id>`. Everything is validated
-/// before anything is published.
-pub async fn alertmanager_webhook(
-    _: Operator,
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
-    let params = Params::parse(query.as_deref());
-    let project = token_param(&params, "project_id")?
-        .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;
-    let hook: AmWebhook = read_body(&body, "an Alertmanager webhook payload (version 4)")?;
-    if hook.version != "4" {
-        return Err(ApiError::BadRequest(format!(
-            "webhook version {:?} is not supported; expected \"4\"",
-            hook.version
-        )));
-    }
-    if hook.alerts.is_empty() || hook.alerts.len() > MAX_WEBHOOK_ALERTS {
-        return Err(ApiError::BadRequest(format!(
-            "alerts must hold 1 to {MAX_WEBHOOK_ALERTS} alerts"
-        )));
-    }
-    let now = format_unix_ms(now_ms());
-    let mut outgoing = Vec::with_capacity(hook.alerts.len());
-    for (i, alert) in hook.alerts.iter().enumerate() {
-        let (provider_event_id, data) = alertmanager_event(alert)
-            .map_err(|e| ApiError::BadRequest(format!("alerts[{i}]: {e}")))?;
-        // Alertmanager retries a failed delivery: the same alert instance keeps its id, so
-        // JetStream drops the retry within its duplicate window.
-        let id = uuid::Uuid::new_v5(
-            &uuid::Uuid::NAMESPACE_OID,
-            format!("alertmanager\n{project}\n{provider_event_id}").as_bytes(),
-        )
-        .to_string();
-        outgoing.push(Outgoing {
-            subject: format!("alert.alertmanager.{project}"),
-            body: envelope::encode(&id, "alert", "alertmanager", &now, &data),
-            msg_id: id,
-        });
-    }
-    let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();
-    let acks = publish_all(&state, outgoing).await?;
-    let seqs: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"published": ids.len(), "event_ids": ids, "seqs": seqs})),
-    ))
 }

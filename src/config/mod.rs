@@ -16,143 +16,164 @@ use serde::Deserialize;
 /// Shortest JWT secret accepted: HS256 keys shorter than the hash output are guessable.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
-/// Options of every subcommand that touches the bus, the database or the HTTP API.
-///
-/// Field docs are the `--help` text and the README configuration table.
-#[derive(Args, Deserialize, Debug, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
+/// Defines [`Settings`] from one list of fields (each an `Option` of the given type), and
+/// [`Settings::fill_from`] over the same list, so that a field is named once here and once
+/// in its section's resolver.
+macro_rules! settings {
+    ($($(#[$attr:meta])* $field:ident: $ty:ty,)*) => {
+        /// Options of every subcommand that touches the bus, the database or the HTTP API.
+        ///
+        /// Field docs are the `--help` text and the README configuration table; a `[default: …]`
+        /// there is checked by a test against the value [`Settings::resolve`] uses.
+        #[derive(Args, Deserialize, Debug, Default, Clone)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $($(#[$attr])* pub $field: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// Fills each unset field from `lower`, the next layer down.
+            fn fill_from(&mut self, lower: Settings) {
+                $(if self.$field.is_none() {
+                    self.$field = lower.$field;
+                })*
+            }
+        }
+    };
+}
+
+settings! {
     /// TOML file with any of these options (keys as the long flag names, with `_`).
     #[arg(long, env = "ORRERY_CONFIG")]
     #[serde(skip)]
-    pub config: Option<PathBuf>,
+    config: PathBuf,
 
     /// NATS server URL(s), comma separated [default: nats://127.0.0.1:4222].
     #[arg(long, env = "ORRERY_NATS_URL")]
-    pub nats_url: Option<String>,
+    nats_url: String,
     /// NATS user name (with --nats-password).
     #[arg(long, env = "ORRERY_NATS_USER")]
-    pub nats_user: Option<String>,
+    nats_user: String,
     /// NATS password.
     #[arg(long, env = "ORRERY_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    nats_password: String,
     /// NATS authentication token.
     #[arg(long, env = "ORRERY_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
+    nats_token: String,
     /// NATS credentials file (JWT + NKey seed), as issued by nsc.
     #[arg(long, env = "ORRERY_NATS_CREDS")]
-    pub nats_creds: Option<PathBuf>,
+    nats_creds: PathBuf,
     /// NATS NKey seed (starts with `SU`).
     #[arg(long, env = "ORRERY_NATS_NKEY", hide_env_values = true)]
-    pub nats_nkey: Option<String>,
+    nats_nkey: String,
     /// PEM file of the CA that signed the NATS server certificate; enables TLS.
     #[arg(long, env = "ORRERY_NATS_TLS_CA")]
-    pub nats_tls_ca: Option<PathBuf>,
+    nats_tls_ca: PathBuf,
     /// PEM client certificate for mutual TLS (with --nats-tls-key).
     #[arg(long, env = "ORRERY_NATS_TLS_CERT")]
-    pub nats_tls_cert: Option<PathBuf>,
+    nats_tls_cert: PathBuf,
     /// PEM private key of the client certificate.
     #[arg(long, env = "ORRERY_NATS_TLS_KEY")]
-    pub nats_tls_key: Option<PathBuf>,
+    nats_tls_key: PathBuf,
     /// Replicas of the streams Orrery creates (3 on a NATS cluster) [default: 1].
     #[arg(long, env = "ORRERY_STREAM_REPLICAS")]
-    pub stream_replicas: Option<usize>,
+    stream_replicas: usize,
     /// Maximum age of messages in the streams Orrery creates, e.g. `7d`, `12h` [default: 7d].
     #[arg(long, env = "ORRERY_STREAM_MAX_AGE")]
-    pub stream_max_age: Option<String>,
+    stream_max_age: String,
 
     /// SQLite database file holding the read models [default: ./orrery.db].
     #[arg(long, env = "ORRERY_DATABASE")]
-    pub database: Option<PathBuf>,
+    database: PathBuf,
     /// Connections in the read-only pool that serves queries [default: 4].
     #[arg(long, env = "ORRERY_READERS")]
-    pub readers: Option<u32>,
+    readers: u32,
 
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "ORRERY_LISTEN")]
-    pub listen: Option<SocketAddr>,
+    listen: SocketAddr,
     /// HS256 secret for API tokens, at least 32 bytes.
     #[arg(long, env = "ORRERY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    jwt_secret: String,
     /// File holding the HS256 secret (trailing newline ignored); an alternative to --jwt-secret.
     #[arg(long, env = "ORRERY_JWT_SECRET_FILE")]
-    pub jwt_secret_file: Option<PathBuf>,
+    jwt_secret_file: PathBuf,
     /// Serve the API without authentication (local development only) [default: false].
     #[arg(long, env = "ORRERY_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
-    pub insecure_no_auth: Option<bool>,
+    insecure_no_auth: bool,
 
     /// Most messages applied in one SQLite transaction [default: 4096].
     #[arg(long, env = "ORRERY_BATCH_SIZE")]
-    pub batch_size: Option<usize>,
+    batch_size: usize,
     /// Longest wait for a batch to fill once its first message is in, in ms [default: 20].
     #[arg(long, env = "ORRERY_BATCH_WAIT_MS")]
-    pub batch_wait_ms: Option<u64>,
+    batch_wait_ms: u64,
     /// /ready answers 503 while any projection lags the stream by more than this [default: 10000].
     #[arg(long, env = "ORRERY_READY_MAX_LAG")]
-    pub ready_max_lag: Option<u64>,
+    ready_max_lag: u64,
 
     /// SSE keepalive comment interval, seconds [default: 15].
     #[arg(long, env = "ORRERY_SSE_KEEPALIVE_SECS")]
-    pub sse_keepalive_secs: Option<u64>,
+    sse_keepalive_secs: u64,
     /// Concurrent SSE streams one user (token `sub`) may hold; more get 429 [default: 5].
     #[arg(long, env = "ORRERY_SSE_MAX_STREAMS_PER_USER")]
-    pub sse_max_streams_per_user: Option<usize>,
+    sse_max_streams_per_user: usize,
     /// Concurrent SSE streams in all; more get 503 with Retry-After [default: 10000].
     #[arg(long, env = "ORRERY_SSE_MAX_CONNECTIONS")]
-    pub sse_max_connections: Option<usize>,
+    sse_max_connections: usize,
     /// Events an SSE client may fall behind before it is told to resync; keep it above the
     /// most events one topology gets in one batch [default: 1024].
     #[arg(long, env = "ORRERY_SSE_CLIENT_QUEUE")]
-    pub sse_client_queue: Option<usize>,
+    sse_client_queue: usize,
     /// Recent events kept per topology for `Last-Event-ID` resumes [default: 1000].
     #[arg(long, env = "ORRERY_SSE_REPLAY_EVENTS")]
-    pub sse_replay_events: Option<usize>,
+    sse_replay_events: usize,
     /// Origins allowed by CORS, comma separated (e.g. https://dash.example) [default: none].
     #[arg(long, env = "ORRERY_CORS_ORIGINS")]
-    pub cors_origins: Option<String>,
+    cors_origins: String,
     /// Longest wait of `POST …/mutations?wait=true` for the projection, in ms [default: 5000].
     #[arg(long, env = "ORRERY_MUTATION_WAIT_MS")]
-    pub mutation_wait_ms: Option<u64>,
+    mutation_wait_ms: u64,
 
     /// An alert provider whose last event is older than this is `stale` in
     /// /api/v1/alerts/freshness, in seconds [default: 3600].
     #[arg(long, env = "ORRERY_ALERT_STALE_AFTER_SECS")]
-    pub alert_stale_after_secs: Option<u64>,
+    alert_stale_after_secs: u64,
 
     /// An agent with no heartbeat for this long is stale, in seconds [default: 120].
     #[arg(long, env = "ORRERY_AGENT_STALE_AFTER_SECS")]
-    pub agent_stale_after_secs: Option<u64>,
+    agent_stale_after_secs: u64,
     /// Fleet health is degraded once the share of stale agents reaches this (0 to 1; 1 means
     /// every known agent is stale, 0 means any one stale agent) [default: 1].
     #[arg(long, env = "ORRERY_FLEET_STALE_SHARE")]
-    pub fleet_stale_share: Option<f64>,
+    fleet_stale_share: f64,
     /// Fleet health is degraded while a projection lags its stream by more than this
     /// [default: 10000].
     #[arg(long, env = "ORRERY_FLEET_MAX_LAG")]
-    pub fleet_max_lag: Option<u64>,
+    fleet_max_lag: u64,
     /// Extra JetStream streams fleet health expects, comma separated [default: none].
     #[arg(long, env = "ORRERY_EXPECT_STREAMS")]
-    pub expect_streams: Option<String>,
+    expect_streams: String,
     /// JetStream KV buckets fleet health expects, comma separated [default: none].
     #[arg(long, env = "ORRERY_EXPECT_KV")]
-    pub expect_kv: Option<String>,
+    expect_kv: String,
     /// JetStream object stores fleet health expects, comma separated [default: none].
     #[arg(long, env = "ORRERY_EXPECT_OBJECT_STORES")]
-    pub expect_object_stores: Option<String>,
+    expect_object_stores: String,
     /// The agents' heartbeat interval, in seconds; /system/stats/top looks back
     /// max(2 × this, 2 min) [default: 10].
     #[arg(long, env = "ORRERY_HEARTBEAT_INTERVAL_SECS")]
-    pub heartbeat_interval_secs: Option<u64>,
+    heartbeat_interval_secs: u64,
     /// Stats samples older than this are pruned, in seconds [default: 86400].
     #[arg(long, env = "ORRERY_SAMPLE_RETENTION_SECS")]
-    pub sample_retention_secs: Option<u64>,
+    sample_retention_secs: u64,
     /// Deploy ledger entries kept per workload [default: 50].
     #[arg(long, env = "ORRERY_DEPLOY_HISTORY_KEEP")]
-    pub deploy_history_keep: Option<u32>,
+    deploy_history_keep: u32,
 
     /// Log format: `text` or `json` [default: text]. Levels follow RUST_LOG.
     #[arg(long, env = "ORRERY_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    log_format: String,
 }
 
 /// Everything Orrery needs to run, validated and with defaults filled in.
@@ -274,11 +295,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Fills each `None` of `$a` from `$b`, field by field.
-macro_rules! merge_fields {
-    ($a:ident, $b:ident, $($f:ident),* $(,)?) => { $( if $a.$f.is_none() { $a.$f = $b.$f; } )* };
-}
-
 impl Settings {
     /// Merges flags/env (already in `self`) over the TOML file over defaults, then validates.
     /// A JWT secret is required (unless auth is disabled) when `needs_auth` is set.
@@ -289,49 +305,7 @@ impl Settings {
     /// [`Self::resolve`] for commands that serve no API (`migrate`, `rebuild`, `bench`).
     pub fn resolve_for(mut self, needs_auth: bool) -> anyhow::Result<Config> {
         if let Some(path) = self.config.clone() {
-            let file = Self::from_file(&path)?;
-            merge_fields!(
-                self,
-                file,
-                nats_url,
-                nats_user,
-                nats_password,
-                nats_token,
-                nats_creds,
-                nats_nkey,
-                nats_tls_ca,
-                nats_tls_cert,
-                nats_tls_key,
-                stream_replicas,
-                stream_max_age,
-                database,
-                readers,
-                listen,
-                jwt_secret,
-                jwt_secret_file,
-                insecure_no_auth,
-                batch_size,
-                batch_wait_ms,
-                ready_max_lag,
-                sse_keepalive_secs,
-                sse_max_streams_per_user,
-                sse_max_connections,
-                sse_client_queue,
-                sse_replay_events,
-                cors_origins,
-                mutation_wait_ms,
-                alert_stale_after_secs,
-                agent_stale_after_secs,
-                fleet_stale_share,
-                fleet_max_lag,
-                expect_streams,
-                expect_kv,
-                expect_object_stores,
-                heartbeat_interval_secs,
-                sample_retention_secs,
-                deploy_history_keep,
-                log_format,
-            );
+            self.fill_from(Self::from_file(&path)?);
         }
         self.into_config(needs_auth)
     }
@@ -343,23 +317,82 @@ impl Settings {
     }
 
     fn into_config(self, needs_auth: bool) -> anyhow::Result<Config> {
-        let insecure = self.insecure_no_auth.unwrap_or(false);
-        let stale_share = self.fleet_stale_share.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&stale_share) {
-            bail!("--fleet-stale-share must be between 0 and 1, got {stale_share}");
+        let (stream_replicas, stream_max_age) = self.streams()?;
+        let (batch_size, batch_wait, ready_max_lag) = self.projector()?;
+        Ok(Config {
+            nats: self.nats()?,
+            stream_replicas,
+            stream_max_age,
+            database: self
+                .database
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("./orrery.db")),
+            readers: self.readers.unwrap_or(4).max(1),
+            listen: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            jwt_secret: self.auth(needs_auth)?,
+            batch_size,
+            batch_wait,
+            ready_max_lag,
+            sse: self.sse(),
+            cors_origins: list(self.cors_origins.as_deref()),
+            mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
+            alert_stale_after: Duration::from_secs(
+                self.alert_stale_after_secs.unwrap_or(3_600).max(1),
+            ),
+            fleet: self.fleet()?,
+            log_json: self.log_json()?,
+        })
+    }
+
+    /// How to reach NATS.
+    fn nats(&self) -> anyhow::Result<NatsConfig> {
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            bail!("--nats-tls-cert and --nats-tls-key go together");
         }
-        let secret = match (self.jwt_secret, self.jwt_secret_file) {
+        Ok(NatsConfig {
+            url: self
+                .nats_url
+                .clone()
+                .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone().map(Secret),
+            token: self.nats_token.clone().map(Secret),
+            creds: self.nats_creds.clone(),
+            nkey: self.nats_nkey.clone().map(Secret),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+        })
+    }
+
+    /// The streams Orrery creates: replicas and retention.
+    fn streams(&self) -> anyhow::Result<(usize, Duration)> {
+        let max_age = match self.stream_max_age.as_deref() {
+            None => Duration::from_secs(7 * 86_400),
+            Some(s) => crate::window::parse_duration(s)
+                .with_context(|| format!("--stream-max-age `{s}`"))?,
+        };
+        Ok((self.stream_replicas.unwrap_or(1), max_age))
+    }
+
+    /// The API's token secret: `None` only with auth disabled (or for commands that serve no
+    /// API, when `needs_auth` is false).
+    fn auth(&self, needs_auth: bool) -> anyhow::Result<Option<Secret>> {
+        let insecure = self.insecure_no_auth.unwrap_or(false);
+        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
             (Some(_), Some(_)) => bail!("give either --jwt-secret or --jwt-secret-file, not both"),
-            (Some(s), None) => Some(s),
+            (Some(s), None) => Some(s.clone()),
             (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
+                std::fs::read_to_string(path)
                     .with_context(|| format!("reading JWT secret file {}", path.display()))?
                     .trim_end_matches(['\r', '\n'])
                     .to_owned(),
             ),
             (None, None) => None,
         };
-        let jwt_secret = match (secret, insecure) {
+        Ok(match (secret, insecure) {
             (Some(s), _) if s.len() < MIN_JWT_SECRET_LEN => bail!(
                 "the JWT secret is {} bytes; use at least {MIN_JWT_SECRET_LEN} random bytes \
                  (e.g. `openssl rand -hex 32`)",
@@ -372,80 +405,63 @@ impl Settings {
                 "no JWT secret: set ORRERY_JWT_SECRET (or --jwt-secret / --jwt-secret-file), \
                  or pass --insecure-no-auth for local development"
             ),
-        };
-        let log_json = match self.log_format.as_deref().unwrap_or("text") {
-            "text" => false,
-            "json" => true,
-            other => bail!("--log-format must be `text` or `json`, not `{other}`"),
-        };
-        let stream_max_age = match self.stream_max_age.as_deref() {
-            None => Duration::from_secs(7 * 86_400),
-            Some(s) => crate::window::parse_duration(s)
-                .with_context(|| format!("--stream-max-age `{s}`"))?,
-        };
+        })
+    }
+
+    /// The projector's batches and the readiness lag: (batch size, batch wait, max lag).
+    fn projector(&self) -> anyhow::Result<(usize, Duration, u64)> {
         let batch_size = self.batch_size.unwrap_or(4096);
         if batch_size == 0 || batch_size > 100_000 {
             bail!("--batch-size must be between 1 and 100000");
         }
-        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
-            bail!("--nats-tls-cert and --nats-tls-key go together");
-        }
-        Ok(Config {
-            nats: NatsConfig {
-                url: self
-                    .nats_url
-                    .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
-                user: self.nats_user,
-                password: self.nats_password.map(Secret),
-                token: self.nats_token.map(Secret),
-                creds: self.nats_creds,
-                nkey: self.nats_nkey.map(Secret),
-                tls_ca: self.nats_tls_ca,
-                tls_cert: self.nats_tls_cert,
-                tls_key: self.nats_tls_key,
-            },
-            stream_replicas: self.stream_replicas.unwrap_or(1),
-            stream_max_age,
-            database: self
-                .database
-                .unwrap_or_else(|| PathBuf::from("./orrery.db")),
-            readers: self.readers.unwrap_or(4).max(1),
-            listen: self
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            jwt_secret,
+        Ok((
             batch_size,
-            batch_wait: Duration::from_millis(self.batch_wait_ms.unwrap_or(20)),
-            ready_max_lag: self.ready_max_lag.unwrap_or(10_000),
-            sse: SseConfig {
-                keepalive: Duration::from_secs(self.sse_keepalive_secs.unwrap_or(15).max(1)),
-                max_per_user: self.sse_max_streams_per_user.unwrap_or(5).max(1),
-                max_connections: self.sse_max_connections.unwrap_or(10_000).max(1),
-                client_queue: self.sse_client_queue.unwrap_or(1024).max(1),
-                replay_events: self.sse_replay_events.unwrap_or(1000).max(1),
-            },
-            cors_origins: list(self.cors_origins.as_deref()),
-            mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
-            alert_stale_after: Duration::from_secs(
-                self.alert_stale_after_secs.unwrap_or(3_600).max(1),
+            Duration::from_millis(self.batch_wait_ms.unwrap_or(20)),
+            self.ready_max_lag.unwrap_or(10_000),
+        ))
+    }
+
+    /// The live stream's limits and timing.
+    fn sse(&self) -> SseConfig {
+        SseConfig {
+            keepalive: Duration::from_secs(self.sse_keepalive_secs.unwrap_or(15).max(1)),
+            max_per_user: self.sse_max_streams_per_user.unwrap_or(5).max(1),
+            max_connections: self.sse_max_connections.unwrap_or(10_000).max(1),
+            client_queue: self.sse_client_queue.unwrap_or(1024).max(1),
+            replay_events: self.sse_replay_events.unwrap_or(1000).max(1),
+        }
+    }
+
+    /// What fleet health expects and when it calls the fleet degraded.
+    fn fleet(&self) -> anyhow::Result<FleetConfig> {
+        let stale_share = self.fleet_stale_share.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&stale_share) {
+            bail!("--fleet-stale-share must be between 0 and 1, got {stale_share}");
+        }
+        Ok(FleetConfig {
+            stale_after: Duration::from_secs(self.agent_stale_after_secs.unwrap_or(120).max(1)),
+            stale_share,
+            max_lag: self.fleet_max_lag.unwrap_or(10_000),
+            expect_streams: list(self.expect_streams.as_deref()),
+            expect_kv: list(self.expect_kv.as_deref()),
+            expect_object_stores: list(self.expect_object_stores.as_deref()),
+            heartbeat_interval: Duration::from_secs(
+                self.heartbeat_interval_secs.unwrap_or(10).max(1),
             ),
-            fleet: FleetConfig {
-                stale_after: Duration::from_secs(self.agent_stale_after_secs.unwrap_or(120).max(1)),
-                stale_share,
-                max_lag: self.fleet_max_lag.unwrap_or(10_000),
-                expect_streams: list(self.expect_streams.as_deref()),
-                expect_kv: list(self.expect_kv.as_deref()),
-                expect_object_stores: list(self.expect_object_stores.as_deref()),
-                heartbeat_interval: Duration::from_secs(
-                    self.heartbeat_interval_secs.unwrap_or(10).max(1),
-                ),
-                sample_retention: Duration::from_secs(
-                    self.sample_retention_secs.unwrap_or(86_400).max(60),
-                ),
-                deploy_history_keep: self.deploy_history_keep.unwrap_or(50).max(1),
-            },
-            log_json,
+            sample_retention: Duration::from_secs(
+                self.sample_retention_secs.unwrap_or(86_400).max(60),
+            ),
+            deploy_history_keep: self.deploy_history_keep.unwrap_or(50).max(1),
         })
+    }
+
+    /// `true` for JSON logs.
+    fn log_json(&self) -> anyhow::Result<bool> {
+        match self.log_format.as_deref().unwrap_or("text") {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            other => bail!("--log-format must be `text` or `json`, not `{other}`"),
+        }
     }
 }
 
@@ -460,75 +476,4 @@ fn list(s: Option<&str>) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secure() -> Settings {
-        Settings {
-            jwt_secret: Some("x".repeat(32)),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn defaults_match_the_design() {
-        let c = secure().resolve().unwrap();
-        assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
-        assert_eq!(c.database, PathBuf::from("./orrery.db"));
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    }
-
-    #[test]
-    fn missing_or_weak_secret_is_an_error_unless_auth_is_disabled() {
-        let err = Settings::default().resolve().unwrap_err().to_string();
-        assert!(err.contains("no JWT secret"), "{err}");
-        let weak = Settings {
-            jwt_secret: Some("short".into()),
-            ..Default::default()
-        };
-        assert!(weak.resolve().unwrap_err().to_string().contains("5 bytes"));
-        let dev = Settings {
-            insecure_no_auth: Some(true),
-            ..Default::default()
-        };
-        assert!(dev.resolve().unwrap().jwt_secret.is_none());
-    }
-
-    #[test]
-    fn flags_win_over_file_and_unknown_keys_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("o.toml");
-        std::fs::write(&path, "database = \"file.db\"\nbatch_size = 10\n").unwrap();
-        let c = Settings {
-            config: Some(path.clone()),
-            batch_size: Some(99),
-            ..secure()
-        }
-        .resolve()
-        .unwrap();
-        assert_eq!(c.database, PathBuf::from("file.db"));
-        assert_eq!(c.batch_size, 99);
-
-        std::fs::write(&path, "databse = \"typo.db\"\n").unwrap();
-        let err = Settings {
-            config: Some(path),
-            ..secure()
-        }
-        .resolve()
-        .unwrap_err();
-        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
-    }
-
-    #[test]
-    fn the_example_config_file_parses() {
-        let text = include_str!("../orrery.example.toml");
-        let file: Settings = toml::from_str(text).unwrap();
-        assert_eq!(file.batch_size, Some(4096));
-    }
-
-    #[test]
-    fn secret_is_not_debug_printed() {
-        let c = secure().resolve().unwrap();
-        assert!(!format!("{c:?}").contains("xxxxxxxx"));
-    }
-}
+mod tests;

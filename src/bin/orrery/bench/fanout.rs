@@ -15,9 +15,11 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::auth::{mint, Role};
-use crate::config::Secret;
-use crate::natsd::free_port;
+use orrery::config::Secret;
+use orrery::natsd::free_port;
+use orrery::token::{mint, Role};
+
+use super::Quantiles;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -30,17 +32,6 @@ pub struct FanoutOptions {
     pub rate: u64,
     /// How long to publish.
     pub duration: Duration,
-}
-
-/// Latency percentiles in milliseconds.
-#[derive(Debug, Serialize, Default)]
-pub struct Latency {
-    /// Median.
-    pub p50_ms: f64,
-    /// 99th percentile.
-    pub p99_ms: f64,
-    /// Worst.
-    pub max_ms: f64,
 }
 
 /// Figures of one `bench fanout` run.
@@ -61,7 +52,7 @@ pub struct FanoutReport {
     /// Deliveries per second over the publishing window.
     pub delivered_per_s: f64,
     /// Publish → receive.
-    pub latency: Latency,
+    pub latency: Quantiles,
     /// Failed connects, resyncs and streams that ended early.
     pub errors: u64,
     /// Connections still open at the end.
@@ -200,16 +191,8 @@ async fn client(
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    f64::from(sorted[rank.clamp(1, sorted.len()) - 1]) / 1000.0
-}
-
 /// Runs the fan-out benchmark against the NATS at `nats_url`.
-pub async fn fanout(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
+pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
     if opts.clients == 0 || opts.topologies == 0 || opts.rate == 0 {
         bail!("--clients, --topologies and --rate must be at least 1");
     }
@@ -368,6 +351,7 @@ pub async fn fanout(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<Fanou
         held += usize::from(t.open_at_end);
     }
     latencies.sort_unstable();
+    let latencies_ms: Vec<f64> = latencies.iter().map(|&us| f64::from(us) / 1000.0).collect();
     let window = publish_time.max(drain.duration_since(publish_start));
     Ok(FanoutReport {
         clients: opts.clients,
@@ -377,11 +361,7 @@ pub async fn fanout(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<Fanou
         delivered: delivered_n,
         expected,
         delivered_per_s: delivered_n as f64 / window.as_secs_f64().max(1e-9),
-        latency: Latency {
-            p50_ms: percentile(&latencies, 50.0),
-            p99_ms: percentile(&latencies, 99.0),
-            max_ms: latencies.last().map_or(0.0, |m| f64::from(*m) / 1000.0),
-        },
+        latency: Quantiles::of_sorted(&latencies_ms),
         errors,
         held_at_end: held,
         rss_before,

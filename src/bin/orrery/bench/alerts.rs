@@ -6,11 +6,10 @@ use std::time::Duration;
 use anyhow::bail;
 use serde::Serialize;
 
-use super::query::{measure, Latency, LocalDaemon};
+use super::load::{measure, Endpoint, LocalDaemon};
 use super::{catch_up, connect_provisioned, eps, last_seq, publish_with};
-use crate::bus::streams;
-use crate::db;
-use crate::projections::alerts::AlertsProjection;
+use orrery::bus::streams;
+use orrery::db;
 
 /// Figures of one `bench alerts` run.
 #[derive(Debug, Serialize)]
@@ -28,7 +27,7 @@ pub struct AlertsReport {
     /// Recurrence groups stored.
     pub groups: u64,
     /// `/alerts/recurrence` latency, all projects and one project.
-    pub recurrence: Vec<Latency>,
+    pub recurrence: Vec<Endpoint>,
 }
 
 const PROVIDERS: [&str; 3] = ["alertmanager", "sentry", "signoz"];
@@ -77,7 +76,7 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.db");
     let db = db::open(&path, 1).await?;
-    let ingest_time = catch_up(AlertsProjection, &js, &db, batch_size, before, last).await?;
+    let ingest_time = catch_up(streams::ALERTS, &js, &db, batch_size, before, last).await?;
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_events")
         .fetch_one(&db.writer)
         .await?;

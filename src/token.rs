@@ -1,18 +1,13 @@
-//! Bearer JWT authentication (HS256) and role checks.
+//! Identity: the roles, the claims of an API token, and signing and checking tokens.
 //!
-//! Handlers ask for a role by taking [`Viewer`], [`Operator`] or [`Admin`] as their first
-//! extractor, so authentication runs before any parameter is looked at and a caller without a
-//! token learns nothing about what exists.
+//! Nothing here knows about HTTP: the API turns a [`TokenError`] into its 401 in one place
+//! (`api::error`), and `orrery token`, the bench and the tests sign tokens with [`mint`].
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::FromRequestParts;
-use axum::http::{header, request::Parts, HeaderValue};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::api::error::ApiError;
-use crate::api::AppState;
 use crate::config::Secret;
 
 /// Roles, ordered: each one can do what the ones before it can.
@@ -60,6 +55,38 @@ pub struct Claims {
     pub exp: u64,
 }
 
+/// Why credentials were refused; each reads as the message a caller is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// No credentials where some are required; says which were expected.
+    Missing(&'static str),
+    /// Credentials of the wrong shape; says the expected one.
+    Malformed(&'static str),
+    /// A well-formed, correctly signed token past its `exp`.
+    Expired,
+    /// A bad signature, algorithm or claim set.
+    Invalid,
+}
+
+impl TokenError {
+    /// The message as a static string (what a 401 body carries).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing(m) | Self::Malformed(m) => m,
+            Self::Expired => "the token has expired",
+            Self::Invalid => "the token is invalid",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for TokenError {}
+
 /// Verifies tokens, or waves everyone through as admin when auth is disabled.
 pub struct Authenticator {
     key: Option<DecodingKey>,
@@ -78,52 +105,46 @@ impl Authenticator {
         }
     }
 
+    /// Whether tokens are checked at all.
+    pub fn enabled(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Checks a raw token and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let Some(key) = &self.key else {
             return Ok(Self::anonymous());
         };
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    ApiError::Unauthorized("the token has expired")
-                }
-                _ => ApiError::Unauthorized("the token is invalid"),
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
             })
     }
 
-    /// Claims from an `Authorization: Bearer` header.
-    pub fn from_headers(&self, parts: &Parts) -> Result<Claims, ApiError> {
-        match parts.headers.get(header::AUTHORIZATION) {
-            Some(value) => self.from_header_value(value),
-            None => self.missing("missing `Authorization: Bearer <token>` header"),
-        }
-    }
-
-    /// The answer when a request carries no credentials: 401, or admin with auth disabled.
-    pub fn missing(&self, why: &'static str) -> Result<Claims, ApiError> {
-        match self.key {
-            None => Ok(Self::anonymous()),
-            Some(_) => Err(ApiError::Unauthorized(why)),
-        }
-    }
-
-    /// Claims from the value of an `Authorization` header.
-    pub fn from_header_value(&self, value: &HeaderValue) -> Result<Claims, ApiError> {
-        if self.key.is_none() {
+    /// Checks the value of an `Authorization: Bearer <token>` header.
+    pub fn verify_bearer(&self, header: Option<&str>) -> Result<Claims, TokenError> {
+        if !self.enabled() {
             return Ok(Self::anonymous());
         }
-        let token = value
-            .to_str()
-            .ok()
+        let token = header
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized(
+            .ok_or(TokenError::Malformed(
                 "the Authorization header must be `Bearer <token>`",
             ))?;
         self.verify(token)
+    }
+
+    /// The answer when a request carries no credentials: refused with `why`, or admin with
+    /// auth disabled.
+    pub fn missing(&self, why: &'static str) -> Result<Claims, TokenError> {
+        match self.key {
+            None => Ok(Self::anonymous()),
+            Some(_) => Err(TokenError::Missing(why)),
+        }
     }
 
     fn anonymous() -> Claims {
@@ -148,36 +169,4 @@ pub fn mint(secret: &Secret, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Re
         &claims,
         &EncodingKey::from_secret(secret.expose().as_bytes()),
     )?)
-}
-
-/// An authenticated caller holding at least role `MIN` (0 viewer, 1 operator, 2 admin).
-#[derive(Debug, Clone)]
-pub struct Authorized<const MIN: u8>(pub Claims);
-
-/// Any authenticated caller.
-pub type Viewer = Authorized<0>;
-/// Operator or admin.
-pub type Operator = Authorized<1>;
-/// Admin only.
-pub type Admin = Authorized<2>;
-
-const fn role_of(min: u8) -> Role {
-    match min {
-        0 => Role::Viewer,
-        1 => Role::Operator,
-        _ => Role::Admin,
-    }
-}
-
-impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let claims = state.auth.from_headers(parts)?;
-        let needed = role_of(MIN);
-        if claims.role < needed {
-            return Err(ApiError::Forbidden(needed));
-        }
-        Ok(Self(claims))
-    }
 }

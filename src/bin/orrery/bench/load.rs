@@ -1,4 +1,4 @@
-//! Query latency under concurrent clients, against a daemon started in this process on a
+//! The HTTP load driver the benches share: query latency under concurrent clients, against a daemon started in this process on a
 //! database the bench has already filled.
 
 use std::path::Path;
@@ -9,12 +9,13 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Application;
-use crate::config::Settings;
+use orrery::{Application, Settings};
+
+use super::Quantiles;
 
 /// Latency of one endpoint under load.
 #[derive(Debug, Serialize, Clone)]
-pub struct Latency {
+pub struct Endpoint {
     /// The request path (with query).
     pub path: String,
     /// Requests made.
@@ -23,20 +24,17 @@ pub struct Latency {
     pub concurrency: usize,
     /// Requests per second achieved.
     pub rps: f64,
-    /// Median, ms.
-    pub p50_ms: f64,
-    /// 99th percentile, ms.
-    pub p99_ms: f64,
-    /// Slowest, ms.
-    pub max_ms: f64,
+    /// Request → answer latency.
+    #[serde(flatten)]
+    pub latency: Quantiles,
 }
 
-impl std::fmt::Display for Latency {
+impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "  {:<52} p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  {:>6.0} req/s",
-            self.path, self.p50_ms, self.p99_ms, self.max_ms, self.rps
+            self.path, self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms, self.rps
         )
     }
 }
@@ -83,15 +81,6 @@ impl LocalDaemon {
     }
 }
 
-/// Milliseconds at quantile `q` of sorted samples (nearest rank).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Runs `requests` GETs of `path` from `concurrency` clients (after a short warm-up) and
 /// reports their latency; any answer other than 200 fails the bench.
 pub async fn measure(
@@ -99,7 +88,7 @@ pub async fn measure(
     path: &str,
     concurrency: usize,
     requests: usize,
-) -> anyhow::Result<Latency> {
+) -> anyhow::Result<Endpoint> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -139,13 +128,11 @@ pub async fn measure(
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
     all.sort_by(f64::total_cmp);
-    Ok(Latency {
+    Ok(Endpoint {
         path: path.to_owned(),
         requests: all.len(),
         concurrency,
         rps: all.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: quantile(&all, 0.50),
-        p99_ms: quantile(&all, 0.99),
-        max_ms: all.last().copied().unwrap_or(f64::NAN),
+        latency: Quantiles::of_sorted(&all),
     })
 }

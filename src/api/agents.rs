@@ -1,0 +1,85 @@
+//! `/api/v1/agents`: the agents that ever sent a heartbeat, with their stale marks.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::Json;
+use serde_json::{json, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{AsViewer, Params};
+use crate::api::AppState;
+use crate::bus::subjects;
+use crate::window::{format_unix_ms, now_ms};
+
+fn agent_json(row: &SqliteRow, stale_cutoff: i64) -> Value {
+    let last: i64 = row.get("last_heartbeat");
+    json!({
+        "agent_id": row.get::<String, _>("agent_id"),
+        "hostname": row.get::<Option<String>, _>("hostname"),
+        "version": row.get::<Option<String>, _>("version"),
+        "labels": row
+            .get::<Option<String>, _>("labels")
+            .and_then(|l| serde_json::from_str::<Value>(&l).ok()),
+        "last_heartbeat": format_unix_ms(last),
+        "stale": last < stale_cutoff,
+    })
+}
+
+/// `GET /api/v1/agents?stale=&limit=&cursor=`: agents by id; `next_cursor` pages on.
+pub async fn list(
+    _: AsViewer,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let stale = params.bool("stale")?;
+    let limit = params.int("limit", 1, 1_000, 100)?;
+    let cursor = params.get("cursor")?;
+    if cursor.is_some_and(|c| !subjects::is_token(c)) {
+        return Err(ApiError::invalid(
+            "cursor",
+            "the next_cursor of a previous page",
+        ));
+    }
+    let cutoff = now_ms() - state.fleet.stale_after.as_millis() as i64;
+    let rows = sqlx::query(
+        "SELECT agent_id, hostname, version, labels, last_heartbeat FROM agents \
+         WHERE agent_id > ?1 AND (?2 IS NULL OR (last_heartbeat < ?3) = ?2) \
+         ORDER BY agent_id LIMIT ?4",
+    )
+    .bind(cursor.unwrap_or(""))
+    .bind(stale)
+    .bind(cutoff)
+    .bind(limit + 1)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| agent_json(r, cutoff))
+        .collect();
+    let next = more.then(|| items.last().map(|a| a["agent_id"].clone()));
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})))
+}
+
+/// `GET /api/v1/agents/<id>`: one agent; 404 if it never reported.
+pub async fn get(
+    _: AsViewer,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !subjects::is_token(&id) {
+        return Err(ApiError::NotFound("agent".into()));
+    }
+    let cutoff = now_ms() - state.fleet.stale_after.as_millis() as i64;
+    let row = sqlx::query(
+        "SELECT agent_id, hostname, version, labels, last_heartbeat FROM agents WHERE agent_id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&state.db.readers)
+    .await?
+    .ok_or_else(|| ApiError::NotFound("agent".into()))?;
+    Ok(Json(agent_json(&row, cutoff)))
+}

@@ -1,0 +1,167 @@
+//! Turning a request into typed values: the caller ([`Authorized`]), the query string
+//! ([`Params`]) and a JSON body ([`json_body`]). Every mistake becomes the [`ApiError`] a
+//! client should see.
+//!
+//! Handlers ask for a role by taking [`AsViewer`], [`AsOperator`] or [`AsAdmin`] as their
+//! first extractor, so authentication runs before any parameter is looked at and a caller
+//! without a token learns nothing about what exists.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts, HeaderValue};
+use serde::Deserialize;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::AppState;
+use crate::bus::subjects;
+use crate::token::{Authenticator, Claims, Role};
+use crate::window::{now_ms, parse_duration};
+
+/// An authenticated caller holding at least role `MIN` (0 viewer, 1 operator, 2 admin).
+#[derive(Debug, Clone)]
+pub struct Authorized<const MIN: u8>(pub Claims);
+
+/// Any authenticated caller.
+pub type AsViewer = Authorized<0>;
+/// An operator or an admin.
+pub type AsOperator = Authorized<1>;
+/// An admin only.
+pub type AsAdmin = Authorized<2>;
+
+const fn role_of(min: u8) -> Role {
+    match min {
+        0 => Role::Viewer,
+        1 => Role::Operator,
+        _ => Role::Admin,
+    }
+}
+
+impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let claims = match parts.headers.get(header::AUTHORIZATION) {
+            Some(value) => bearer(&state.auth, value)?,
+            None => state
+                .auth
+                .missing("missing `Authorization: Bearer <token>` header")?,
+        };
+        let needed = role_of(MIN);
+        if claims.role < needed {
+            return Err(ApiError::Forbidden(needed));
+        }
+        Ok(Self(claims))
+    }
+}
+
+/// Claims from the value of an `Authorization` header.
+pub fn bearer(auth: &Authenticator, value: &HeaderValue) -> ApiResult<Claims> {
+    Ok(auth.verify_bearer(value.to_str().ok())?)
+}
+
+/// Decoded query parameters; unknown ones are ignored, repeated known ones rejected.
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Decodes a raw query string (`None` when the URL had none).
+    pub fn parse(query: Option<&str>) -> Self {
+        Self(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The value of `name`, if given once; 422 if given more than once.
+    pub fn get(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
+        let mut values = self.0.iter().filter(|(k, _)| k == name);
+        let first = values.next().map(|(_, v)| v.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::invalid(name, "the parameter once"));
+        }
+        Ok(first)
+    }
+
+    /// A single NATS subject token (an id), `None` when absent; 422 for anything else.
+    pub fn token(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
+        let value = self.get(name)?;
+        if value.is_some_and(|v| !subjects::is_token(v)) {
+            return Err(ApiError::invalid(name, subjects::TOKEN_FORM));
+        }
+        Ok(value)
+    }
+
+    /// An integer in `min..=max`, `default` when absent.
+    pub fn int(
+        &self,
+        name: &'static str,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> Result<i64, ApiError> {
+        match self.get(name)? {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| ApiError::invalid(name, format!("an integer from {min} to {max}"))),
+        }
+    }
+
+    /// The start (Unix ms) of the `window` of a stats history: a duration back from now,
+    /// default 2 h, at most 24 h.
+    pub fn window_start(&self) -> ApiResult<i64> {
+        const MAX_WINDOW: Duration = Duration::from_secs(24 * 3_600);
+        const FORM: &str =
+            "a duration such as 30m, 2h or 1h30m (units s, m, h, d), greater than 0 and at most 24h";
+        let w = match self.get("window")? {
+            None => Duration::from_secs(2 * 3_600),
+            Some(s) => parse_duration(s)
+                .ok()
+                .filter(|d| *d <= MAX_WINDOW)
+                .ok_or_else(|| ApiError::invalid("window", FORM))?,
+        };
+        Ok(now_ms() - w.as_millis() as i64)
+    }
+
+    /// `true`/`false`, `None` when absent.
+    pub fn bool(&self, name: &'static str) -> Result<Option<bool>, ApiError> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(_) => Err(ApiError::invalid(name, "true or false")),
+        }
+    }
+}
+
+/// A request body as axum hands it over: the bytes, or the rejection of a body over
+/// [`crate::api::MAX_BODY_BYTES`].
+pub type RawBody = Result<Bytes, BytesRejection>;
+
+/// The bytes of a body of at most `limit` bytes; 413 past it.
+pub fn body_bytes(body: &RawBody, limit: usize) -> ApiResult<&Bytes> {
+    body.as_ref()
+        .ok()
+        .filter(|b| b.len() <= limit)
+        .ok_or(ApiError::TooLarge(limit))
+}
+
+/// Parses JSON bytes; 400 naming `form`, the accepted shape, when they do not parse.
+pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], form: &str) -> ApiResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("body must be {form}: {e}")))
+}
+
+/// Reads a JSON body of at most `limit` bytes ([`body_bytes`], then [`parse_json`]).
+pub fn json_body<'a, T: Deserialize<'a>>(
+    body: &'a RawBody,
+    limit: usize,
+    form: &str,
+) -> ApiResult<T> {
+    parse_json(body_bytes(body, limit)?, form)
+}

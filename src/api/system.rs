@@ -1,0 +1,104 @@
+//! `/api/v1/system/stats/…`: the agents' system samples over a window, and the busiest
+//! containers now.
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::Json;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{AsViewer, Authorized, Params};
+use crate::api::{AppState, MAX_HISTORY_POINTS};
+use crate::token::Role;
+use crate::window::{format_unix_ms, now_ms};
+
+/// `GET /api/v1/system/stats/history?window=1h&agent=`: system samples, oldest first.
+pub async fn history(
+    _: AsViewer,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let from = params.window_start()?;
+    let agent = params.token("agent")?;
+    let sql = if agent.is_some() {
+        "SELECT agent_id, at, cpu_percent, memory_usage, memory_limit FROM system_stats_samples \
+         WHERE agent_id = ?2 AND at >= ?1 ORDER BY at, seq LIMIT ?3"
+    } else {
+        "SELECT agent_id, at, cpu_percent, memory_usage, memory_limit FROM system_stats_samples \
+         WHERE at >= ?1 AND ?2 IS NULL ORDER BY at, seq LIMIT ?3"
+    };
+    let rows = sqlx::query(sql)
+        .bind(from)
+        .bind(agent)
+        .bind(MAX_HISTORY_POINTS)
+        .fetch_all(&state.db.readers)
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "agent_id": r.get::<String, _>("agent_id"),
+                "at": format_unix_ms(r.get("at")),
+                "cpu_percent": r.get::<Option<f64>, _>("cpu_percent"),
+                "memory_usage": r.get::<Option<i64>, _>("memory_usage"),
+                "memory_limit": r.get::<Option<i64>, _>("memory_limit"),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
+/// `GET /api/v1/system/stats/top?by=cpu|memory&limit=5`: the busiest containers by their
+/// latest recent sample. Container ids are shown to admins only.
+pub async fn top(
+    Authorized(claims): AsViewer,
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let order = match params.get("by")?.unwrap_or("cpu") {
+        "cpu" => "c.cpu_percent",
+        "memory" => "c.memory_usage",
+        _ => return Err(ApiError::invalid("by", "cpu or memory")),
+    };
+    let limit = params.int("limit", 1, 100, 5)?;
+    let lookback = (state.fleet.heartbeat_interval * 2).max(Duration::from_secs(120));
+    let from = now_ms() - lookback.as_millis() as i64;
+    let rows = sqlx::query(&format!(
+        "SELECT c.container_id, c.workload_id, c.role, c.agent_id, c.at, c.cpu_percent, \
+         c.memory_usage, c.memory_limit FROM container_stats_samples c \
+         JOIN (SELECT container_id, MAX(seq) AS seq FROM container_stats_samples \
+               WHERE at >= ?1 GROUP BY container_id) l \
+         ON c.container_id = l.container_id AND c.seq = l.seq \
+         ORDER BY {order} DESC, c.container_id LIMIT ?2"
+    ))
+    .bind(from)
+    .bind(limit)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let admin = claims.role >= Role::Admin;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let workload: Option<String> = r.get("workload_id");
+            let role: Option<String> = r.get("role");
+            json!({
+                "container_id": if admin { r.get::<String, _>("container_id") } else { String::new() },
+                "workload_id": workload,
+                "role": role,
+                "owner_name": format!("{}/{}", workload.as_deref().unwrap_or("-"), role.as_deref().unwrap_or("-")),
+                "agent_id": r.get::<String, _>("agent_id"),
+                "at": format_unix_ms(r.get("at")),
+                "cpu_percent": r.get::<Option<f64>, _>("cpu_percent"),
+                "memory_usage": r.get::<Option<i64>, _>("memory_usage"),
+                "memory_limit": r.get::<Option<i64>, _>("memory_limit"),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"by": params.get("by")?.unwrap_or("cpu"), "items": items}),
+    ))
+}

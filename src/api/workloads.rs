@@ -1,0 +1,187 @@
+//! `/api/v1/workloads/<wid>/…`: a workload's resource history, its deploy ledger and
+//! rollback.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{json_body, AsAdmin, AsViewer, Authorized, Params, RawBody};
+use crate::api::{AppState, MAX_BODY_BYTES, MAX_HISTORY_POINTS};
+use crate::bus::publish::Outgoing;
+use crate::bus::{envelope, subjects};
+use crate::projections::results::DEPLOY_ERROR_MARKER;
+use crate::projections::workloads;
+use crate::window::{format_unix_ms, now_ms};
+
+/// 404 unless workload `wid` was ever seen.
+async fn workload_known(state: &AppState, wid: &str) -> ApiResult<()> {
+    if subjects::is_token(wid) && workloads::exists(&state.db.readers, wid).await? {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("workload".into()))
+    }
+}
+
+/// `GET /api/v1/workloads/<wid>/stats/history?window=1h`: one point per timestamp across the
+/// workload's containers (CPU and memory summed, limit the largest).
+pub async fn history(
+    _: AsViewer,
+    State(state): State<AppState>,
+    Path(wid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let from = params.window_start()?;
+    workload_known(&state, &wid).await?;
+    let rows = sqlx::query(
+        "SELECT at, SUM(cpu_percent) AS cpu, SUM(memory_usage) AS mem, \
+         MAX(memory_limit) AS lim, COUNT(*) AS containers \
+         FROM container_stats_samples WHERE workload_id = ?1 AND at >= ?2 \
+         GROUP BY at ORDER BY at LIMIT ?3",
+    )
+    .bind(&wid)
+    .bind(from)
+    .bind(MAX_HISTORY_POINTS)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "at": format_unix_ms(r.get("at")),
+                "cpu_percent": r.get::<Option<f64>, _>("cpu"),
+                "memory_usage": r.get::<Option<i64>, _>("mem"),
+                "memory_limit": r.get::<Option<i64>, _>("lim"),
+                "containers": r.get::<i64, _>("containers"),
+            })
+        })
+        .collect();
+    Ok(Json(Value::Array(items)))
+}
+
+fn deploy_json(r: &SqliteRow) -> Value {
+    let success: bool = r.get("success");
+    json!({
+        "deploy_id": r.get::<String, _>("deploy_id"),
+        "workload_id": r.get::<String, _>("workload_id"),
+        "agent_id": r.get::<String, _>("agent_id"),
+        "reference": r.get::<Option<String>, _>("reference"),
+        "reason": r.get::<String, _>("reason"),
+        "success": success,
+        "error": (!success).then_some(DEPLOY_ERROR_MARKER),
+        "recorded_at": format_unix_ms(r.get("recorded_at")),
+    })
+}
+
+/// `GET /api/v1/workloads/<wid>/deploys?limit=&offset=`: the ledger, newest first.
+pub async fn deploys(
+    _: AsViewer,
+    State(state): State<AppState>,
+    Path(wid): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref());
+    let limit = params.int("limit", 1, 200, 50)?;
+    let offset = params.int("offset", 0, 1_000_000, 0)?;
+    workload_known(&state, &wid).await?;
+    let rows = sqlx::query(
+        "SELECT deploy_id, workload_id, agent_id, reference, reason, success, recorded_at \
+         FROM deploy_history WHERE workload_id = ?1 \
+         ORDER BY recorded_at DESC, seq DESC LIMIT ?2 OFFSET ?3",
+    )
+    .bind(&wid)
+    .bind(limit)
+    .bind(offset)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let items: Vec<Value> = rows.iter().map(deploy_json).collect();
+    Ok(Json(
+        json!({"items": items, "limit": limit, "offset": offset}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    deploy_id: String,
+}
+
+/// Whether an image reference names its content by digest (`name@sha256:…`).
+pub fn is_pinned(reference: &str) -> bool {
+    reference
+        .split_once('@')
+        .and_then(|(_, digest)| digest.split_once(':'))
+        .is_some_and(|(alg, hex)| !alg.is_empty() && !hex.is_empty())
+}
+
+/// `POST /api/v1/workloads/<wid>/rollback` `{"deploy_id"}`: asks the deployer to go back to
+/// a successful, pinned deploy of this workload by publishing `command.deploy.<wid>`.
+pub async fn rollback(
+    Authorized(claims): AsAdmin,
+    State(state): State<AppState>,
+    Path(wid): Path<String>,
+    body: RawBody,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: RollbackRequest = json_body(&body, MAX_BODY_BYTES, r#"{"deploy_id": string}"#)?;
+    workload_known(&state, &wid).await?;
+    let row = sqlx::query(
+        "SELECT deploy_id, workload_id, agent_id, reference, reason, success, recorded_at \
+         FROM deploy_history WHERE workload_id = ?1 AND deploy_id = ?2",
+    )
+    .bind(&wid)
+    .bind(&req.deploy_id)
+    .fetch_optional(&state.db.readers)
+    .await?
+    .ok_or_else(|| ApiError::NotFound("deploy of this workload".into()))?;
+    if !row.get::<bool, _>("success") {
+        return Err(ApiError::Conflict(
+            "only a successful deploy can be rolled back to".into(),
+        ));
+    }
+    let reference: Option<String> = row.get("reference");
+    let Some(reference) = reference.filter(|r| is_pinned(r)) else {
+        return Err(ApiError::invalid(
+            "deploy_id",
+            "a deploy whose reference is pinned by digest (name@sha256:…)",
+        ));
+    };
+    let command_id = uuid::Uuid::new_v4().to_string();
+    let now = format_unix_ms(now_ms());
+    let data = json!({
+        "command_id": command_id,
+        "workload_id": wid,
+        "reference": reference,
+        "reason": "rollback",
+        "requested_by": claims.sub,
+        "deploy_id": req.deploy_id,
+    });
+    let ack = state
+        .publish_one(Outgoing {
+            subject: format!("command.deploy.{wid}"),
+            body: envelope::encode(&command_id, "command.deploy", "orrery/api", &now, &data),
+            msg_id: command_id.clone(),
+        })
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"command_id": command_id, "reference": reference, "seq": ack.sequence})),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_references_carry_a_digest() {
+        assert!(is_pinned("registry.example/shop@sha256:3b2f"));
+        assert!(!is_pinned("registry.example/shop:1.2"));
+        assert!(!is_pinned("registry.example/shop@"));
+        assert!(!is_pinned("shop@sha256:"));
+    }
+}

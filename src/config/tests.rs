@@ -1,0 +1,131 @@
+//! Layering, validation and the documented defaults.
+
+use super::*;
+
+fn secure() -> Settings {
+    Settings {
+        jwt_secret: Some("x".repeat(32)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn defaults_match_the_design() {
+    let c = secure().resolve().unwrap();
+    assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+    assert_eq!(c.database, PathBuf::from("./orrery.db"));
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+}
+
+#[test]
+fn missing_or_weak_secret_is_an_error_unless_auth_is_disabled() {
+    let err = Settings::default().resolve().unwrap_err().to_string();
+    assert!(err.contains("no JWT secret"), "{err}");
+    let weak = Settings {
+        jwt_secret: Some("short".into()),
+        ..Default::default()
+    };
+    assert!(weak.resolve().unwrap_err().to_string().contains("5 bytes"));
+    let dev = Settings {
+        insecure_no_auth: Some(true),
+        ..Default::default()
+    };
+    assert!(dev.resolve().unwrap().jwt_secret.is_none());
+}
+
+#[test]
+fn flags_win_over_file_and_unknown_keys_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("o.toml");
+    std::fs::write(&path, "database = \"file.db\"\nbatch_size = 10\n").unwrap();
+    let c = Settings {
+        config: Some(path.clone()),
+        batch_size: Some(99),
+        ..secure()
+    }
+    .resolve()
+    .unwrap();
+    assert_eq!(c.database, PathBuf::from("file.db"));
+    assert_eq!(c.batch_size, 99);
+
+    std::fs::write(&path, "databse = \"typo.db\"\n").unwrap();
+    let err = Settings {
+        config: Some(path),
+        ..secure()
+    }
+    .resolve()
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+}
+
+/// `orrery serve`'s options, for parsing flags as the CLI would.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// Settings that are simply absent unless given: credentials, files and the secret.
+const OPTIONAL: [&str; 11] = [
+    "config",
+    "nats-user",
+    "nats-password",
+    "nats-token",
+    "nats-creds",
+    "nats-nkey",
+    "nats-tls-ca",
+    "nats-tls-cert",
+    "nats-tls-key",
+    "jwt-secret",
+    "jwt-secret-file",
+];
+
+#[test]
+fn every_documented_default_is_the_value_used() {
+    use clap::CommandFactory;
+    let secret = "x".repeat(32);
+    let resolve = |args: &[&str]| {
+        let mut argv = vec!["orrery", "--jwt-secret", &secret];
+        argv.extend_from_slice(args);
+        let cli = <Cli as clap::Parser>::try_parse_from(&argv).unwrap();
+        format!("{:?}", cli.settings.resolve().unwrap())
+    };
+    let implicit = resolve(&[]);
+    let mut checked = Vec::new();
+    for arg in Cli::command().get_arguments() {
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        let long = arg.get_long().unwrap();
+        let Some((_, rest)) = help.split_once("[default: ") else {
+            assert!(
+                OPTIONAL.contains(&long),
+                "--{long} documents no [default: …] and is not optional by nature"
+            );
+            continue;
+        };
+        let value = rest.split(']').next().unwrap();
+        if value == "none" {
+            continue;
+        }
+        let flag = format!("--{long}");
+        assert_eq!(
+            resolve(&[&flag, value]),
+            implicit,
+            "{flag}: the documented default {value} is not the one used"
+        );
+        checked.push(flag);
+    }
+    assert!(checked.len() >= 24, "{checked:?}");
+}
+
+#[test]
+fn the_example_config_file_parses() {
+    let text = include_str!("../../orrery.example.toml");
+    let file: Settings = toml::from_str(text).unwrap();
+    assert_eq!(file.batch_size, Some(4096));
+}
+
+#[test]
+fn secret_is_not_debug_printed() {
+    let c = secure().resolve().unwrap();
+    assert!(!format!("{c:?}").contains("xxxxxxxx"));
+}
