@@ -1,6 +1,6 @@
 //! `/api/v1/agents`: the agents that ever sent a heartbeat, with their stale marks.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 use sqlx::sqlite::SqliteRow;
@@ -30,9 +30,8 @@ fn agent_json(row: &SqliteRow, stale_cutoff: i64) -> Value {
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let stale = params.bool("stale")?;
     let limit = params.int("limit", 1, 1_000, 100)?;
     let cursor = params.get("cursor")?;

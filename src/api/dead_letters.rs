@@ -1,6 +1,6 @@
 //! Dead letters: messages that could not be projected, kept whole for inspection.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::Json;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -16,9 +16,8 @@ use crate::window::format_unix_ms;
 pub async fn list(
     _: AsAdmin,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let stream = params.get("stream")?;
     if stream.is_some_and(|s| streams::by_name(s).is_none()) {
         let names: Vec<&str> = streams::ALL.iter().map(|s| s.name).collect();

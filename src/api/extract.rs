@@ -62,8 +62,17 @@ pub fn bearer(auth: &Authenticator, value: &HeaderValue) -> ApiResult<Claims> {
     Ok(auth.verify_bearer(value.to_str().ok())?)
 }
 
-/// Decoded query parameters; unknown ones are ignored, repeated known ones rejected.
+/// Decoded query parameters; unknown ones are ignored, repeated known ones rejected. As an
+/// extractor it never fails: each accessor names the parameter it finds wrong.
 pub struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::parse(parts.uri.query()))
+    }
+}
 
 impl Params {
     /// Decodes a raw query string (`None` when the URL had none).

@@ -1,7 +1,7 @@
 //! `/api/v1/results/…`: the failure-count badge (`stats`) and run durations per job
 //! (`durations`).
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -22,9 +22,8 @@ const SINCE_FORM: &str =
 pub async fn stats(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let since = params.get("since")?.unwrap_or("1h");
     let window = parse_single_unit(since)
         .ok()
@@ -48,9 +47,8 @@ pub async fn stats(
 pub async fn durations(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let since = match params.get("since")? {
         None => now_ms() - 24 * 3_600_000,
         Some(s) => parse_rfc3339_ms(s).ok_or_else(|| {

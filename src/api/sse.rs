@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -281,10 +281,9 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Event, Infallible>> {
 pub async fn events(
     State(state): State<AppState>,
     Path(tid): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let params = Params::parse(query.as_deref());
     let claims = authenticate(&state, &headers, &params)?;
     let resume_from = last_event_id(&headers, &params)?;
     if !subjects::is_token(&tid) {

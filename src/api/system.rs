@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -18,9 +18,8 @@ use crate::window::{format_unix_ms, now_ms};
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let from = params.window_start()?;
     let agent = params.token("agent")?;
     let sql = if agent.is_some() {
@@ -56,9 +55,8 @@ pub async fn history(
 pub async fn top(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let order = match params.get("by")?.unwrap_or("cpu") {
         "cpu" => "c.cpu_percent",
         "memory" => "c.memory_usage",

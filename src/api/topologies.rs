@@ -1,6 +1,6 @@
 //! Topologies: the read model, and enqueueing mutations onto the bus.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
@@ -97,9 +97,9 @@ fn topology_id(tid: &str) -> ApiResult<()> {
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let limit = Params::parse(query.as_deref()).int("limit", 1, 1000, 100)?;
+    let limit = params.int("limit", 1, 1000, 100)?;
     let rows = sqlx::query(
         "SELECT t.id, t.name, t.status, t.updated_at, t.last_seq, \
          (SELECT COUNT(*) FROM topology_mutations m WHERE m.topology_id = t.id \
@@ -146,9 +146,8 @@ pub async fn mutations(
     _: AsViewer,
     State(state): State<AppState>,
     Path(tid): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let wanted = params.get("state")?;
     if wanted.is_some_and(|s| !STATES.contains(&s)) {
         return Err(ApiError::invalid(
@@ -192,7 +191,7 @@ pub async fn enqueue(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
     Path(tid): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -200,9 +199,7 @@ pub async fn enqueue(
     if !subjects::is_token(&tid) {
         return Err(ApiError::invalid("topology_id", subjects::TOKEN_FORM));
     }
-    let wait = Params::parse(query.as_deref())
-        .bool("wait")?
-        .unwrap_or(false);
+    let wait = params.bool("wait")?.unwrap_or(false);
     let request: NewMutation = parse_json(body, r#"{"op": string, "spec": object}"#)?;
     if !subjects::is_token(&request.op) {
         return Err(ApiError::BadRequest(format!(

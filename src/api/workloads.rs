@@ -1,7 +1,7 @@
 //! `/api/v1/workloads/<wid>/…`: a workload's resource history, its deploy ledger and
 //! rollback.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -33,9 +33,8 @@ pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
     Path(wid): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let from = params.window_start()?;
     workload_known(&state, &wid).await?;
     let rows = sqlx::query(
@@ -83,9 +82,8 @@ pub async fn deploys(
     _: AsViewer,
     State(state): State<AppState>,
     Path(wid): Path<String>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let limit = params.int("limit", 1, 200, 50)?;
     let offset = params.int("offset", 0, 1_000_000, 0)?;
     workload_known(&state, &wid).await?;

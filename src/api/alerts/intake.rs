@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
@@ -194,10 +194,9 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
 pub async fn alertmanager_webhook(
     _: AsOperator,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
     body: RawBody,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let params = Params::parse(query.as_deref());
     let project = params
         .token("project_id")?
         .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;

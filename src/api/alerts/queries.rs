@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -126,9 +126,8 @@ impl<'a> Filters<'a> {
 pub async fn dossier(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Response> {
-    let params = Params::parse(query.as_deref());
     let filters = Filters::parse(&params, false)?;
     let event_id = params.get("provider_event_id")?;
     if event_id.is_some_and(|id| id.is_empty() || id.len() > MAX_FIELD_LEN) {
@@ -217,9 +216,8 @@ impl Coverage {
 pub async fn coverage(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 200, 100)?;
     let mut q = QueryBuilder::new(
@@ -257,9 +255,8 @@ pub async fn coverage(
 pub async fn recurrence(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Response> {
-    let params = Params::parse(query.as_deref());
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 100)?;
     let mut q = QueryBuilder::new(format!(
@@ -298,9 +295,8 @@ pub async fn recurrence(
 pub async fn recent(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Response> {
-    let params = Params::parse(query.as_deref());
     let filters = Filters::parse(&params, false)?;
     let prefix = params.get("provider_prefix")?;
     if prefix.is_some_and(|p| p.len() > 64 || !subjects::is_token(p)) {
@@ -330,9 +326,8 @@ pub async fn recent(
 pub async fn freshness(
     _: AsViewer,
     State(state): State<AppState>,
-    RawQuery(query): RawQuery,
+    params: Params,
 ) -> ApiResult<Json<Value>> {
-    let params = Params::parse(query.as_deref());
     let filters = Filters::parse(&params, false)?;
     let mut q = QueryBuilder::new(
         "SELECT e.provider AS provider, MAX(e.last_received_at) AS last \
