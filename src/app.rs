@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
+use axum::serve::ListenerExt;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -135,7 +136,14 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let cancel = self.cancel.clone();
         tracing::info!(port = self.port, "listening");
-        let server = axum::serve(self.listener, self.router)
+        // Live events are small writes that follow one another: Nagle's algorithm would hold
+        // each behind the previous one's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "could not set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, self.router)
             .with_graceful_shutdown(cancel.clone().cancelled_owned());
         let drain_deadline = async {
             cancel.cancelled().await;

@@ -105,7 +105,9 @@ settings! {
     /// Most messages applied in one SQLite transaction [default: 4096].
     #[arg(long, env = "ORRERY_BATCH_SIZE")]
     batch_size: usize,
-    /// Longest wait for a batch to fill once its first message is in, in ms [default: 20].
+    /// Extra wait for more messages once a batch's first is in and no commit is running, in
+    /// ms; 0 commits at once (group commit: batches grow while the previous one commits)
+    /// [default: 0].
     #[arg(long, env = "ORRERY_BATCH_WAIT_MS")]
     batch_wait_ms: u64,
     /// /ready answers 503 while any projection lags the stream by more than this [default: 10000].
@@ -416,7 +418,7 @@ impl Settings {
         }
         Ok((
             batch_size,
-            Duration::from_millis(self.batch_wait_ms.unwrap_or(20)),
+            Duration::from_millis(self.batch_wait_ms.unwrap_or(0)),
             self.ready_max_lag.unwrap_or(10_000),
         ))
     }

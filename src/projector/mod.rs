@@ -170,6 +170,19 @@ struct Committed {
     checkpoint: u64,
 }
 
+/// A batch's commit, running on its own task.
+type CommitTask = JoinHandle<Result<Committed, ProjectorError>>;
+
+/// Where the previous batch's commit stands while the next batch is collected.
+enum Commit {
+    /// Nothing is committing.
+    Idle,
+    /// Still committing.
+    Running(CommitTask),
+    /// Finished while the next batch was being collected.
+    Done(Result<Committed, ProjectorError>),
+}
+
 /// State the commit task updates after each commit.
 #[derive(Debug)]
 struct Shared {
@@ -193,7 +206,7 @@ pub struct Projector<P: Projection> {
     /// Last sequence handed to a commit; equals `checkpoint` when nothing is in flight.
     position: u64,
     consumer: Option<consumer::pull::Ordered>,
-    in_flight: Option<JoinHandle<Result<Committed, ProjectorError>>>,
+    in_flight: Option<CommitTask>,
     shared: Arc<Shared>,
 }
 
@@ -309,12 +322,17 @@ impl<P: Projection> Projector<P> {
         Ok(self.consumer.as_mut().expect("just set"))
     }
 
-    /// Collects up to `batch_size` messages: waits up to `first_wait` for the first (or until
-    /// cancel), then takes what is ready and waits at most `batch_wait` for the rest.
+    /// Collects the next batch of up to `batch_size` messages — group commit:
+    /// - while the previous batch commits, it takes every message that arrives until that
+    ///   commit is done (`commit` turns [`Commit::Done`]), so batches grow exactly as long as
+    ///   commits take;
+    /// - with nothing committing, it waits up to [`IDLE_POLL`] for a first message, then
+    ///   takes what is ready (and what arrives within `batch_wait`, 0 by default): an event
+    ///   published alone is committed at once.
     async fn collect(
         &mut self,
         cancel: &CancellationToken,
-        first_wait: Duration,
+        commit: &mut Commit,
     ) -> Result<Vec<jetstream::Message>, ProjectorError> {
         let batch_size = self.batch_size;
         let batch_wait = self.batch_wait;
@@ -324,28 +342,46 @@ impl<P: Projection> Projector<P> {
             _ = cancel.cancelled() => return Ok(Vec::new()),
             consumer = self.open_consumer() => consumer?,
         };
-        let first = tokio::select! {
-            _ = cancel.cancelled() => return Ok(Vec::new()),
-            next = tokio::time::timeout(first_wait, consumer.next()) => match next {
-                Err(_) => return Ok(Vec::new()),
-                Ok(next) => next,
-            },
-        };
         let mut batch = Vec::with_capacity(batch_size.min(4096));
         let mut failure = None;
-        match first {
-            Some(Ok(m)) => batch.push(m),
-            Some(Err(e)) => failure = Some(ProjectorError::bus("receiving", e)),
-            None => failure = Some(ProjectorError::ConsumerEnded),
-        }
-        let deadline = Instant::now() + batch_wait;
+        let mut linger_until: Option<Instant> = None;
         while failure.is_none() && batch.len() < batch_size {
             let next = match consumer.next().now_or_never() {
                 Some(next) => next,
                 None if cancel.is_cancelled() => break,
-                None => match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
+                None => match commit {
+                    Commit::Running(task) => tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        joined = task => {
+                            *commit = Commit::Done(joined.unwrap_or_else(|join| {
+                                Err(ProjectorError::bus("commit task", join))
+                            }));
+                            // Take what is ready, then commit it.
+                            continue;
+                        }
+                        next = consumer.next() => next,
+                    },
+                    // A commit just finished: report it now, and commit what we have.
+                    Commit::Done(_) => break,
+                    Commit::Idle if batch.is_empty() => tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        next = tokio::time::timeout(IDLE_POLL, consumer.next()) => match next {
+                            Err(_) => break,
+                            Ok(next) => next,
+                        },
+                    },
+                    // No linger (the default): commit what we have. No timer either, since
+                    // tokio's timers round up to the next millisecond tick.
+                    Commit::Idle if batch_wait.is_zero() => break,
+                    Commit::Idle => {
+                        let until =
+                            *linger_until.get_or_insert_with(|| Instant::now() + batch_wait);
+                        match tokio::time::timeout_at(until, consumer.next()).await {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        }
+                    }
                 },
             };
             match next {
@@ -373,13 +409,14 @@ impl<P: Projection> Projector<P> {
     }
 
     /// Waits for the commit in flight, if any, and records its checkpoint.
-    async fn finish_in_flight(&mut self) -> Result<Option<Committed>, ProjectorError> {
-        let Some(task) = self.in_flight.take() else {
-            return Ok(None);
-        };
-        let committed = match task.await {
-            Ok(result) => result?,
-            Err(join) => return Err(ProjectorError::bus("commit task", join)),
+    async fn finish(&mut self, commit: Commit) -> Result<Option<Committed>, ProjectorError> {
+        let committed = match commit {
+            Commit::Idle => return Ok(None),
+            Commit::Running(task) => match task.await {
+                Ok(result) => result?,
+                Err(join) => return Err(ProjectorError::bus("commit task", join)),
+            },
+            Commit::Done(result) => result?,
         };
         self.checkpoint = committed.checkpoint;
         Ok(Some(committed))
@@ -451,24 +488,14 @@ impl<P: Projection> Projector<P> {
         &mut self,
         cancel: &CancellationToken,
     ) -> Result<Outcome, ProjectorError> {
+        let mut commit = self.in_flight.take().map_or(Commit::Idle, Commit::Running);
         if cancel.is_cancelled() {
             // Finish the commit in hand; collect nothing new.
-            let committed = self
-                .finish_in_flight()
-                .await
-                .inspect_err(|_| self.rewind())?;
+            let committed = self.finish(commit).await.inspect_err(|_| self.rewind())?;
             return Ok(committed.map_or(Outcome::Stopped, Outcome::from));
         }
-        let first_wait = if self.in_flight.is_some() {
-            self.batch_wait
-        } else {
-            IDLE_POLL
-        };
-        let collected = self.collect(cancel, first_wait).await;
-        let committed = self
-            .finish_in_flight()
-            .await
-            .inspect_err(|_| self.rewind())?;
+        let collected = self.collect(cancel, &mut commit).await;
+        let committed = self.finish(commit).await.inspect_err(|_| self.rewind())?;
         let raw = collected.inspect_err(|_| self.rewind())?;
         let batch = self.decode(raw).inspect_err(|_| self.rewind())?;
         let started = batch.as_ref().map_or(0, |b| b.raw.len());

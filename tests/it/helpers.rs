@@ -33,7 +33,6 @@ pub fn settings(nats_url: &str, db_path: &std::path::Path) -> Settings {
         database: Some(db_path.to_owned()),
         listen: Some("127.0.0.1:0".parse().unwrap()),
         jwt_secret: Some(SECRET.to_owned()),
-        batch_wait_ms: Some(5),
         ..Default::default()
     }
 }

@@ -4,6 +4,7 @@ mod alerts;
 mod api;
 mod browser;
 mod durability;
+mod engine;
 mod fleet;
 mod helpers;
 mod live;

@@ -107,7 +107,6 @@ fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<
         .env("ORRERY_JWT_SECRET", secret)
         .env("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string())
         .env("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string())
-        .env("ORRERY_BATCH_WAIT_MS", "2")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -297,9 +296,14 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_bytes(pid);
 
-    // Publish at a steady rate: a tick every 10 ms with rate/100 events.
-    let per_tick = opts.rate.div_ceil(100);
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // Publish at a steady rate: a tick every 10 ms with rate/100 events, or under 100 events/s
+    // one event a tick, every 1/rate s.
+    let (per_tick, every) = if opts.rate >= 100 {
+        (opts.rate.div_ceil(100), Duration::from_millis(10))
+    } else {
+        (1, Duration::from_secs_f64(1.0 / opts.rate as f64))
+    };
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let publish_start = Instant::now();
     let mut published = 0u64;

@@ -1,0 +1,111 @@
+//! The projector engine driven step by step, as `orrery rebuild` drives it: group commit.
+
+use std::time::Duration;
+
+use orrery::bus::streams::{self, Provisioning};
+use orrery::natsd::NatsServer;
+use orrery::projections::results::ResultsProjection;
+use orrery::projector::{Outcome, Projector};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{jetstream, publish_result};
+
+async fn engine(
+    nats: &NatsServer,
+) -> (
+    async_nats::jetstream::Context,
+    Projector<ResultsProjection>,
+    tempfile::TempDir,
+) {
+    let js = jetstream(nats).await;
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(3_600),
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = orrery::db::open(&dir.path().join("engine.db"), 1)
+        .await
+        .unwrap();
+    // The daemon's default: no extra wait once a batch's first message is in.
+    let projector = Projector::new(
+        ResultsProjection::default(),
+        js.clone(),
+        db.writer.clone(),
+        4096,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    (js, projector, dir)
+}
+
+async fn result(js: &async_nats::jetstream::Context, i: u64) {
+    publish_result(
+        js,
+        "result.job.a1",
+        json!({"result_id": format!("r{i}"), "success": true}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_lone_event_is_committed_in_the_step_that_collects_it() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, _dir) = engine(&nats).await;
+    let cancel = CancellationToken::new();
+    result(&js, 1).await;
+    // A batch of one is started although 4,095 more would fit: nothing waits to fill it.
+    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(&cancel).await.unwrap();
+    }
+    assert_eq!(outcome, Outcome::Started { messages: 1 });
+    let committed = projector.project_next_batch(&cancel).await.unwrap();
+    assert_eq!(
+        committed,
+        Outcome::Applied {
+            messages: 1,
+            dead_lettered: 0,
+            checkpoint: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn messages_that_arrive_while_a_batch_commits_form_the_next_batch() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, _dir) = engine(&nats).await;
+    let cancel = CancellationToken::new();
+    result(&js, 0).await;
+    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(&cancel).await.unwrap();
+    }
+    assert_eq!(outcome, Outcome::Started { messages: 1 });
+    // 200 more while the first batch commits (or right after): they are grouped, not
+    // committed one by one.
+    for i in 1..=200 {
+        result(&js, i).await;
+    }
+    let mut commits = 0;
+    let mut messages = 0;
+    for _ in 0..1_000 {
+        if projector.checkpoint() >= 201 {
+            break;
+        }
+        if let Outcome::Applied { messages: n, .. } =
+            projector.project_next_batch(&cancel).await.unwrap()
+        {
+            commits += 1;
+            messages += n;
+        }
+    }
+    assert_eq!((projector.checkpoint(), messages), (201, 201));
+    assert!(commits <= 20, "201 messages took {commits} commits");
+}
