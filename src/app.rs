@@ -113,7 +113,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         Ok(Self {
             listener,
-            router: api::router(state, &config.cors_origins),
+            router: api::router(state, &config.cors),
             port,
             db,
             cancel,

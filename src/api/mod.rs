@@ -27,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::bus::publish::{self, Outgoing};
+use crate::config::Cors;
 use crate::db::Db;
 use crate::projector::Progress;
 use crate::token::Authenticator;
@@ -87,8 +88,8 @@ impl AppState {
     }
 }
 
-/// Builds the whole HTTP surface; `cors_origins` empty means no CORS headers.
-pub fn router(state: AppState, cors_origins: &[String]) -> Router {
+/// Builds the whole HTTP surface, with the CORS policy `cors`.
+pub fn router(state: AppState, cors: &Cors) -> Router {
     let api = Router::new()
         .route("/health/fleet", get(health::fleet))
         .route("/results/stats", get(results::stats))
@@ -122,13 +123,17 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             "/alerts/webhook/alertmanager",
             post(alerts::intake::alertmanager_webhook),
         );
-    let cors = (!cors_origins.is_empty()).then(|| {
-        let origins: Vec<HeaderValue> = cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
+    let allow = match cors {
+        Cors::Off => None,
+        Cors::Any => Some(AllowOrigin::any()),
+        // Every origin was validated when the configuration was resolved.
+        Cors::Origins(origins) => Some(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        )),
+    };
+    let cors = allow.map(|allow| {
         CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
+            .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers([
                 header::AUTHORIZATION,

@@ -130,7 +130,8 @@ settings! {
     /// Recent events kept per topology for `Last-Event-ID` resumes [default: 1000].
     #[arg(long, env = "ORRERY_SSE_REPLAY_EVENTS")]
     sse_replay_events: usize,
-    /// Origins allowed by CORS, comma separated (e.g. https://dash.example) [default: none].
+    /// Origins allowed by CORS, comma separated (e.g. https://dash.example), or `*` for any
+    /// [default: none].
     #[arg(long, env = "ORRERY_CORS_ORIGINS")]
     cors_origins: String,
     /// Longest wait of `POST …/mutations?wait=true` for the projection, in ms [default: 5000].
@@ -203,8 +204,8 @@ pub struct Config {
     pub ready_max_lag: u64,
     /// Live stream limits and timing.
     pub sse: SseConfig,
-    /// CORS allowed origins (empty: no CORS headers).
-    pub cors_origins: Vec<String>,
+    /// Which browser origins may call the API.
+    pub cors: Cors,
     /// `?wait=true` bound.
     pub mutation_wait: Duration,
     /// Alert providers go stale after this.
@@ -213,6 +214,18 @@ pub struct Config {
     pub fleet: FleetConfig,
     /// `true` for JSON logs.
     pub log_json: bool,
+}
+
+/// Which browser origins may call the API (credentials travel in the `Authorization` header
+/// or an SSE ticket, never in cookies, so any origin is safe to allow).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    /// No CORS headers: only same-origin pages and non-browser clients.
+    Off,
+    /// Any origin (`*`).
+    Any,
+    /// These origins exactly.
+    Origins(Vec<String>),
 }
 
 /// What fleet health expects and when it calls the fleet degraded.
@@ -338,7 +351,7 @@ impl Settings {
             batch_wait,
             ready_max_lag,
             sse: self.sse(),
-            cors_origins: list(self.cors_origins.as_deref()),
+            cors: self.cors()?,
             mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
             alert_stale_after: Duration::from_secs(
                 self.alert_stale_after_secs.unwrap_or(3_600).max(1),
@@ -423,6 +436,30 @@ impl Settings {
         ))
     }
 
+    /// CORS: `*` alone for any origin, else a list of `scheme://host[:port]` origins.
+    fn cors(&self) -> anyhow::Result<Cors> {
+        let origins = list(self.cors_origins.as_deref());
+        if origins.iter().any(|o| o == "*") {
+            if origins.len() > 1 {
+                bail!("--cors-origins: `*` (any origin) stands alone, not in a list");
+            }
+            return Ok(Cors::Any);
+        }
+        for origin in &origins {
+            if !is_origin(origin) {
+                bail!(
+                    "--cors-origins: `{origin}` is not an origin; give scheme://host[:port] \
+                     (e.g. https://dash.example), or `*` for any"
+                );
+            }
+        }
+        Ok(if origins.is_empty() {
+            Cors::Off
+        } else {
+            Cors::Origins(origins)
+        })
+    }
+
     /// The live stream's limits and timing.
     fn sse(&self) -> SseConfig {
         SseConfig {
@@ -465,6 +502,31 @@ impl Settings {
             other => bail!("--log-format must be `text` or `json`, not `{other}`"),
         }
     }
+}
+
+/// Whether `s` is a browser origin as the `Origin` header carries it: `http` or `https`,
+/// `://`, a host, an optional port, and nothing after.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal keeps its colons inside brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = if let Some(v6) = host.strip_prefix('[') {
+        v6.strip_suffix(']')
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    } else {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    matches!(scheme, "http" | "https")
+        && host_ok
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
 }
 
 /// Splits a comma-separated list, dropping blanks.

@@ -129,3 +129,43 @@ fn secret_is_not_debug_printed() {
     let c = secure().resolve().unwrap();
     assert!(!format!("{c:?}").contains("xxxxxxxx"));
 }
+
+#[test]
+fn cors_takes_a_star_alone_or_origins_and_names_a_bad_one() {
+    let cors = |v: &str| {
+        Settings {
+            cors_origins: Some(v.into()),
+            ..secure()
+        }
+        .resolve()
+        .map(|c| c.cors)
+        .map_err(|e| format!("{e:#}"))
+    };
+    assert_eq!(cors("*"), Ok(Cors::Any));
+    assert_eq!(cors(" "), Ok(Cors::Off));
+    assert_eq!(
+        cors("https://dash.example, http://127.0.0.1:3000,http://[::1]:8080"),
+        Ok(Cors::Origins(vec![
+            "https://dash.example".into(),
+            "http://127.0.0.1:3000".into(),
+            "http://[::1]:8080".into(),
+        ]))
+    );
+    for bad in [
+        "dash.example",
+        "https://dash.example/",
+        "https://dash.example/path",
+        "ftp://dash.example",
+        "https://",
+        "https://dash example",
+        "https://dash.example:0",
+        "https://dash.example:99999",
+        "https://[::1",
+        "https://a\u{7f}b",
+    ] {
+        let err = cors(bad).unwrap_err();
+        assert!(err.contains(&format!("`{bad}`")), "{bad}: {err}");
+    }
+    let err = cors("*, https://dash.example").unwrap_err();
+    assert!(err.contains("stands alone"), "{err}");
+}

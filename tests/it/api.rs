@@ -279,3 +279,63 @@ async fn a_drifted_stream_is_left_as_the_operator_configured_it() {
     app.wait_caught_up().await;
     assert_eq!(app.count("success=false").await, 1);
 }
+
+#[tokio::test]
+async fn cors_star_lets_any_origin_read_and_preflight() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.cors_origins = Some("*".into());
+    let app = spawn_app_with(s, dir).await;
+    let origin = "https://anywhere.example:8443";
+    let res = app
+        .http
+        .get(format!("{}/api/v1/topologies", app.address))
+        .header("origin", origin)
+        .bearer_auth(token(Role::Viewer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let preflight = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/topologies/t1/events", app.address),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .header(
+            "access-control-request-headers",
+            "authorization,last-event-id",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+}
+
+#[test]
+fn serve_refuses_a_bad_cors_origin_with_one_line_naming_it() {
+    for (value, named) in [
+        ("https://dash.example/app", "`https://dash.example/app`"),
+        ("*,https://dash.example", "`*`"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["serve", "--insecure-no-auth", "--cors-origins", value])
+            .args(["--database", "/nonexistent/never-opened.db"])
+            .env_remove("ORRERY_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{value}: {stderr}");
+        assert!(
+            stderr.contains("--cors-origins") && stderr.contains(named),
+            "{value}: {stderr}"
+        );
+    }
+}

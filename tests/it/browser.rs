@@ -59,7 +59,9 @@ async fn chromium_event_source_gets_the_snapshot_and_live_events() {
 const log = (t) => {{ const li = document.createElement("li"); li.textContent = t;
   document.getElementById("log").appendChild(li); }};
 const es = new EventSource("{base}/topologies/web/events?ticket={ticket}");
-es.addEventListener("snapshot", (e) => log("snapshot " + e.lastEventId + " " + JSON.parse(e.data).status));
+es.addEventListener("snapshot", (e) => {{
+  log("snapshot " + e.lastEventId + " " + JSON.parse(e.data).status);
+  fetch("/snapshot-seen"); }});
 es.addEventListener("status", (e) => {{
   log("status " + e.lastEventId + " " + JSON.parse(e.data).payload.status);
   es.close(); document.title = "done"; }});
@@ -68,8 +70,20 @@ es.onerror = () => log("error " + es.readyState);
         base = app.address,
         ticket = ticket["ticket"].as_str().unwrap(),
     );
+    // The page tells its own server once the snapshot is in, so that the live event is
+    // published after the stream is subscribed, not merely accepted.
+    let snapshot_seen = std::sync::Arc::new(tokio::sync::Notify::new());
+    let seen = snapshot_seen.clone();
     let page_server = tokio::spawn(async move {
-        let router = axum::Router::new().route("/", get(move || async move { Html(page) }));
+        let router = axum::Router::new()
+            .route("/", get(move || async move { Html(page) }))
+            .route(
+                "/snapshot-seen",
+                get(move || async move {
+                    seen.notify_one();
+                    "ok"
+                }),
+            );
         axum::serve(page_listener, router).await.unwrap();
     });
 
@@ -95,25 +109,10 @@ es.onerror = () => log("error " + es.readyState);
         .spawn()
         .expect("start chromium (install Debian's chromium or set ORRERY_CHROMIUM)");
 
-    // Once the browser's stream is open, publish a live event.
-    let http = app.http.clone();
-    let metrics_url = format!("{}/metrics", app.address);
-    wait_until(
-        Duration::from_secs(30),
-        "the browser to open its stream",
-        || async {
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.contains("orrery_sse_streams_open 1")
-        },
-    )
-    .await;
+    // Once the browser holds the snapshot, publish a live event.
+    tokio::time::timeout(Duration::from_secs(30), snapshot_seen.notified())
+        .await
+        .expect("the browser received its snapshot in time");
     let live = publish_topology(&js, "web", "status", json!({"status": "paused"})).await;
 
     let mut dom = String::new();
