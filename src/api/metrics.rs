@@ -64,5 +64,10 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "# HELP orrery_sse_streams_open Live streams open now.\n# TYPE orrery_sse_streams_open gauge\norrery_sse_streams_open {}",
         state.limits.open()
     );
+    let _ = writeln!(
+        out,
+        "# HELP orrery_sse_snapshot_loads_total Snapshots read from SQLite (a connect that finds the topology's view in memory reads none).\n# TYPE orrery_sse_snapshot_loads_total counter\norrery_sse_snapshot_loads_total {}",
+        state.hub.view_loads()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

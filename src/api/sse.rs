@@ -27,7 +27,7 @@ use crate::api::extract::{bearer, AsViewer, Authorized, Params};
 use crate::api::topologies::{in_flight, topology_json};
 use crate::api::AppState;
 use crate::bus::{streams, subjects};
-use crate::live::{LiveEvent, Resume};
+use crate::live::{Join, LiveEvent, Resume, View};
 use crate::projector::load_checkpoint;
 use crate::token::Claims;
 
@@ -193,8 +193,9 @@ fn last_event_id(headers: &HeaderMap, params: &Params) -> ApiResult<Option<u64>>
     }
 }
 
-/// Reads a snapshot and the checkpoint it reflects in one read transaction.
-async fn snapshot(state: &AppState, tid: &str, reset: bool) -> ApiResult<Option<(u64, Value)>> {
+/// Reads a topology's view — its snapshot and the checkpoint it reflects — in one read
+/// transaction; `None` when the topology does not exist.
+async fn read_view(state: &AppState, tid: &str) -> ApiResult<Option<View>> {
     let mut tx = state.db.readers.begin().await?;
     let seq = load_checkpoint(&mut *tx, streams::TOPOLOGY.name).await?;
     let Some(topology) = topology_json(&mut tx, tid).await? else {
@@ -202,17 +203,65 @@ async fn snapshot(state: &AppState, tid: &str, reset: bool) -> ApiResult<Option<
     };
     let in_flight = in_flight(&mut tx, tid).await?;
     tx.commit().await?;
-    let mut body = json!({
+    let body = json!({
         "topology_id": tid,
         "name": topology["name"],
         "status": topology["status"],
         "in_flight": in_flight,
-        "seq": seq,
     });
-    if reset {
-        body["reset"] = Value::Bool(true);
+    Ok(Some(View::new(seq, body)))
+}
+
+/// Makes sure the hub holds a current view of the topology, reading it from the database
+/// unless the connect that held `lock` before us just did; 404 when it does not exist.
+async fn load_view(
+    state: &AppState,
+    tid: &str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) -> ApiResult<()> {
+    let _loading = lock.lock().await;
+    if let Join::Ready { .. } = state.hub.join(tid) {
+        return Ok(());
     }
-    Ok(Some((seq, body)))
+    let view = read_view(state, tid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("topology".into()))?;
+    state.hub.install(tid, view);
+    Ok(())
+}
+
+/// Starts a stream afresh: the snapshot (marked `reset` when a resume could not be served),
+/// then the events after it. Reads SQLite only when the hub's view must be (re)loaded.
+async fn start(
+    state: &AppState,
+    tid: &str,
+    reset: bool,
+    initial: &mut VecDeque<Event>,
+) -> ApiResult<(broadcast::Receiver<Arc<LiveEvent>>, u64)> {
+    for _ in 0..3 {
+        match state.hub.join(tid) {
+            Join::Ready { view, after, rx } => {
+                initial.push_back(snapshot_event(&view, reset));
+                let mut last_sent = view.seq;
+                for e in after {
+                    last_sent = e.seq;
+                    initial.push_back(sse_event(&e));
+                }
+                return Ok((rx, last_sent));
+            }
+            Join::Load(lock) => load_view(state, tid, lock).await?,
+        }
+    }
+    // Events outrun loading on this topology: read the snapshot for this client alone,
+    // subscribed first so that nothing falls between the two.
+    let rx = state.hub.subscribe(tid);
+    let view = read_view(state, tid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("topology".into()))?;
+    initial.push_back(snapshot_event(&view, reset));
+    let seq = view.seq;
+    state.hub.install(tid, view);
+    Ok((rx, seq))
 }
 
 fn sse_event(e: &LiveEvent) -> Event {
@@ -296,12 +345,15 @@ pub async fn events(
     let (rx, last_sent) = match resume_from {
         Some(last) => match state.hub.resume(&tid, last) {
             Resume::Replay(missed, rx) => {
-                if missed.is_empty()
-                    && topology_json(&mut *state.db.readers.acquire().await?, &tid)
-                        .await?
-                        .is_none()
-                {
-                    return Err(ApiError::NotFound("topology".into()));
+                if missed.is_empty() && !state.hub.has_view(&tid) {
+                    // Nothing to replay: make sure the topology exists (and keep its view).
+                    let lock = match state.hub.join(&tid) {
+                        Join::Load(lock) => Some(lock),
+                        Join::Ready { .. } => None,
+                    };
+                    if let Some(lock) = lock {
+                        load_view(&state, &tid, lock).await?;
+                    }
                 }
                 let mut last_sent = last;
                 for e in missed {
@@ -310,22 +362,9 @@ pub async fn events(
                 }
                 (rx, last_sent)
             }
-            Resume::Gone(rx) => {
-                let (seq, body) = snapshot(&state, &tid, true)
-                    .await?
-                    .ok_or_else(|| ApiError::NotFound("topology".into()))?;
-                initial.push_back(snapshot_event(seq, &body));
-                (rx, seq)
-            }
+            Resume::Gone(_) => start(&state, &tid, true, &mut initial).await?,
         },
-        None => {
-            let rx = state.hub.subscribe(&tid);
-            let (seq, body) = snapshot(&state, &tid, false)
-                .await?
-                .ok_or_else(|| ApiError::NotFound("topology".into()))?;
-            initial.push_back(snapshot_event(seq, &body));
-            (rx, seq)
-        }
+        None => start(&state, &tid, false, &mut initial).await?,
     };
 
     let now = SystemTime::now()
@@ -353,11 +392,15 @@ pub async fn events(
     Ok(response)
 }
 
-fn snapshot_event(seq: u64, body: &Value) -> Event {
-    Event::default()
-        .event("snapshot")
-        .id(seq.to_string())
-        .data(body.to_string())
+fn snapshot_event(view: &View, reset: bool) -> Event {
+    let event = Event::default().event("snapshot").id(view.seq.to_string());
+    if reset {
+        let mut body = view.body.clone();
+        body["reset"] = Value::Bool(true);
+        event.data(body.to_string())
+    } else {
+        event.data(&*view.rendered)
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,15 @@
 //! resume gets every missed event exactly once. The broadcast capacity is each client's
 //! bounded queue; a client that falls further behind is told to resync and is dropped,
 //! without the projector ever waiting for it.
+//!
+//! Each topology also keeps the [`View`] its snapshot last showed, so that a connect — a
+//! reconnect storm after a deploy is ten thousand at once — reads no SQLite: it gets the
+//! view plus the ring's events after it. A view is (re)loaded from the database only when
+//! it is missing, when the ring no longer holds every event after it, or when more than
+//! [`MAX_CATCH_UP`] events followed it; one connect loads while the others wait for it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::value::RawValue;
@@ -32,11 +39,57 @@ pub enum Resume {
     Gone(broadcast::Receiver<Arc<LiveEvent>>),
 }
 
+/// Most ring events sent after a view on connect; past this the view is reloaded.
+pub const MAX_CATCH_UP: usize = 64;
+
+/// A topology as a snapshot shows it, read from the database at stream sequence `seq`.
+#[derive(Debug)]
+pub struct View {
+    /// The TOPOLOGY checkpoint the view reflects.
+    pub seq: u64,
+    /// The snapshot body: topology_id, name, status, in_flight and seq.
+    pub body: serde_json::Value,
+    /// `body` serialized once for every client.
+    pub rendered: Arc<str>,
+}
+
+impl View {
+    /// A view of `body` at `seq` (the body's `seq` is set to it).
+    pub fn new(seq: u64, mut body: serde_json::Value) -> Self {
+        body["seq"] = seq.into();
+        let rendered = body.to_string().into();
+        Self {
+            seq,
+            body,
+            rendered,
+        }
+    }
+}
+
+/// What a connecting client gets from the hub.
+pub enum Join {
+    /// The view, the retained events after it, and the live receiver, taken atomically.
+    Ready {
+        /// The snapshot.
+        view: Arc<View>,
+        /// Events after the view, oldest first.
+        after: Vec<Arc<LiveEvent>>,
+        /// Everything published from now on.
+        rx: broadcast::Receiver<Arc<LiveEvent>>,
+    },
+    /// No usable view: hold this lock, load one from the database, [`Hub::install`] it and
+    /// join again (connects that wait on the lock then find it ready).
+    Load(Arc<tokio::sync::Mutex<()>>),
+}
+
 struct Topic {
     ring: VecDeque<Arc<LiveEvent>>,
     /// Highest sequence dropped from the ring (0 when nothing was).
     evicted_upto: u64,
     tx: broadcast::Sender<Arc<LiveEvent>>,
+    view: Option<Arc<View>>,
+    /// Held by the one connect that (re)loads the view.
+    load: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Fan-out state for every topology seen since start.
@@ -46,6 +99,8 @@ pub struct Hub {
     client_queue: usize,
     /// Events at or below this sequence were committed before the hub existed.
     start_seq: u64,
+    /// Views installed, i.e. snapshots read from the database.
+    view_loads: AtomicU64,
 }
 
 impl Hub {
@@ -57,22 +112,24 @@ impl Hub {
             replay: replay.max(1),
             client_queue: client_queue.max(1),
             start_seq,
+            view_loads: AtomicU64::new(0),
         }
     }
 
+    /// How many views were read from the database since start (a metric: connects that
+    /// found a current view in memory read nothing).
+    pub fn view_loads(&self) -> u64 {
+        self.view_loads.load(Ordering::Relaxed)
+    }
+
     fn topic<'a>(&self, topics: &'a mut HashMap<String, Topic>, tid: &str) -> &'a mut Topic {
-        if !topics.contains_key(tid) {
-            let (tx, _) = broadcast::channel(self.client_queue);
-            topics.insert(
-                tid.to_owned(),
-                Topic {
-                    ring: VecDeque::new(),
-                    evicted_upto: 0,
-                    tx,
-                },
-            );
-        }
-        topics.get_mut(tid).expect("just inserted")
+        topics.entry(tid.to_owned()).or_insert_with(|| Topic {
+            ring: VecDeque::new(),
+            evicted_upto: 0,
+            tx: broadcast::channel(self.client_queue).0,
+            view: None,
+            load: Arc::default(),
+        })
     }
 
     /// Publishes committed events of one topology, in order.
@@ -94,6 +151,50 @@ impl Hub {
     pub fn subscribe(&self, tid: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
         let mut topics = self.topics.lock().expect("hub lock");
         self.topic(&mut topics, tid).tx.subscribe()
+    }
+
+    /// Subscribes and takes the topology's view with the retained events after it,
+    /// atomically; or says the view must be loaded first.
+    pub fn join(&self, tid: &str) -> Join {
+        let mut topics = self.topics.lock().expect("hub lock");
+        let topic = self.topic(&mut topics, tid);
+        let Some(view) = topic.view.clone() else {
+            return Join::Load(topic.load.clone());
+        };
+        if view.seq < topic.evicted_upto {
+            return Join::Load(topic.load.clone());
+        }
+        let after: Vec<Arc<LiveEvent>> = topic
+            .ring
+            .iter()
+            .filter(|e| e.seq > view.seq)
+            .cloned()
+            .collect();
+        if after.len() > MAX_CATCH_UP {
+            return Join::Load(topic.load.clone());
+        }
+        Join::Ready {
+            view,
+            after,
+            rx: topic.tx.subscribe(),
+        }
+    }
+
+    /// Whether a view of the topology is held (it exists, then).
+    pub fn has_view(&self, tid: &str) -> bool {
+        let topics = self.topics.lock().expect("hub lock");
+        topics.get(tid).is_some_and(|t| t.view.is_some())
+    }
+
+    /// Keeps `view`, just read from the database, as the topology's snapshot unless a newer
+    /// one is already held.
+    pub fn install(&self, tid: &str, view: View) {
+        self.view_loads.fetch_add(1, Ordering::Relaxed);
+        let mut topics = self.topics.lock().expect("hub lock");
+        let topic = self.topic(&mut topics, tid);
+        if topic.view.as_ref().is_none_or(|v| v.seq < view.seq) {
+            topic.view = Some(Arc::new(view));
+        }
     }
 
     /// Subscribes and collects the retained events after `last_id`, atomically.
@@ -175,6 +276,50 @@ mod tests {
         assert!(matches!(hub.resume("t", 5), Resume::Gone(_)));
         // A topology with no events since start, resumed from at or after start, is fine.
         assert!(matches!(hub.resume("other", 12), Resume::Replay(..)));
+    }
+
+    #[test]
+    fn a_join_gets_the_view_and_the_events_after_it_or_asks_for_a_load() {
+        let hub = Hub::new(4, 16, 0);
+        assert!(matches!(hub.join("t"), Join::Load(_)), "no view yet");
+        hub.publish("t", ev(2));
+        hub.install("t", View::new(2, serde_json::json!({"status": "a"})));
+        hub.publish("t", ev(3));
+        let Join::Ready {
+            view,
+            after,
+            mut rx,
+        } = hub.join("t")
+        else {
+            panic!("expected a ready view");
+        };
+        assert_eq!((view.seq, view.body["seq"].as_u64()), (2, Some(2)));
+        assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), [3]);
+        hub.publish("t", ev(4));
+        assert_eq!(rx.try_recv().unwrap().seq, 4);
+        // An older view never replaces a newer one.
+        hub.install("t", View::new(1, serde_json::json!({})));
+        let Join::Ready { view, .. } = hub.join("t") else {
+            panic!("expected a ready view");
+        };
+        assert_eq!(view.seq, 2);
+        // Once the ring has dropped events after the view, it must be reloaded.
+        for s in 5..=9 {
+            hub.publish("t", ev(s));
+        }
+        assert!(matches!(hub.join("t"), Join::Load(_)));
+    }
+
+    #[test]
+    fn too_many_events_after_a_view_ask_for_a_reload() {
+        let hub = Hub::new(MAX_CATCH_UP * 2, 16, 0);
+        hub.install("t", View::new(1, serde_json::json!({})));
+        for s in 2..=(MAX_CATCH_UP as u64 + 1) {
+            hub.publish("t", ev(s));
+        }
+        assert!(matches!(hub.join("t"), Join::Ready { .. }));
+        hub.publish("t", ev(MAX_CATCH_UP as u64 + 2));
+        assert!(matches!(hub.join("t"), Join::Load(_)));
     }
 
     #[test]

@@ -550,3 +550,94 @@ async fn enqueue_publishes_once_per_idempotency_key_and_rejects_bad_requests() {
         .messages;
     assert_eq!(before, after, "nothing was published by rejected requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_clients_connecting_at_once_get_snapshots_from_memory_then_live_events() {
+    const CLIENTS: usize = 2_000;
+    const TOPOLOGIES: usize = 10;
+    let nats = NatsServer::start().unwrap();
+    let app = live_app(&nats, |s| {
+        s.sse_max_streams_per_user = Some(CLIENTS);
+        s.sse_max_connections = Some(CLIENTS + 10);
+    })
+    .await;
+    let js = jetstream(&nats).await;
+    wait_for_topology_streams(&js).await;
+    let mut status_seq = Vec::new();
+    for t in 0..TOPOLOGIES {
+        status_seq.push(
+            publish_topology(
+                &js,
+                &format!("storm-{t}"),
+                "status",
+                json!({"status": "up"}),
+            )
+            .await,
+        );
+    }
+    app.wait_caught_up().await;
+
+    // Everyone at once, as after a deploy; each client waits for its snapshot and then for
+    // the one live event of its topology.
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let snapshots = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for c in 0..CLIENTS {
+        let (http, base, go, snapshots) = (
+            reqwest::Client::new(),
+            app.address.clone(),
+            go.clone(),
+            snapshots.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let tid = format!("storm-{}", c % TOPOLOGIES);
+            go.wait().await;
+            let res = open_stream(&http, &base, &tid, "storm", None).await;
+            assert_eq!(res.status(), 200, "client {c}");
+            let mut sse = SseClient::new(res);
+            let snap = sse.next(Duration::from_secs(30)).await.expect("snapshot");
+            assert_eq!(snap.event, "snapshot", "client {c}");
+            assert_eq!(snap.json()["status"], "up", "client {c}");
+            snapshots.add_permits(1);
+            let live = sse.next(Duration::from_secs(30)).await.expect("live event");
+            (c % TOPOLOGIES, snap.seq(), live.seq(), live.event)
+        }));
+    }
+    go.wait().await;
+    let all = snapshots.acquire_many(CLIENTS as u32);
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("every client got its snapshot")
+        .unwrap()
+        .forget();
+    let mut live_seq = Vec::new();
+    for t in 0..TOPOLOGIES {
+        live_seq.push(
+            publish_topology(
+                &js,
+                &format!("storm-{t}"),
+                "status",
+                json!({"status": "down"}),
+            )
+            .await,
+        );
+    }
+    for client in clients {
+        let (t, snapshot_seq, seq, event) = client.await.unwrap();
+        assert!(snapshot_seq >= status_seq[t]);
+        assert_eq!((event.as_str(), seq), ("status", live_seq[t]));
+    }
+    // Each topology's snapshot was read from SQLite once (give or take a load racing the
+    // first events); the other connects were served from memory.
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    let loads: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("orrery_sse_snapshot_loads_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        loads <= 2 * TOPOLOGIES as u64,
+        "{loads} snapshot loads for {CLIENTS} connects"
+    );
+}

@@ -41,6 +41,9 @@ pub struct FanoutReport {
     pub clients: usize,
     /// Connections that received their snapshot.
     pub connected: usize,
+    /// From the first connect of the storm until every client had its snapshot (or the
+    /// last one gave up), ms.
+    pub storm_connect_ms: f64,
     /// Topologies.
     pub topologies: usize,
     /// Events published.
@@ -260,6 +263,8 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     let connected = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
+    // The reconnect storm after a deploy: every client connects at once.
+    let storm = Instant::now();
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
         let url = format!(
@@ -275,23 +280,14 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
             delivered.clone(),
             stop.clone(),
         )));
-        // Connect in waves so the listen backlog never overflows.
-        if i % 200 == 199 {
-            let target = (i + 1) as u64;
-            let wave = Instant::now();
-            while connected.load(Ordering::Relaxed) < target
-                && wave.elapsed() < Duration::from_secs(10)
-            {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
     }
-    let wave = Instant::now();
     while (connected.load(Ordering::Relaxed) as usize) < opts.clients
-        && wave.elapsed() < Duration::from_secs(20)
+        && storm.elapsed() < Duration::from_secs(60)
+        && !clients.iter().all(|c| c.is_finished())
     {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let storm_time = storm.elapsed();
     let connected_n = connected.load(Ordering::Relaxed) as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_bytes(pid);
@@ -360,6 +356,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     Ok(FanoutReport {
         clients: opts.clients,
         connected: connected_n,
+        storm_connect_ms: storm_time.as_secs_f64() * 1e3,
         topologies: opts.topologies,
         published,
         delivered: delivered_n,
@@ -383,9 +380,13 @@ impl std::fmt::Display for FanoutReport {
         )?;
         writeln!(
             f,
-            "  connections held           {} (at end {})",
-            self.connected, self.held_at_end
+            "  storm connect              {} of {} got their snapshot in {:.0} ms ({} failed)",
+            self.connected,
+            self.clients,
+            self.storm_connect_ms,
+            self.clients - self.connected
         )?;
+        writeln!(f, "  connections held at end    {}", self.held_at_end)?;
         writeln!(f, "  events published           {}", self.published)?;
         writeln!(
             f,
