@@ -12,12 +12,13 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::consumer;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +28,12 @@ use crate::api::extract::{bearer, AsViewer, Authorized, Params};
 use crate::api::topologies::{in_flight, topology_json};
 use crate::api::AppState;
 use crate::bus::{streams, subjects};
-use crate::live::{Join, LiveEvent, Resume, View};
+use crate::live::{epoch_token, parse_event_id, Join, LiveEvent, Resume, View};
+use crate::projections::topology;
 use crate::projector::load_checkpoint;
+use crate::projector::Message;
 use crate::token::Claims;
+use crate::window::to_unix_ms;
 
 /// How long an SSE ticket stays valid.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -178,19 +182,193 @@ fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiRe
         .missing("missing credentials: an Authorization header, ?ticket= or ?token=")?)
 }
 
-fn last_event_id(headers: &HeaderMap, params: &Params) -> ApiResult<Option<u64>> {
+/// The id a resuming client sent: `(seq, epoch)`, the epoch absent for a bare sequence.
+fn last_event_id(headers: &HeaderMap, params: &Params) -> ApiResult<Option<(u64, Option<String>)>> {
     let raw = match headers.get("last-event-id") {
         Some(v) => Some(v.to_str().unwrap_or("x").to_owned()),
         None => params.get("last_event_id")?.map(str::to_owned),
     };
-    match raw {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => s
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| ApiError::invalid("last_event_id", "a stream sequence number (digits)")),
+    match raw.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => parse_event_id(s)
+            .map(|(seq, epoch)| Some((seq, epoch.map(str::to_owned))))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "last_event_id",
+                    "an event id as the stream sent it: <seq>.<epoch>, or a bare <seq>",
+                )
+            }),
     }
+}
+
+/// The TOPOLOGY stream's epoch: known once the bus has been reached, asked for otherwise.
+async fn epoch(state: &AppState) -> ApiResult<Arc<str>> {
+    if let Some(epoch) = state.hub.epoch() {
+        return Ok(epoch);
+    }
+    let info = tokio::time::timeout(
+        state.bus_timeout,
+        state.js.get_stream(streams::TOPOLOGY.name),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| ApiError::Unavailable("the bus cannot be reached; retry shortly".into()))?;
+    Ok(state
+        .hub
+        .set_epoch(&epoch_token(info.cached_info().created)))
+}
+
+/// The TOPOLOGY stream's first and last sequence, from the bus.
+async fn stream_bounds(state: &AppState) -> ApiResult<(u64, u64)> {
+    let info = tokio::time::timeout(
+        state.bus_timeout,
+        state.js.get_stream(streams::TOPOLOGY.name),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| ApiError::Unavailable("the bus cannot be reached; retry shortly".into()))?;
+    let s = &info.cached_info().state;
+    Ok((s.first_sequence, s.last_sequence))
+}
+
+/// The TOPOLOGY checkpoint this replica has committed.
+fn committed(state: &AppState) -> u64 {
+    state
+        .projections
+        .iter()
+        .find(|p| p.stream == streams::TOPOLOGY)
+        .map_or(0, |p| *p.checkpoint.borrow())
+}
+
+/// Most events one resume reads back from the stream; past it a snapshot is cheaper.
+const MAX_BUS_REPLAY: u64 = 10_000;
+
+/// Reads the topology's events after `after` up to `upto` back from the TOPOLOGY stream, as
+/// the projection rendered them (messages it dead-lettered are skipped, as they were live);
+/// `None` when more than [`MAX_BUS_REPLAY`] match.
+async fn read_back(
+    state: &AppState,
+    tid: &str,
+    after: u64,
+    upto: u64,
+) -> anyhow::Result<Option<Vec<Arc<LiveEvent>>>> {
+    let stream = state.js.get_stream_no_info(streams::TOPOLOGY.name).await?;
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: format!("topology.{tid}.>"),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut pending = consumer.info().await?.num_pending;
+    let mut events = Vec::new();
+    if pending == 0 {
+        return Ok(Some(events));
+    }
+    let mut messages = consumer.messages().await?;
+    let mut read = 0u64;
+    while pending > 0 {
+        let Some(message) = messages.next().await else {
+            anyhow::bail!("the stream ended while reading back");
+        };
+        let message = message?;
+        let info = message.info().map_err(|e| anyhow::anyhow!(e))?;
+        if info.stream_sequence > upto {
+            break;
+        }
+        read += 1;
+        if read > MAX_BUS_REPLAY {
+            return Ok(None);
+        }
+        let msg = Message {
+            seq: info.stream_sequence,
+            subject: message.subject.as_str(),
+            payload: &message.payload,
+            published_ms: to_unix_ms(info.published),
+        };
+        if let Ok(event) = topology::decode(&msg) {
+            events.push(Arc::new(event.live));
+        }
+        pending = info.pending;
+    }
+    Ok(Some(events))
+}
+
+/// Resumes after `last`: from the hub's ring when it still holds the missed events, else
+/// read back from the stream (and kept in the ring for the next resume); a snapshot marked
+/// `reset` when the stream no longer holds them, or never had `last`.
+async fn resume(
+    state: &AppState,
+    tid: &str,
+    last: u64,
+    initial: &mut VecDeque<Event>,
+    epoch: &str,
+) -> ApiResult<(broadcast::Receiver<Arc<LiveEvent>>, u64)> {
+    let rx = match state.hub.resume(tid, last) {
+        Resume::Replay(missed, rx) => {
+            if missed.is_empty() {
+                if last > committed(state) && last > stream_bounds(state).await?.1 {
+                    // Not an id of this stream: past the last message it holds.
+                    return start(state, tid, true, initial, epoch).await;
+                }
+                if !state.hub.has_view(tid) {
+                    // Nothing to replay: make sure the topology exists (and keep its view).
+                    if let Join::Load(lock) = state.hub.join(tid) {
+                        load_view(state, tid, lock).await?;
+                    }
+                }
+            }
+            let mut last_sent = last;
+            for e in missed {
+                last_sent = e.seq;
+                initial.push_back(sse_event(&e, epoch));
+            }
+            return Ok((rx, last_sent));
+        }
+        Resume::Gone(rx) => rx,
+    };
+    // Subscribed before the checkpoint is read: whatever commits after it arrives on `rx`.
+    let checkpoint = committed(state);
+    let (first, stream_last) = stream_bounds(state).await?;
+    if last > stream_last || first > last + 1 {
+        // Never an id of this stream, or retention dropped messages after it (some may
+        // have been this topology's).
+        return start(state, tid, true, initial, epoch).await;
+    }
+    // One read-back per topology at a time: the resumes queued behind it usually find the
+    // ring filled.
+    let lock = state.hub.load_lock(tid);
+    let _reading = lock.lock().await;
+    if let Resume::Replay(missed, rx) = state.hub.resume(tid, last) {
+        let mut last_sent = last;
+        for e in missed {
+            last_sent = e.seq;
+            initial.push_back(sse_event(&e, epoch));
+        }
+        return Ok((rx, last_sent));
+    }
+    let read = tokio::time::timeout(state.bus_timeout, read_back(state, tid, last, checkpoint))
+        .await
+        .map_err(|_| ApiError::Unavailable("reading the stream back timed out; retry".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("reading the stream back failed: {e}")))?;
+    let Some(events) = read else {
+        return start(state, tid, true, initial, epoch).await;
+    };
+    if events.is_empty() && !state.hub.has_view(tid) {
+        if let Join::Load(lock) = state.hub.join(tid) {
+            drop(_reading);
+            load_view(state, tid, lock).await?;
+        }
+    }
+    for e in &events {
+        initial.push_back(sse_event(e, epoch));
+    }
+    state.hub.backfill(tid, last, events);
+    Ok((rx, checkpoint.max(last)))
 }
 
 /// Reads a topology's view — its snapshot and the checkpoint it reflects — in one read
@@ -237,15 +415,16 @@ async fn start(
     tid: &str,
     reset: bool,
     initial: &mut VecDeque<Event>,
+    epoch: &str,
 ) -> ApiResult<(broadcast::Receiver<Arc<LiveEvent>>, u64)> {
     for _ in 0..3 {
         match state.hub.join(tid) {
             Join::Ready { view, after, rx } => {
-                initial.push_back(snapshot_event(&view, reset));
+                initial.push_back(snapshot_event(&view, reset, epoch));
                 let mut last_sent = view.seq;
                 for e in after {
                     last_sent = e.seq;
-                    initial.push_back(sse_event(&e));
+                    initial.push_back(sse_event(&e, epoch));
                 }
                 return Ok((rx, last_sent));
             }
@@ -258,22 +437,28 @@ async fn start(
     let view = read_view(state, tid)
         .await?
         .ok_or_else(|| ApiError::NotFound("topology".into()))?;
-    initial.push_back(snapshot_event(&view, reset));
+    initial.push_back(snapshot_event(&view, reset, epoch));
     let seq = view.seq;
     state.hub.install(tid, view);
     Ok((rx, seq))
 }
 
-fn sse_event(e: &LiveEvent) -> Event {
+/// The SSE id of an event: its stream sequence qualified by the stream's epoch.
+fn event_id(seq: u64, epoch: &str) -> String {
+    format!("{seq}.{epoch}")
+}
+
+fn sse_event(e: &LiveEvent, epoch: &str) -> Event {
     Event::default()
         .event(&e.name)
-        .id(e.seq.to_string())
+        .id(event_id(e.seq, epoch))
         .data(&*e.data)
 }
 
 /// State of one open stream.
 struct Conn {
     initial: VecDeque<Event>,
+    epoch: Arc<str>,
     rx: broadcast::Receiver<Arc<LiveEvent>>,
     last_sent: u64,
     expires: std::pin::Pin<Box<tokio::time::Sleep>>,
@@ -305,15 +490,18 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Event, Infallible>> {
                     Ok(e) if e.seq <= c.last_sent => continue,
                     Ok(e) => {
                         c.last_sent = e.seq;
-                        sse_event(&e)
+                        sse_event(&e, &c.epoch)
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow: ask the client to resume from what it has, and let go.
                         c.done = true;
                         Event::default()
                             .event("resync")
-                            .id(c.last_sent.to_string())
-                            .data(format!(r#"{{"last_event_id":{}}}"#, c.last_sent))
+                            .id(event_id(c.last_sent, &c.epoch))
+                            .data(format!(
+                                r#"{{"last_event_id":"{}"}}"#,
+                                event_id(c.last_sent, &c.epoch)
+                            ))
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         c.done = true;
@@ -342,29 +530,14 @@ pub async fn events(
 
     let mut initial = VecDeque::new();
     initial.push_back(Event::default().retry(RETRY_HINT).comment("connected"));
+    let epoch = epoch(&state).await?;
     let (rx, last_sent) = match resume_from {
-        Some(last) => match state.hub.resume(&tid, last) {
-            Resume::Replay(missed, rx) => {
-                if missed.is_empty() && !state.hub.has_view(&tid) {
-                    // Nothing to replay: make sure the topology exists (and keep its view).
-                    let lock = match state.hub.join(&tid) {
-                        Join::Load(lock) => Some(lock),
-                        Join::Ready { .. } => None,
-                    };
-                    if let Some(lock) = lock {
-                        load_view(&state, &tid, lock).await?;
-                    }
-                }
-                let mut last_sent = last;
-                for e in missed {
-                    last_sent = e.seq;
-                    initial.push_back(sse_event(&e));
-                }
-                (rx, last_sent)
-            }
-            Resume::Gone(_) => start(&state, &tid, true, &mut initial).await?,
-        },
-        None => start(&state, &tid, false, &mut initial).await?,
+        None => start(&state, &tid, false, &mut initial, &epoch).await?,
+        // An id of another epoch: the stream it counted was deleted since.
+        Some((_, Some(theirs))) if *theirs != *epoch => {
+            start(&state, &tid, true, &mut initial, &epoch).await?
+        }
+        Some((last, _)) => resume(&state, &tid, last, &mut initial, &epoch).await?,
     };
 
     let now = SystemTime::now()
@@ -374,6 +547,7 @@ pub async fn events(
     let left = Duration::from_secs(claims.exp.saturating_sub(now));
     let conn = Conn {
         initial,
+        epoch,
         rx,
         last_sent,
         expires: Box::pin(tokio::time::sleep(
@@ -392,8 +566,10 @@ pub async fn events(
     Ok(response)
 }
 
-fn snapshot_event(view: &View, reset: bool) -> Event {
-    let event = Event::default().event("snapshot").id(view.seq.to_string());
+fn snapshot_event(view: &View, reset: bool, epoch: &str) -> Event {
+    let event = Event::default()
+        .event("snapshot")
+        .id(event_id(view.seq, epoch));
     if reset {
         let mut body = view.body.clone();
         body["reset"] = Value::Bool(true);

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
@@ -84,8 +84,9 @@ pub enum Join {
 
 struct Topic {
     ring: VecDeque<Arc<LiveEvent>>,
-    /// Highest sequence dropped from the ring (0 when nothing was).
-    evicted_upto: u64,
+    /// The ring holds every event of the topology after this sequence: the checkpoint at
+    /// start, then the last event evicted, or lower once older events were backfilled.
+    held_from: u64,
     tx: broadcast::Sender<Arc<LiveEvent>>,
     view: Option<Arc<View>>,
     /// Held by the one connect that (re)loads the view.
@@ -101,6 +102,8 @@ pub struct Hub {
     start_seq: u64,
     /// Views installed, i.e. snapshots read from the database.
     view_loads: AtomicU64,
+    /// The TOPOLOGY stream's epoch, once read from the bus.
+    epoch: OnceLock<Arc<str>>,
 }
 
 impl Hub {
@@ -113,7 +116,19 @@ impl Hub {
             client_queue: client_queue.max(1),
             start_seq,
             view_loads: AtomicU64::new(0),
+            epoch: OnceLock::new(),
         }
+    }
+
+    /// The TOPOLOGY stream's epoch, when known (see [`epoch_token`]).
+    pub fn epoch(&self) -> Option<Arc<str>> {
+        self.epoch.get().cloned()
+    }
+
+    /// Records the stream's epoch; the first one recorded stays (a recreated stream needs a
+    /// restart, as its checkpoint does).
+    pub fn set_epoch(&self, epoch: &str) -> Arc<str> {
+        self.epoch.get_or_init(|| epoch.into()).clone()
     }
 
     /// How many views were read from the database since start (a metric: connects that
@@ -125,7 +140,7 @@ impl Hub {
     fn topic<'a>(&self, topics: &'a mut HashMap<String, Topic>, tid: &str) -> &'a mut Topic {
         topics.entry(tid.to_owned()).or_insert_with(|| Topic {
             ring: VecDeque::new(),
-            evicted_upto: 0,
+            held_from: self.start_seq,
             tx: broadcast::channel(self.client_queue).0,
             view: None,
             load: Arc::default(),
@@ -139,7 +154,7 @@ impl Hub {
         let topic = self.topic(&mut topics, tid);
         if topic.ring.len() == self.replay {
             if let Some(old) = topic.ring.pop_front() {
-                topic.evicted_upto = old.seq;
+                topic.held_from = old.seq;
             }
         }
         topic.ring.push_back(event.clone());
@@ -161,7 +176,7 @@ impl Hub {
         let Some(view) = topic.view.clone() else {
             return Join::Load(topic.load.clone());
         };
-        if view.seq < topic.evicted_upto {
+        if view.seq < topic.held_from {
             return Join::Load(topic.load.clone());
         }
         let after: Vec<Arc<LiveEvent>> = topic
@@ -178,6 +193,13 @@ impl Hub {
             after,
             rx: topic.tx.subscribe(),
         }
+    }
+
+    /// The lock held by the one connect that loads the topology's view or reads its events
+    /// back from the stream.
+    pub fn load_lock(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut topics = self.topics.lock().expect("hub lock");
+        self.topic(&mut topics, tid).load.clone()
     }
 
     /// Whether a view of the topology is held (it exists, then).
@@ -200,10 +222,9 @@ impl Hub {
     /// Subscribes and collects the retained events after `last_id`, atomically.
     pub fn resume(&self, tid: &str, last_id: u64) -> Resume {
         let mut topics = self.topics.lock().expect("hub lock");
-        let start_seq = self.start_seq;
         let topic = self.topic(&mut topics, tid);
         let rx = topic.tx.subscribe();
-        if last_id < start_seq || last_id < topic.evicted_upto {
+        if last_id < topic.held_from {
             return Resume::Gone(rx);
         }
         let missed = topic
@@ -214,6 +235,65 @@ impl Hub {
             .collect();
         Resume::Replay(missed, rx)
     }
+
+    /// Puts older events of a topology, read back from the stream, in front of its ring:
+    /// `events` must be every event of the topology after `from` up to at least where the
+    /// ring starts, in order. Afterwards resumes from `from` on are served from memory (as
+    /// far as the ring's size allows).
+    pub fn backfill(&self, tid: &str, from: u64, events: Vec<Arc<LiveEvent>>) {
+        let mut topics = self.topics.lock().expect("hub lock");
+        let topic = self.topic(&mut topics, tid);
+        if from >= topic.held_from {
+            return;
+        }
+        let held_from = topic.held_from;
+        for e in events.into_iter().rev().filter(|e| e.seq <= held_from) {
+            topic.ring.push_front(e);
+        }
+        topic.held_from = from;
+        while topic.ring.len() > self.replay {
+            if let Some(old) = topic.ring.pop_front() {
+                topic.held_from = old.seq;
+            }
+        }
+    }
+}
+
+/// The epoch of a stream created at `created`: its creation time in nanoseconds, base 36 —
+/// the same on every replica, different for a stream deleted and created again (which
+/// starts its sequence numbers over).
+pub fn epoch_token(created: time::OffsetDateTime) -> String {
+    let mut n = created.unix_timestamp_nanos().unsigned_abs();
+    let mut digits = Vec::new();
+    loop {
+        digits.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    digits.reverse();
+    String::from_utf8_lossy(&digits).into_owned()
+}
+
+/// A `Last-Event-ID` as a client sends it back: `<seq>.<epoch>`, or a bare `<seq>` meaning
+/// the current epoch. `None` for anything else (it was never an id of ours).
+pub fn parse_event_id(id: &str) -> Option<(u64, Option<&str>)> {
+    let (seq, epoch) = match id.split_once('.') {
+        Some((seq, epoch)) => (seq, Some(epoch)),
+        None => (id, None),
+    };
+    let seq_ok = !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
+    let epoch_ok = epoch.is_none_or(|e| {
+        !e.is_empty()
+            && e.len() <= 32
+            && e.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    });
+    if !(seq_ok && epoch_ok) {
+        return None;
+    }
+    Some((seq.parse().ok()?, epoch))
 }
 
 /// Serializes a live event's data once: `{"topic","type","ts","seq","payload"}`.
@@ -320,6 +400,71 @@ mod tests {
         assert!(matches!(hub.join("t"), Join::Ready { .. }));
         hub.publish("t", ev(MAX_CATCH_UP as u64 + 2));
         assert!(matches!(hub.join("t"), Join::Load(_)));
+    }
+
+    #[test]
+    fn backfilled_events_are_served_to_later_resumes() {
+        let hub = Hub::new(4, 16, 10);
+        hub.publish("t", ev(12));
+        assert!(matches!(hub.resume("t", 5), Resume::Gone(_)));
+        // The stream had 6 and 9 for this topology before the hub started, 12 since.
+        hub.backfill(
+            "t",
+            5,
+            vec![Arc::new(ev(6)), Arc::new(ev(9)), Arc::new(ev(12))],
+        );
+        let Resume::Replay(missed, _) = hub.resume("t", 5) else {
+            panic!("expected replay");
+        };
+        assert_eq!(missed.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 9, 12]);
+        let Resume::Replay(missed, _) = hub.resume("t", 9) else {
+            panic!("expected replay");
+        };
+        assert_eq!(missed.iter().map(|e| e.seq).collect::<Vec<_>>(), [12]);
+        // Backfill never lets the ring grow past its size: the oldest go again.
+        hub.backfill("t", 1, (2..=5).map(|s| Arc::new(ev(s))).collect());
+        assert!(matches!(hub.resume("t", 1), Resume::Gone(_)));
+        let Resume::Replay(missed, _) = hub.resume("t", 4) else {
+            panic!("expected replay");
+        };
+        assert_eq!(
+            missed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [5, 6, 9, 12]
+        );
+    }
+
+    #[test]
+    fn event_ids_carry_the_epoch_and_hostile_ones_are_refused() {
+        let t = time::OffsetDateTime::from_unix_timestamp_nanos(1_764_000_000_123_456_789).unwrap();
+        let epoch = epoch_token(t);
+        assert!(epoch.bytes().all(|b| b.is_ascii_alphanumeric()) && !epoch.contains('.'));
+        assert_ne!(epoch, epoch_token(t + time::Duration::nanoseconds(1)));
+        let id = format!("42.{epoch}");
+        assert_eq!(parse_event_id(&id), Some((42, Some(epoch.as_str()))));
+        assert_eq!(parse_event_id("42"), Some((42, None)));
+        assert_eq!(
+            parse_event_id("18446744073709551615"),
+            Some((u64::MAX, None))
+        );
+        for bad in [
+            "",
+            ".",
+            "42.",
+            ".abc",
+            "abc",
+            "-1",
+            "4 2",
+            "42.ABC",
+            "42.a.b",
+            "1e9",
+            "18446744073709551616",
+            "999999999999999999999",
+            "42.é",
+        ] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_event_id(&"9".repeat(10_000)), None);
+        assert_eq!(parse_event_id(&format!("1.{}", "a".repeat(33))), None);
     }
 
     #[test]

@@ -125,12 +125,18 @@ es.onerror = () => log("error " + es.readyState);
     page_server.abort();
 
     assert!(dom.contains("<title>done</title>"), "{dom}");
+    // Ids are `<seq>.<epoch>`, the epoch the TOPOLOGY stream's.
+    let epoch = dom
+        .split_once(&format!("<li>snapshot {first}."))
+        .and_then(|(_, rest)| rest.split_once(' '))
+        .map(|(epoch, _)| epoch.to_owned())
+        .unwrap_or_else(|| panic!("no snapshot with id {first}.<epoch>: {dom}"));
     assert!(
-        dom.contains(&format!("<li>snapshot {first} active</li>")),
+        dom.contains(&format!("<li>snapshot {first}.{epoch} active</li>")),
         "{dom}"
     );
     assert!(
-        dom.contains(&format!("<li>status {live} paused</li>")),
+        dom.contains(&format!("<li>status {live}.{epoch} paused</li>")),
         "{dom}"
     );
     assert!(!dom.contains("<li>error"), "{dom}");

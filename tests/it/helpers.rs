@@ -256,8 +256,16 @@ impl SseEvent {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.data).unwrap()
     }
+    /// The stream sequence of the id (`<seq>.<epoch>`).
     pub fn seq(&self) -> u64 {
-        self.id.as_deref().unwrap().parse().unwrap()
+        let id = self.id.as_deref().unwrap();
+        let (seq, epoch) = id.split_once('.').expect("ids are <seq>.<epoch>");
+        assert!(!epoch.is_empty(), "{id}");
+        seq.parse().unwrap()
+    }
+    /// The epoch of the id.
+    pub fn epoch(&self) -> &str {
+        self.id.as_deref().unwrap().split_once('.').unwrap().1
     }
 }
 
@@ -324,7 +332,7 @@ impl SseClient {
     }
 }
 
-/// Opens an SSE stream with a bearer token for `sub`.
+/// Opens an SSE stream with a bearer token for `sub`, resuming after a bare sequence.
 pub async fn open_stream(
     http: &reqwest::Client,
     base: &str,
@@ -332,11 +340,29 @@ pub async fn open_stream(
     sub: &str,
     last_event_id: Option<u64>,
 ) -> reqwest::Response {
+    open_stream_after(
+        http,
+        base,
+        tid,
+        sub,
+        last_event_id.map(|s| s.to_string()).as_deref(),
+    )
+    .await
+}
+
+/// Opens an SSE stream with a bearer token for `sub`, sending `Last-Event-ID` as given.
+pub async fn open_stream_after(
+    http: &reqwest::Client,
+    base: &str,
+    tid: &str,
+    sub: &str,
+    last_event_id: Option<&str>,
+) -> reqwest::Response {
     let mut req = http
         .get(format!("{base}/topologies/{tid}/events"))
         .bearer_auth(mint(&Secret::new(SECRET), sub, Role::Viewer, 3600).unwrap());
     if let Some(id) = last_event_id {
-        req = req.header("Last-Event-ID", id.to_string());
+        req = req.header("Last-Event-ID", id);
     }
     req.send().await.unwrap()
 }

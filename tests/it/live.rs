@@ -254,22 +254,165 @@ async fn last_event_id_resumes_with_exactly_the_missed_events_or_a_reset_snapsho
         "nothing more"
     );
 
-    // Past the 20 retained events: a fresh snapshot marked reset.
+    // Past the 20 retained events: read back from the stream, exactly.
     for i in 0..25 {
-        publish_topology(
+        seqs.push(
+            publish_topology(
+                &js,
+                "t1",
+                "mutation.enqueued",
+                json!({"mutation_id": format!("b{i}")}),
+            )
+            .await,
+        );
+        if i % 5 == 0 {
+            publish_topology(&js, "other", "status", json!({"status": "x"})).await;
+        }
+    }
+    seqs.insert(15, live);
+    app.wait_caught_up().await;
+    let mut old = SseClient::new(open_stream(&app.http, &app.address, "t1", "u", Some(seen)).await);
+    let mut got = Vec::new();
+    for _ in 4..seqs.len() {
+        let ev = old.next(WAIT).await.unwrap();
+        assert_ne!(ev.event, "snapshot", "{ev:?}");
+        got.push(ev.seq());
+    }
+    assert_eq!(got, seqs[4..].to_vec());
+    let next = publish_topology(&js, "t1", "status", json!({"status": "live"})).await;
+    assert_eq!(old.next(WAIT).await.unwrap().seq(), next);
+    assert!(
+        old.next(Duration::from_millis(300)).await.is_none(),
+        "nothing more"
+    );
+
+    // Once retention has dropped messages after the id: a fresh snapshot marked reset.
+    js.get_stream("TOPOLOGY")
+        .await
+        .unwrap()
+        .purge()
+        .sequence(seqs[10])
+        .await
+        .unwrap();
+    let mut gone =
+        SseClient::new(open_stream(&app.http, &app.address, "t1", "u", Some(seen)).await);
+    let snap = gone.next(WAIT).await.unwrap();
+    assert_eq!(snap.event, "snapshot");
+    assert_eq!(snap.json()["reset"], true);
+    assert_eq!(snap.json()["status"], "live");
+}
+
+#[tokio::test]
+async fn a_resume_after_a_restart_is_served_from_the_stream() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orrery.db");
+    let js = jetstream(&nats).await;
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    wait_for_topology_streams(&js).await;
+    publish_topology(&js, "t1", "status", json!({"status": "active"})).await;
+    app.wait_caught_up().await;
+    let mut sse = SseClient::new(open_stream(&app.http, &app.address, "t1", "u", None).await);
+    let snap = sse.next(WAIT).await.unwrap();
+    let first =
+        publish_topology(&js, "t1", "mutation.enqueued", json!({"mutation_id": "m0"})).await;
+    let ev = sse.next(WAIT).await.unwrap();
+    assert_eq!(ev.seq(), first);
+    let (last_id, epoch) = (ev.id.clone().unwrap(), ev.epoch().to_owned());
+    assert_eq!(snap.epoch(), epoch);
+    drop(sse);
+    // Missed while the daemon still ran (so the restarted hub never holds them), and while
+    // it was down.
+    let mut missed = Vec::new();
+    let miss = |js: async_nats::jetstream::Context, i: usize| async move {
+        let seq = publish_topology(
             &js,
             "t1",
             "mutation.enqueued",
-            json!({"mutation_id": format!("b{i}")}),
+            json!({"mutation_id": format!("m{i}")}),
         )
         .await;
+        publish_topology(&js, "t2", "status", json!({"status": "noise"})).await;
+        seq
+    };
+    for i in 1..=3 {
+        missed.push(miss(js.clone(), i).await);
     }
     app.wait_caught_up().await;
-    let mut old = SseClient::new(open_stream(&app.http, &app.address, "t1", "u", Some(seen)).await);
-    let snap = old.next(WAIT).await.unwrap();
-    assert_eq!(snap.event, "snapshot");
-    assert_eq!(snap.json()["reset"], true);
-    assert_eq!(snap.json()["status"], "paused");
+    app.stop().await;
+    for i in 4..=6 {
+        missed.push(miss(js.clone(), i).await);
+    }
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    app.wait_caught_up().await;
+    let mut again =
+        SseClient::new(open_stream_after(&app.http, &app.address, "t1", "u", Some(&last_id)).await);
+    for seq in &missed {
+        let ev = again.next(WAIT).await.unwrap();
+        assert_eq!(
+            (ev.event.as_str(), ev.seq()),
+            ("mutation.enqueued", *seq),
+            "{ev:?}"
+        );
+        assert_eq!(
+            ev.epoch(),
+            epoch,
+            "the epoch is the stream's, the same after a restart"
+        );
+    }
+    let live = publish_topology(&js, "t1", "status", json!({"status": "paused"})).await;
+    assert_eq!(again.next(WAIT).await.unwrap().seq(), live);
+    assert!(
+        again.next(Duration::from_millis(300)).await.is_none(),
+        "no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn hostile_or_foreign_last_event_ids_get_a_clear_answer() {
+    let nats = NatsServer::start().unwrap();
+    let app = live_app(&nats, |_| {}).await;
+    let js = jetstream(&nats).await;
+    wait_for_topology_streams(&js).await;
+    let seq = publish_topology(&js, "t1", "status", json!({"status": "active"})).await;
+    app.wait_caught_up().await;
+    let open = |id: String| {
+        let (http, base) = (app.http.clone(), app.address.clone());
+        async move { open_stream_after(&http, &base, "t1", "u", Some(&id)).await }
+    };
+    // Never an id of ours: 422 naming the parameter.
+    let long = "9".repeat(5_000);
+    for bad in [
+        "abc",
+        "-1",
+        "1.2.3",
+        "1.ABC",
+        "12 3",
+        &long,
+        "18446744073709551616",
+    ] {
+        let res = open(bad.to_owned()).await;
+        assert_eq!(res.status(), 422, "{bad:.40}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["parameter"], "last_event_id", "{bad:.40}");
+    }
+    // Another epoch (a deleted and recreated stream), or past the stream's end: a snapshot
+    // marked reset, never events of the wrong stream.
+    for foreign in [
+        format!("{seq}.zzzzzz"),
+        "99999999999".to_owned(),
+        u64::MAX.to_string(),
+    ] {
+        let mut sse = SseClient::new(open(foreign.clone()).await);
+        let snap = sse.next(WAIT).await.unwrap();
+        assert_eq!(snap.event, "snapshot", "{foreign}");
+        assert_eq!(snap.json()["reset"], true, "{foreign}");
+        assert_eq!(snap.seq(), seq, "{foreign}");
+    }
+    // Far in the past (sequence 0): everything of the topology since.
+    let mut sse = SseClient::new(open("0".to_owned()).await);
+    let ev = sse.next(WAIT).await.unwrap();
+    assert_eq!((ev.event.as_str(), ev.seq()), ("status", seq));
 }
 
 #[tokio::test]
