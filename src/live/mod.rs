@@ -17,8 +17,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
+
+pub mod frame;
 
 /// One committed topology event as clients receive it.
 #[derive(Debug, Clone)]
@@ -29,6 +32,33 @@ pub struct LiveEvent {
     pub name: String,
     /// The SSE `data` line, already serialized once for every client.
     pub data: Arc<str>,
+    /// The whole SSE frame, rendered by the first client that sends it.
+    frame: OnceLock<Bytes>,
+}
+
+impl LiveEvent {
+    /// The event of stream sequence `seq` named `name`, with `data` serialized.
+    pub fn new(seq: u64, name: String, data: Arc<str>) -> Self {
+        Self {
+            seq,
+            name,
+            data,
+            frame: OnceLock::new(),
+        }
+    }
+
+    /// Its SSE frame, with the id qualified by `epoch` (one epoch per process, so the first
+    /// rendering serves every client).
+    pub fn frame(&self, epoch: &str) -> Bytes {
+        self.frame
+            .get_or_init(|| frame::event(&self.name, Some(&event_id(self.seq, epoch)), &self.data))
+            .clone()
+    }
+}
+
+/// The SSE id of stream sequence `seq`: qualified by the stream's epoch.
+pub fn event_id(seq: u64, epoch: &str) -> String {
+    format!("{seq}.{epoch}")
 }
 
 /// What a resuming client gets.
@@ -51,6 +81,8 @@ pub struct View {
     pub body: serde_json::Value,
     /// `body` serialized once for every client.
     pub rendered: Arc<str>,
+    /// The snapshot's SSE frame, rendered by the first client that sends it.
+    frame: OnceLock<Bytes>,
 }
 
 impl View {
@@ -62,7 +94,22 @@ impl View {
             seq,
             body,
             rendered,
+            frame: OnceLock::new(),
         }
+    }
+
+    /// The `snapshot` frame, its id qualified by `epoch`; marked `"reset": true` when a
+    /// resume could not be served (rendered for that client alone).
+    pub fn frame(&self, epoch: &str, reset: bool) -> Bytes {
+        let id = event_id(self.seq, epoch);
+        if reset {
+            let mut body = self.body.clone();
+            body["reset"] = serde_json::Value::Bool(true);
+            return frame::event("snapshot", Some(&id), &body.to_string());
+        }
+        self.frame
+            .get_or_init(|| frame::event("snapshot", Some(&id), &self.rendered))
+            .clone()
     }
 }
 
@@ -323,11 +370,7 @@ mod tests {
     use super::*;
 
     fn ev(seq: u64) -> LiveEvent {
-        LiveEvent {
-            seq,
-            name: "status".into(),
-            data: Arc::from("{}"),
-        }
+        LiveEvent::new(seq, "status".into(), Arc::from("{}"))
     }
 
     #[test]

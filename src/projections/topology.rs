@@ -171,11 +171,11 @@ pub fn decode(msg: &Message<'_>) -> Result<TopologyEvent, String> {
             }
         }
     };
-    let live = LiveEvent {
-        seq: msg.seq,
-        name: name.to_owned(),
-        data: live::event_data(msg.subject, name, &format_unix_ms(ts), msg.seq, env.data),
-    };
+    let live = LiveEvent::new(
+        msg.seq,
+        name.to_owned(),
+        live::event_data(msg.subject, name, &format_unix_ms(ts), msg.seq, env.data),
+    );
     Ok(TopologyEvent {
         topology_id: tid.to_owned(),
         seq: msg.seq,

@@ -9,26 +9,29 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{bearer, AsViewer, Authorized, Params};
 use crate::api::topologies::{in_flight, topology_json};
 use crate::api::AppState;
 use crate::bus::{streams, subjects};
-use crate::live::{epoch_token, parse_event_id, Join, LiveEvent, Resume, View};
+use crate::live::{epoch_token, event_id, frame, parse_event_id, Join, LiveEvent, Resume, View};
 use crate::projections::topology;
 use crate::projector::load_checkpoint;
 use crate::projector::Message;
@@ -41,6 +44,8 @@ pub const TICKET_TTL: Duration = Duration::from_secs(60);
 const MAX_TICKETS: usize = 100_000;
 /// The reconnect delay suggested to browsers.
 const RETRY_HINT: Duration = Duration::from_secs(2);
+/// Longest a stream stays open even for a token that never expires.
+const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
 
 /// Single-use, short-lived credentials for EventSource URLs.
 pub struct Tickets {
@@ -305,7 +310,7 @@ async fn resume(
     state: &AppState,
     tid: &str,
     last: u64,
-    initial: &mut VecDeque<Event>,
+    initial: &mut VecDeque<Bytes>,
     epoch: &str,
 ) -> ApiResult<(broadcast::Receiver<Arc<LiveEvent>>, u64)> {
     let rx = match state.hub.resume(tid, last) {
@@ -325,7 +330,7 @@ async fn resume(
             let mut last_sent = last;
             for e in missed {
                 last_sent = e.seq;
-                initial.push_back(sse_event(&e, epoch));
+                initial.push_back(e.frame(epoch));
             }
             return Ok((rx, last_sent));
         }
@@ -347,7 +352,7 @@ async fn resume(
         let mut last_sent = last;
         for e in missed {
             last_sent = e.seq;
-            initial.push_back(sse_event(&e, epoch));
+            initial.push_back(e.frame(epoch));
         }
         return Ok((rx, last_sent));
     }
@@ -365,7 +370,7 @@ async fn resume(
         }
     }
     for e in &events {
-        initial.push_back(sse_event(e, epoch));
+        initial.push_back(e.frame(epoch));
     }
     state.hub.backfill(tid, last, events);
     Ok((rx, checkpoint.max(last)))
@@ -414,17 +419,17 @@ async fn start(
     state: &AppState,
     tid: &str,
     reset: bool,
-    initial: &mut VecDeque<Event>,
+    initial: &mut VecDeque<Bytes>,
     epoch: &str,
 ) -> ApiResult<(broadcast::Receiver<Arc<LiveEvent>>, u64)> {
     for _ in 0..3 {
         match state.hub.join(tid) {
             Join::Ready { view, after, rx } => {
-                initial.push_back(snapshot_event(&view, reset, epoch));
+                initial.push_back(view.frame(epoch, reset));
                 let mut last_sent = view.seq;
                 for e in after {
                     last_sent = e.seq;
-                    initial.push_back(sse_event(&e, epoch));
+                    initial.push_back(e.frame(epoch));
                 }
                 return Ok((rx, last_sent));
             }
@@ -437,79 +442,74 @@ async fn start(
     let view = read_view(state, tid)
         .await?
         .ok_or_else(|| ApiError::NotFound("topology".into()))?;
-    initial.push_back(snapshot_event(&view, reset, epoch));
+    initial.push_back(view.frame(epoch, reset));
     let seq = view.seq;
     state.hub.install(tid, view);
     Ok((rx, seq))
 }
 
-/// The SSE id of an event: its stream sequence qualified by the stream's epoch.
-fn event_id(seq: u64, epoch: &str) -> String {
-    format!("{seq}.{epoch}")
-}
-
-fn sse_event(e: &LiveEvent, epoch: &str) -> Event {
-    Event::default()
-        .event(&e.name)
-        .id(event_id(e.seq, epoch))
-        .data(&*e.data)
-}
-
 /// State of one open stream.
 struct Conn {
-    initial: VecDeque<Event>,
+    /// Frames to send before anything live: the snapshot or the replayed events.
+    initial: VecDeque<Bytes>,
     epoch: Arc<str>,
     rx: broadcast::Receiver<Arc<LiveEvent>>,
     last_sent: u64,
-    expires: std::pin::Pin<Box<tokio::time::Sleep>>,
-    shutdown: CancellationToken,
+    /// When the token expires.
+    expires_at: tokio::time::Instant,
+    keepalive: Duration,
+    /// The stream's one timer: the next keepalive or the expiry, whichever comes first (no
+    /// timer is touched per event).
+    timer: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
     _slot: StreamSlot,
 }
 
-fn live_stream(conn: Conn) -> impl Stream<Item = Result<Event, Infallible>> {
+fn live_stream(conn: Conn) -> impl Stream<Item = Result<Bytes, Infallible>> {
     futures::stream::unfold(conn, |mut c| async move {
         if c.done {
             return None;
         }
-        if let Some(ev) = c.initial.pop_front() {
-            return Some((Ok(ev), c));
+        if let Some(frame) = c.initial.pop_front() {
+            return Some((Ok(frame), c));
         }
         loop {
-            let ev = tokio::select! {
+            let frame = tokio::select! {
                 biased;
-                _ = c.shutdown.cancelled() => {
+                _ = c.shutdown.as_mut() => {
                     c.done = true;
-                    Event::default().retry(RETRY_HINT).comment("server shutting down")
+                    frame::retry_comment(RETRY_HINT.as_millis(), "server shutting down")
                 }
-                _ = &mut c.expires => {
-                    c.done = true;
-                    Event::default().event("expired").data(r#"{"error":"token_expired"}"#)
+                _ = c.timer.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    if now >= c.expires_at {
+                        c.done = true;
+                        frame::event("expired", None, r#"{"error":"token_expired"}"#)
+                    } else {
+                        c.timer.as_mut().reset((now + c.keepalive).min(c.expires_at));
+                        frame::KEEPALIVE
+                    }
                 }
                 next = c.rx.recv() => match next {
                     Ok(e) if e.seq <= c.last_sent => continue,
                     Ok(e) => {
                         c.last_sent = e.seq;
-                        sse_event(&e, &c.epoch)
+                        e.frame(&c.epoch)
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow: ask the client to resume from what it has, and let go.
                         c.done = true;
-                        Event::default()
-                            .event("resync")
-                            .id(event_id(c.last_sent, &c.epoch))
-                            .data(format!(
-                                r#"{{"last_event_id":"{}"}}"#,
-                                event_id(c.last_sent, &c.epoch)
-                            ))
+                        let id = event_id(c.last_sent, &c.epoch);
+                        frame::event("resync", Some(&id), &format!(r#"{{"last_event_id":"{id}"}}"#))
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         c.done = true;
-                        Event::default().event("error").data(r#"{"error":"live feed closed"}"#)
+                        frame::event("error", None, r#"{"error":"live feed closed"}"#)
                     }
                 },
             };
-            return Some((Ok(ev), c));
+            return Some((Ok(frame), c));
         }
     })
 }
@@ -529,7 +529,7 @@ pub async fn events(
     let slot = state.limits.acquire(&claims.sub)?;
 
     let mut initial = VecDeque::new();
-    initial.push_back(Event::default().retry(RETRY_HINT).comment("connected"));
+    initial.push_back(frame::retry_comment(RETRY_HINT.as_millis(), "connected"));
     let epoch = epoch(&state).await?;
     let (rx, last_sent) = match resume_from {
         None => start(&state, &tid, false, &mut initial, &epoch).await?,
@@ -544,39 +544,32 @@ pub async fn events(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let left = Duration::from_secs(claims.exp.saturating_sub(now));
+    let left = Duration::from_secs(claims.exp.saturating_sub(now)).min(MAX_STREAM_LIFE);
+    let expires_at = tokio::time::Instant::now() + left;
+    let keepalive = state.sse.keepalive;
     let conn = Conn {
         initial,
         epoch,
         rx,
         last_sent,
-        expires: Box::pin(tokio::time::sleep(
-            left.min(Duration::from_secs(86_400 * 365)),
+        expires_at,
+        keepalive,
+        timer: Box::pin(tokio::time::sleep_until(
+            (tokio::time::Instant::now() + keepalive).min(expires_at),
         )),
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         done: false,
         _slot: slot,
     };
-    let sse =
-        Sse::new(live_stream(conn)).keep_alive(KeepAlive::new().interval(state.sse.keepalive));
-    let mut response = sse.into_response();
+    let mut response = Response::new(Body::from_stream(live_stream(conn)));
     let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-fn snapshot_event(view: &View, reset: bool, epoch: &str) -> Event {
-    let event = Event::default()
-        .event("snapshot")
-        .id(event_id(view.seq, epoch));
-    if reset {
-        let mut body = view.body.clone();
-        body["reset"] = Value::Bool(true);
-        event.data(body.to_string())
-    } else {
-        event.data(&*view.rendered)
-    }
 }
 
 #[cfg(test)]
