@@ -46,6 +46,16 @@ pub enum ApiError {
     /// The server is at capacity; try again shortly (503 with Retry-After).
     #[error("{0}")]
     Busy(String),
+    /// This replica has not yet committed what the request asked to read (503, Retry-After).
+    #[error("stream {stream} is at {checkpoint} on this replica, behind the {wanted} asked for")]
+    Behind {
+        /// The stream that is behind.
+        stream: &'static str,
+        /// Where this replica's projection of it stands.
+        checkpoint: u64,
+        /// The sequence the request named.
+        wanted: u64,
+    },
     /// The request body is over the limit.
     #[error("the request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -85,6 +95,7 @@ impl ApiError {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             Self::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -118,6 +129,17 @@ impl IntoResponse for ApiError {
                 "expected": expected,
                 "message": self.to_string(),
             }),
+            Self::Behind {
+                stream,
+                checkpoint,
+                wanted,
+            } => json!({
+                "error": code,
+                "stream": stream,
+                "checkpoint": checkpoint,
+                "wanted": wanted,
+                "message": self.to_string(),
+            }),
             Self::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 json!({"error": code, "message": "internal error (see server logs)"})
@@ -125,7 +147,7 @@ impl IntoResponse for ApiError {
             other => json!({"error": code, "message": other.to_string()}),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::Busy(_)) {
+        if matches!(self, Self::Busy(_) | Self::Behind { .. }) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

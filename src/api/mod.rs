@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod alerts;
+pub mod consistency;
 pub mod dead_letters;
 pub mod error;
 pub mod extract;
@@ -149,6 +150,10 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            consistency::wait_for_min_seq,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(
             // The span names the path only: query strings may carry credentials.

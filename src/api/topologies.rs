@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
+use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{
     body_bytes, parse_json, AsOperator, AsViewer, Authorized, Params, RawBody,
@@ -194,7 +195,7 @@ pub async fn enqueue(
     params: Params,
     headers: HeaderMap,
     body: RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<Value>)> {
     let body = body_bytes(&body, MAX_MUTATION_BYTES)?;
     if !subjects::is_token(&tid) {
         return Err(ApiError::invalid("topology_id", subjects::TOKEN_FORM));
@@ -245,6 +246,7 @@ pub async fn enqueue(
         if let Some(seq) = seq {
             return Ok((
                 StatusCode::ACCEPTED,
+                written(streams::TOPOLOGY, seq as u64),
                 Json(json!({"mutation_id": mutation_id, "seq": seq, "duplicate": true})),
             ));
         }
@@ -276,7 +278,11 @@ pub async fn enqueue(
     if wait {
         answer["projected"] = Value::Bool(wait_for(&state, ack.sequence).await);
     }
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    Ok((
+        StatusCode::ACCEPTED,
+        written(streams::TOPOLOGY, ack.sequence),
+        Json(answer),
+    ))
 }
 
 /// Waits until the TOPOLOGY projection has committed `seq`; `false` on timeout.

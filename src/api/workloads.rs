@@ -9,11 +9,12 @@ use serde_json::{json, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
+use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{json_body, AsAdmin, AsViewer, Authorized, Params, RawBody};
 use crate::api::{AppState, MAX_BODY_BYTES, MAX_HISTORY_POINTS};
 use crate::bus::publish::Outgoing;
-use crate::bus::{envelope, subjects};
+use crate::bus::{envelope, streams, subjects};
 use crate::projections::results::DEPLOY_ERROR_MARKER;
 use crate::projections::workloads;
 use crate::window::{format_unix_ms, now_ms};
@@ -124,7 +125,7 @@ pub async fn rollback(
     State(state): State<AppState>,
     Path(wid): Path<String>,
     body: RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<Value>)> {
     let req: RollbackRequest = json_body(&body, MAX_BODY_BYTES, r#"{"deploy_id": string}"#)?;
     workload_known(&state, &wid).await?;
     let row = sqlx::query(
@@ -167,6 +168,7 @@ pub async fn rollback(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
+        written(streams::COMMANDS, ack.sequence),
         Json(json!({"command_id": command_id, "reference": reference, "seq": ack.sequence})),
     ))
 }

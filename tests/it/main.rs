@@ -3,6 +3,7 @@
 mod alerts;
 mod api;
 mod browser;
+mod consistency;
 mod durability;
 mod engine;
 mod fleet;

@@ -10,11 +10,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{json_body, AsOperator, Authorized, Params, RawBody};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::bus::publish::Outgoing;
-use crate::bus::{envelope, subjects};
+use crate::bus::{envelope, streams, subjects};
 use crate::projections::alerts::MAX_FIELD_LEN;
 use crate::window::{format_unix_ms, now_ms, parse_rfc3339_ms};
 
@@ -42,7 +43,7 @@ pub async fn provider_heartbeat(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
     body: RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<Value>)> {
     let form = r#"{"project_id": token, "providers": ["sentry"|"signoz"], "reason"?: string, "run_ref"?: string}"#;
     let req: HeartbeatRequest = json_body(&body, MAX_BODY_BYTES, form)?;
     if !subjects::is_token(&req.project_id) {
@@ -106,8 +107,10 @@ pub async fn provider_heartbeat(
         .zip(&acks)
         .map(|((p, id), ack)| json!({"provider": p, "event_id": id, "seq": ack.sequence}))
         .collect();
+    let last = acks.iter().map(|a| a.sequence).max().unwrap_or(0);
     Ok((
         StatusCode::ACCEPTED,
+        written(streams::ALERTS, last),
         Json(json!({"event_ids": ids, "items": items})),
     ))
 }
@@ -196,7 +199,7 @@ pub async fn alertmanager_webhook(
     State(state): State<AppState>,
     params: Params,
     body: RawBody,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<Value>)> {
     let project = params
         .token("project_id")?
         .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;
@@ -237,8 +240,10 @@ pub async fn alertmanager_webhook(
     let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();
     let acks = state.publish(outgoing).await?;
     let seqs: Vec<u64> = acks.iter().map(|a| a.sequence).collect();
+    let last = seqs.iter().copied().max().unwrap_or(0);
     Ok((
         StatusCode::ACCEPTED,
+        written(streams::ALERTS, last),
         Json(json!({"published": ids.len(), "event_ids": ids, "seqs": seqs})),
     ))
 }

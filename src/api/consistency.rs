@@ -1,0 +1,134 @@
+//! Read-your-writes across replicas: every write answers `Orrery-Seq: <STREAM>:<seq>`, and
+//! a request carrying `Orrery-Min-Seq: <STREAM>:<seq>[,…]` (or `?min_seq=`, for EventSource,
+//! which cannot set headers) is answered only once this replica has committed that far —
+//! waiting at most `--mutation-wait-ms`, then 503 naming the stream that is behind.
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::api::error::ApiError;
+use crate::api::extract::Params;
+use crate::api::AppState;
+use crate::bus::streams::{self, StreamSpec};
+
+/// The header a write answers with.
+pub const ORRERY_SEQ: HeaderName = HeaderName::from_static("orrery-seq");
+/// The header a read may carry.
+pub const ORRERY_MIN_SEQ: HeaderName = HeaderName::from_static("orrery-min-seq");
+/// Most `<STREAM>:<seq>` pairs one request may name.
+const MAX_PAIRS: usize = 8;
+const FORM: &str = "<STREAM>:<seq>[,<STREAM>:<seq>…] naming projected streams \
+                    (TOPOLOGY, HEARTBEATS, ALERTS, RESULTS), at most 8";
+
+/// Response headers of a write: `Orrery-Seq`.
+pub type Written = [(HeaderName, HeaderValue); 1];
+
+/// The `Orrery-Seq` header of a write that was stored at `seq` in `stream`.
+pub fn written(stream: StreamSpec, seq: u64) -> Written {
+    let value = HeaderValue::from_str(&format!("{}:{seq}", stream.name))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    [(ORRERY_SEQ, value)]
+}
+
+/// Parses `<STREAM>:<seq>[,<STREAM>:<seq>…]`; `None` when it is not of that form or names
+/// an unknown stream. A stream named twice must reach the larger sequence.
+pub fn parse(value: &str) -> Option<Vec<(StreamSpec, u64)>> {
+    let mut wanted: Vec<(StreamSpec, u64)> = Vec::new();
+    for pair in value.split(',') {
+        let (name, seq) = pair.trim().split_once(':')?;
+        let stream = streams::by_name(name)?;
+        if seq.is_empty() || seq.len() > 20 || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq: u64 = seq.parse().ok()?;
+        if let Some((_, w)) = wanted.iter_mut().find(|(s, _)| *s == stream) {
+            *w = (*w).max(seq);
+        } else if wanted.len() < MAX_PAIRS {
+            wanted.push((stream, seq));
+        } else {
+            return None;
+        }
+    }
+    Some(wanted)
+}
+
+/// Middleware: holds a request that names a minimum sequence until this replica has
+/// committed it (bounded by `--mutation-wait-ms`).
+pub async fn wait_for_min_seq(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let header = request.headers().get(&ORRERY_MIN_SEQ).map(|v| {
+        v.to_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|_| "\u{0}".into())
+    });
+    let query = match header {
+        Some(_) => None,
+        None => match Params::parse(request.uri().query()).get("min_seq") {
+            Ok(v) => v.map(str::to_owned),
+            Err(e) => return e.into_response(),
+        },
+    };
+    let (name, raw) = match (header, query) {
+        (Some(h), _) => ("Orrery-Min-Seq", h),
+        (None, Some(q)) => ("min_seq", q),
+        (None, None) => return next.run(request).await,
+    };
+    let Some(wanted) = parse(&raw) else {
+        return ApiError::invalid(name, FORM).into_response();
+    };
+    let deadline = tokio::time::Instant::now() + state.mutation_wait;
+    for (stream, seq) in wanted {
+        let Some(progress) = state.projections.iter().find(|p| p.stream == stream) else {
+            return ApiError::invalid(name, FORM).into_response();
+        };
+        let mut checkpoint = progress.checkpoint.clone();
+        let reached = tokio::time::timeout_at(deadline, checkpoint.wait_for(|c| *c >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
+            return ApiError::Behind {
+                stream: stream.name,
+                checkpoint: *progress.checkpoint.borrow(),
+                wanted: seq,
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_seq_takes_projected_streams_and_refuses_the_rest() {
+        assert_eq!(
+            parse("TOPOLOGY:7, ALERTS:3,TOPOLOGY:9"),
+            Some(vec![(streams::TOPOLOGY, 9), (streams::ALERTS, 3)])
+        );
+        assert_eq!(parse("RESULTS:0"), Some(vec![(streams::RESULTS, 0)]));
+        let long = format!("TOPOLOGY:{}", "9".repeat(21));
+        for bad in [
+            "",
+            "TOPOLOGY",
+            "TOPOLOGY:",
+            ":5",
+            "topology:5",
+            "NOPE:1",
+            "TOPOLOGY:-1",
+            "TOPOLOGY:1x",
+            "TOPOLOGY:18446744073709551616",
+            &long,
+            "TOPOLOGY:1,",
+            "TOPOLOGY:1;ALERTS:2",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+}
