@@ -13,6 +13,8 @@ pub struct NatsServer {
     child: Child,
     port: u16,
     store: PathBuf,
+    /// Further arguments (the cluster block of a cluster node), reused on restart.
+    extra: Vec<String>,
     _tempdir: Option<tempfile::TempDir>,
 }
 
@@ -45,10 +47,15 @@ impl NatsServer {
 
     /// Starts a server on `port` keeping its JetStream store in `store` (reused on restart).
     pub fn start_in(store: PathBuf, port: u16) -> anyhow::Result<Self> {
+        Self::spawn(store, port, Vec::new())
+    }
+
+    fn spawn(store: PathBuf, port: u16, extra: Vec<String>) -> anyhow::Result<Self> {
         let bin = binary();
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -63,6 +70,7 @@ impl NatsServer {
             child,
             port,
             store,
+            extra,
             _tempdir: None,
         };
         server.wait_until_listening()?;
@@ -111,7 +119,7 @@ impl NatsServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let tempdir = self._tempdir.take();
-        let mut again = Self::start_in(self.store.clone(), self.port)?;
+        let mut again = Self::spawn(self.store.clone(), self.port, self.extra.clone())?;
         again._tempdir = tempdir;
         std::mem::swap(self, &mut again);
         // `again` now holds the dead child; dropping it is harmless.
@@ -122,5 +130,61 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A 3-node JetStream cluster on loopback, as `deploy/nats/cluster.conf` describes it: free
+/// ports, a store per node, routes listing every node (itself included), and a monitoring
+/// port per node. Every node is killed when dropped.
+pub struct Cluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+    /// Each node's monitoring port (`/jsz`), in the same order.
+    pub monitor_ports: Vec<u16>,
+    _tempdir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts three nodes and returns once each listens for clients.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating the cluster's stores")?;
+        let ports: Vec<(u16, u16, u16)> = (0..3)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<std::io::Result<_>>()?;
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (port, cluster, monitor)) in ports.iter().enumerate() {
+            let extra = vec![
+                "-n".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "orrery".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{cluster}"),
+                "--routes".to_owned(),
+                routes.join(","),
+                "-m".to_owned(),
+                monitor.to_string(),
+            ];
+            let store = dir.path().join(format!("n{i}"));
+            nodes.push(NatsServer::spawn(store, *port, extra)?);
+        }
+        Ok(Self {
+            nodes,
+            monitor_ports: ports.iter().map(|(_, _, m)| *m).collect(),
+            _tempdir: dir,
+        })
+    }
+
+    /// Every node's client URL, comma separated (as `--nats-url` takes them).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }

@@ -13,7 +13,7 @@ use crate::bus;
 /// `GET /metrics`: Prometheus text exposition of the projector counters.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut out = String::with_capacity(2048);
-    let families: [(&str, &str, &str); 5] = [
+    let families: [(&str, &str, &str); 6] = [
         (
             "orrery_projected_messages_total",
             "counter",
@@ -35,6 +35,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             "Failed projection steps (retried).",
         ),
         (
+            "orrery_projection_stalls_total",
+            "counter",
+            "Consumers reopened after going silent with messages left in the stream.",
+        ),
+        (
             "orrery_projection_checkpoint",
             "gauge",
             "Last committed stream sequence.",
@@ -49,6 +54,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 1 => c.dead_letters.load(Ordering::Relaxed),
                 2 => c.batches.load(Ordering::Relaxed),
                 3 => c.errors.load(Ordering::Relaxed),
+                4 => c.stalls.load(Ordering::Relaxed),
                 _ => *p.checkpoint.borrow(),
             };
             let _ = writeln!(out, "{name}{{stream=\"{}\"}} {value}", p.stream.name);

@@ -34,6 +34,9 @@ pub use error::ProjectorError;
 
 /// How long one step waits for a first message before reporting [`Outcome::Idle`].
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How long the consumer may stay silent before the stream is asked whether it holds
+/// messages the consumer has not delivered.
+const STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// One message as a projection sees it.
 #[derive(Debug, Clone, Copy)]
@@ -115,6 +118,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     /// Failed steps (retried).
     pub errors: AtomicU64,
+    /// Consumers reopened because they went silent with messages left in the stream.
+    pub stalls: AtomicU64,
 }
 
 /// A live view of one projection's progress, shared with the API.
@@ -208,6 +213,8 @@ pub struct Projector<P: Projection> {
     consumer: Option<consumer::pull::Ordered>,
     in_flight: Option<CommitTask>,
     shared: Arc<Shared>,
+    /// Since when the consumer has delivered nothing (for the stall check).
+    idle_since: Option<Instant>,
 }
 
 /// Loads a stream's committed checkpoint (0 when it has none).
@@ -244,6 +251,7 @@ impl<P: Projection> Projector<P> {
             position: checkpoint,
             consumer: None,
             in_flight: None,
+            idle_since: None,
             shared: Arc::new(Shared {
                 stream,
                 progress,
@@ -507,12 +515,48 @@ impl<P: Projection> Projector<P> {
                 batch,
             )));
         }
+        if started > 0 {
+            self.idle_since = None;
+        }
         Ok(match committed {
             Some(c) => Outcome::from(c),
             None if started > 0 => Outcome::Started { messages: started },
             None if cancel.is_cancelled() => Outcome::Stopped,
-            None => Outcome::Idle,
+            None => {
+                self.check_stall().await;
+                Outcome::Idle
+            }
         })
+    }
+
+    /// An ordered consumer whose host node died stays silent, with no error, until the client
+    /// notices missed heartbeats (measured: ~35 s on a 3-node cluster). When nothing has
+    /// arrived for [`STALL_CHECK`] while the stream holds messages past our position, the
+    /// consumer is dropped and the next step reopens it from the checkpoint.
+    async fn check_stall(&mut self) {
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STALL_CHECK {
+            return;
+        }
+        self.idle_since = Some(Instant::now());
+        let name = self.shared.stream.name;
+        let last = tokio::time::timeout(STALL_CHECK, self.js.get_stream(name))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|s| s.cached_info().state.clone())
+            .filter(|state| state.messages > 0)
+            .map(|state| state.last_sequence);
+        if let Some(last) = last.filter(|l| *l > self.position) {
+            tracing::warn!(
+                stream = name,
+                position = self.position,
+                stream_last = last,
+                "the consumer has delivered nothing while the stream holds more; reopening it"
+            );
+            self.consumer = None;
+            self.shared.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

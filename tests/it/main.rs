@@ -3,6 +3,7 @@
 mod alerts;
 mod api;
 mod browser;
+mod cluster;
 mod consistency;
 mod durability;
 mod engine;

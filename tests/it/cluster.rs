@@ -1,0 +1,136 @@
+//! A 3-node JetStream cluster with R3 streams: a replica carries on through node loss.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use orrery::natsd::Cluster;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Publishes one failed result with a fixed id, retrying (same `Nats-Msg-Id`) while the
+/// cluster elects a new leader, as publishers must.
+async fn publish_retrying(js: &jetstream::Context, i: u64) {
+    let id = format!("cluster-r{i}");
+    let body = json!({"id": id, "data": {"result_id": id, "success": false}}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let sent = async {
+            js.publish_with_headers("result.job.a1", headers, body.clone().into())
+                .await?
+                .await
+                .map(|_| ())
+                .map_err(async_nats::Error::from)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(())) => return,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => panic!("publishing {id} failed for a minute"),
+        }
+    }
+}
+
+/// The node (index) hosting a consumer of `stream`, from each node's `/jsz`.
+async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
+    let http = reqwest::Client::new();
+    for (i, port) in cluster.monitor_ports.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{port}/jsz?accounts=true&streams=true&consumers=true");
+        let Ok(res) = http.get(url).send().await else {
+            continue;
+        };
+        let Ok(v) = res.json::<Value>().await else {
+            continue;
+        };
+        let hosted = v["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| {
+                a["stream_detail"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| {
+                        s["name"] == stream
+                            && s["consumer_detail"].as_array().is_some_and(|c| {
+                                c.iter().any(|c| c["cluster"]["leader"] == format!("n{i}"))
+                            })
+                    })
+            });
+        if hosted {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
+    let mut cluster = Cluster::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
+    s.stream_replicas = Some(3);
+    let app = spawn_app_with(s, dir).await;
+    let client = async_nats::ConnectOptions::new()
+        .connect(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.url().parse::<async_nats::ServerAddr>().unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let js = jetstream::new(client);
+    wait_until(
+        Duration::from_secs(60),
+        "R3 streams on the cluster",
+        || async { js.get_stream("RESULTS").await.is_ok() },
+    )
+    .await;
+
+    for i in 0..100 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the first 100 projected",
+        || async { app.count("since=1h&success=false").await == 100 },
+    )
+    .await;
+    let host = {
+        let started = Instant::now();
+        loop {
+            if let Some(h) = consumer_host(&cluster, "RESULTS").await {
+                break h;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no node reports the consumer"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    cluster.nodes[host].kill();
+
+    // The replica carries on through the other nodes: nothing lost, nothing doubled.
+    for i in 100..200 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(Duration::from_secs(90), "all 200 projected", || async {
+        app.count("since=1h&success=false").await >= 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.count("since=1h&success=false").await, 200);
+    // Bring the node back: the replica still agrees with the stream.
+    cluster.nodes[host].restart().unwrap();
+    publish_retrying(&js, 200).await;
+    wait_until(Duration::from_secs(60), "the 201st projected", || async {
+        app.count("since=1h&success=false").await == 201
+    })
+    .await;
+}
