@@ -33,6 +33,21 @@ async fn publish_retrying(js: &jetstream::Context, i: u64) {
     }
 }
 
+/// A JetStream client that knows every node of the cluster.
+async fn connect(cluster: &Cluster) -> jetstream::Context {
+    let addrs: Vec<async_nats::ServerAddr> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.url().parse().unwrap())
+        .collect();
+    jetstream::new(
+        async_nats::ConnectOptions::new()
+            .connect(addrs)
+            .await
+            .unwrap(),
+    )
+}
+
 /// The node (index) hosting a consumer of `stream`, from each node's `/jsz`.
 async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
     let http = reqwest::Client::new();
@@ -74,17 +89,7 @@ async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
     let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
     s.stream_replicas = Some(3);
     let app = spawn_app_with(s, dir).await;
-    let client = async_nats::ConnectOptions::new()
-        .connect(
-            cluster
-                .nodes
-                .iter()
-                .map(|n| n.url().parse::<async_nats::ServerAddr>().unwrap())
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
-    let js = jetstream::new(client);
+    let js = connect(&cluster).await;
     wait_until(
         Duration::from_secs(60),
         "R3 streams on the cluster",
@@ -133,4 +138,85 @@ async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
         app.count("since=1h&success=false").await == 201
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events() {
+    let cluster = Cluster::start().unwrap();
+    let replica = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(&cluster.urls(), &dir.path().join(format!("{name}.db")));
+        s.stream_replicas = Some(3);
+        (s, dir)
+    };
+    let (sa, da) = replica("a");
+    let (sb, db) = replica("b");
+    let a = spawn_app_with(sa, da).await;
+    let b = spawn_app_with(sb, db).await;
+    let js = connect(&cluster).await;
+    wait_until(
+        Duration::from_secs(60),
+        "R3 streams on the cluster",
+        || async { js.get_stream("TOPOLOGY").await.is_ok() },
+    )
+    .await;
+    publish_topology(&js, "web", "status", json!({"status": "up"})).await;
+    a.wait_caught_up().await;
+
+    // On replica A: the snapshot and one live event; then the browser goes away.
+    let mut sse = SseClient::new(open_stream(&a.http, &a.address, "web", "u", None).await);
+    assert_eq!(
+        sse.next(Duration::from_secs(10)).await.unwrap().event,
+        "snapshot"
+    );
+    let seen = publish_topology(
+        &js,
+        "web",
+        "mutation.enqueued",
+        json!({"mutation_id": "m0"}),
+    )
+    .await;
+    let ev = sse.next(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ev.seq(), seen);
+    let last_id = ev.id.clone().unwrap();
+    drop(sse);
+    let mut missed = Vec::new();
+    for i in 1..=5 {
+        missed.push(
+            publish_topology(
+                &js,
+                "web",
+                "mutation.enqueued",
+                json!({"mutation_id": format!("m{i}")}),
+            )
+            .await,
+        );
+    }
+    b.wait_caught_up().await;
+
+    // The load balancer sends the reconnect to replica B.
+    let mut resumed =
+        SseClient::new(open_stream_after(&b.http, &b.address, "web", "u", Some(&last_id)).await);
+    for seq in &missed {
+        let ev = resumed.next(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(
+            (ev.event.as_str(), ev.seq()),
+            ("mutation.enqueued", *seq),
+            "{ev:?}"
+        );
+        assert_eq!(
+            ev.epoch(),
+            last_id.split_once('.').unwrap().1,
+            "one epoch on every replica"
+        );
+    }
+    let live = publish_topology(&js, "web", "status", json!({"status": "paused"})).await;
+    assert_eq!(
+        resumed.next(Duration::from_secs(10)).await.unwrap().seq(),
+        live
+    );
+    assert!(
+        resumed.next(Duration::from_millis(300)).await.is_none(),
+        "no duplicate"
+    );
 }
