@@ -147,7 +147,10 @@ impl IntoResponse for ApiError {
             other => json!({"error": code, "message": other.to_string()}),
         };
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, Self::Busy(_) | Self::Behind { .. }) {
+        if matches!(
+            self,
+            Self::Busy(_) | Self::Behind { .. } | Self::Unavailable(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -268,7 +268,7 @@ pub async fn enqueue(
         .publish_one(Outgoing {
             subject: format!("topology.{tid}.mutation.enqueued"),
             msg_id: mutation_id.clone(),
-            body,
+            body: body.into(),
         })
         .await?;
     let mut answer = json!({"mutation_id": mutation_id, "seq": ack.sequence});

@@ -162,7 +162,7 @@ pub async fn rollback(
     let ack = state
         .publish_one(Outgoing {
             subject: format!("command.deploy.{wid}"),
-            body: envelope::encode(&command_id, "command.deploy", "orrery/api", &now, &data),
+            body: envelope::encode(&command_id, "command.deploy", "orrery/api", &now, &data).into(),
             msg_id: command_id.clone(),
         })
         .await?;

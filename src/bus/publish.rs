@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::time::Instant;
+
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 
 /// One event to publish: subject, `Nats-Msg-Id` and envelope bytes.
@@ -12,13 +15,13 @@ pub struct Outgoing {
     /// Deduplication id (also the envelope id).
     pub msg_id: String,
     /// The envelope.
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// Why the bus did not confirm a publish.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// Not every ack came back within the timeout.
+    /// Not every ack came back within the timeout, however often it was tried.
     #[error("the bus did not acknowledge in time")]
     Timeout,
     /// JetStream refused or the connection failed.
@@ -26,32 +29,58 @@ pub enum PublishError {
     Failed(#[from] async_nats::error::Error<PublishErrorKind>),
 }
 
+/// How long a publish is retried: on a cluster, publishes fail for a few seconds while a
+/// new stream leader is elected (measured: 4–8 s after the leader is killed).
+pub const RETRY_FOR: Duration = Duration::from_secs(20);
+
 /// Publishes `events` in order with their `Nats-Msg-Id`, acks pipelined, and waits for every
-/// ack within `timeout`; the acks come back in the order of `events`.
+/// ack; the acks come back in the order of `events`. An attempt that fails or takes longer
+/// than `attempt_timeout` is repeated whole, with the same ids, for up to [`RETRY_FOR`]:
+/// JetStream drops what already landed as duplicates and acks it with the original
+/// sequence.
 pub async fn publish_all(
     js: &jetstream::Context,
-    timeout: Duration,
+    attempt_timeout: Duration,
     events: Vec<Outgoing>,
 ) -> Result<Vec<PublishAck>, PublishError> {
-    let publish = async {
-        let mut pending = Vec::with_capacity(events.len());
-        for e in events {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.msg_id.as_str());
-            pending.push(
-                js.publish_with_headers(e.subject, headers, e.body.into())
-                    .await?,
-            );
+    let deadline = Instant::now() + RETRY_FOR;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let result = tokio::time::timeout(attempt_timeout, attempt(js, &events))
+            .await
+            .unwrap_or(Err(PublishError::Timeout));
+        match result {
+            Ok(acks) => return Ok(acks),
+            Err(error) if Instant::now() + delay < deadline => {
+                tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64,
+                    "publish not acknowledged; retrying with the same ids");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => return Err(error),
         }
-        let mut acks = Vec::with_capacity(pending.len());
-        for ack in pending {
-            acks.push(ack.await?);
-        }
-        Ok(acks)
-    };
-    tokio::time::timeout(timeout, publish)
-        .await
-        .map_err(|_| PublishError::Timeout)?
+    }
+}
+
+/// One attempt of [`publish_all`].
+async fn attempt(
+    js: &jetstream::Context,
+    events: &[Outgoing],
+) -> Result<Vec<PublishAck>, PublishError> {
+    let mut pending = Vec::with_capacity(events.len());
+    for e in events {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", e.msg_id.as_str());
+        pending.push(
+            js.publish_with_headers(e.subject.clone(), headers, e.body.clone())
+                .await?,
+        );
+    }
+    let mut acks = Vec::with_capacity(pending.len());
+    for ack in pending {
+        acks.push(ack.await?);
+    }
+    Ok(acks)
 }
 
 /// [`publish_all`] for a single event.

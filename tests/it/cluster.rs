@@ -48,8 +48,13 @@ async fn connect(cluster: &Cluster) -> jetstream::Context {
     )
 }
 
-/// The node (index) hosting a consumer of `stream`, from each node's `/jsz`.
-async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
+/// The first node (index) whose `/jsz` has a detail of `stream` for which `hosts` holds,
+/// given the node's name.
+async fn find_node(
+    cluster: &Cluster,
+    stream: &str,
+    hosts: impl Fn(&Value, &str) -> bool,
+) -> Option<usize> {
     let http = reqwest::Client::new();
     for (i, port) in cluster.monitor_ports.iter().enumerate() {
         let url = format!("http://127.0.0.1:{port}/jsz?accounts=true&streams=true&consumers=true");
@@ -59,7 +64,8 @@ async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
         let Ok(v) = res.json::<Value>().await else {
             continue;
         };
-        let hosted = v["account_details"]
+        let name = format!("n{i}");
+        let found = v["account_details"]
             .as_array()
             .into_iter()
             .flatten()
@@ -68,18 +74,47 @@ async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|s| {
-                        s["name"] == stream
-                            && s["consumer_detail"].as_array().is_some_and(|c| {
-                                c.iter().any(|c| c["cluster"]["leader"] == format!("n{i}"))
-                            })
-                    })
+                    .any(|s| s["name"] == stream && hosts(s, &name))
             });
-        if hosted {
+        if found {
             return Some(i);
         }
     }
     None
+}
+
+/// The node hosting a consumer of `stream` (the projector's: the only one there).
+async fn consumer_host(cluster: &Cluster, stream: &str) -> Option<usize> {
+    find_node(cluster, stream, |s, name| {
+        s["consumer_detail"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["cluster"]["leader"] == name))
+    })
+    .await
+}
+
+/// The node leading `stream`.
+async fn stream_leader(cluster: &Cluster, stream: &str) -> Option<usize> {
+    find_node(cluster, stream, |s, name| s["cluster"]["leader"] == name).await
+}
+
+/// Polls `find` until it names a node (20 s at most).
+async fn until_found<F, Fut>(mut find: F) -> usize
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<usize>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(node) = find().await {
+            return node;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no node reported it"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,4 +254,50 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
         resumed.next(Duration::from_millis(300)).await.is_none(),
         "no duplicate"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_api_ride_out_a_stream_leader_election() {
+    let mut cluster = Cluster::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
+    s.stream_replicas = Some(3);
+    let app = spawn_app_with(s, dir).await;
+    let js = connect(&cluster).await;
+    wait_until(
+        Duration::from_secs(60),
+        "R3 streams on the cluster",
+        || async { js.get_stream("TOPOLOGY").await.is_ok() },
+    )
+    .await;
+    let enqueue = |key: &'static str| {
+        let (http, base) = (app.http.clone(), app.address.clone());
+        async move {
+            http.post(format!("{base}/api/v1/topologies/t1/mutations"))
+                .bearer_auth(token(orrery::token::Role::Operator))
+                .header("Idempotency-Key", key)
+                .json(&json!({"op": "add", "spec": {}}))
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(enqueue("before").await.status(), 202);
+    let leader = until_found(|| stream_leader(&cluster, "TOPOLOGY")).await;
+    cluster.nodes[leader].kill();
+    // Right after the leader dies: the API retries with the same id until a new leader
+    // takes the write, and it lands once.
+    let res = enqueue("during").await;
+    assert_eq!(res.status(), 202, "{:?}", res.text().await);
+    app.wait_caught_up().await;
+    let v = app
+        .get_json(
+            "/api/v1/topologies/t1/mutations",
+            orrery::token::Role::Viewer,
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 2, "{v}");
+    let (_, messages) = stream_state(&js, "TOPOLOGY").await;
+    assert_eq!(messages, 2);
 }

@@ -94,7 +94,7 @@ pub async fn provider_heartbeat(
         });
         outgoing.push(Outgoing {
             subject: format!("alert.{provider}.{}", req.project_id),
-            body: envelope::encode(&id, "alert.heartbeat", "orrery/api", &now, &data),
+            body: envelope::encode(&id, "alert.heartbeat", "orrery/api", &now, &data).into(),
             msg_id: id,
         });
     }
@@ -233,7 +233,7 @@ pub async fn alertmanager_webhook(
         .to_string();
         outgoing.push(Outgoing {
             subject: format!("alert.alertmanager.{project}"),
-            body: envelope::encode(&id, "alert", "alertmanager", &now, &data),
+            body: envelope::encode(&id, "alert", "alertmanager", &now, &data).into(),
             msg_id: id,
         });
     }
