@@ -19,6 +19,7 @@ use crate::api::{self, AppState};
 use crate::bus::{self, streams};
 use crate::config::Config;
 use crate::db::{self, Db};
+use crate::digest::ReadModel;
 use crate::live::Hub;
 use crate::projections::{self, heartbeats, results};
 use crate::projector::{load_checkpoint, Progress};
@@ -53,8 +54,11 @@ impl Application {
             config.sse.client_queue,
             topology_start,
         ));
+        let roster = projections::roster(&config, hub.clone());
+        let read_models: Arc<[ReadModel]> =
+            roster.iter().map(|p| (p.stream(), p.tables())).collect();
         let mut projectors = Vec::new();
-        for projection in projections::roster(&config, hub.clone()) {
+        for projection in roster {
             projectors.push(
                 projection
                     .projector(
@@ -92,6 +96,7 @@ impl Application {
             js,
             auth: Arc::new(Authenticator::new(config.jwt_secret.as_ref())),
             projections: progress,
+            read_models,
             ready_max_lag: config.ready_max_lag,
             bus_timeout: Duration::from_secs(5),
             hub,

@@ -12,6 +12,7 @@
 //! - [`bus`]: NATS connection, stream provisioning, subjects, the envelope, publishing.
 //! - [`config`]: layered settings resolved into a validated [`Config`], section by section.
 //! - [`db`]: the SQLite file: one writer, a read-only pool, migrations.
+//! - [`digest`]: per read model, its checkpoint and a hash of its rows: replicas agree.
 //! - [`live`]: the in-process hub that fans committed topology events out to SSE streams.
 //! - [`natsd`]: starts a private `nats-server` for tests and benchmarks.
 //! - [`projections`]: one module per read model, and the roster of them all.
@@ -26,6 +27,7 @@ pub mod app;
 pub mod bus;
 pub mod config;
 pub mod db;
+pub mod digest;
 pub mod live;
 pub mod natsd;
 pub mod projections;

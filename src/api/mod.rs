@@ -1,6 +1,7 @@
 //! The axum HTTP API: one module per URL resource (named after its path), one error type,
 //! one extractor module, one state. [`router`] is the whole surface.
 
+pub mod admin;
 pub mod agents;
 pub mod alerts;
 pub mod consistency;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// Progress of every running projection.
     pub projections: Arc<[Progress]>,
+    /// The read models and their tables, for the digest.
+    pub read_models: Arc<[crate::digest::ReadModel]>,
     /// `/ready` lag threshold.
     pub ready_max_lag: u64,
     /// How long a bus look-up from a request may take.
@@ -96,6 +99,7 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .route("/results/stats", get(results::stats))
         .route("/results/durations", get(results::durations))
         .route("/dead-letters", get(dead_letters::list))
+        .route("/admin/digest", get(admin::digest))
         .route("/topologies", get(topologies::list))
         .route("/topologies/{tid}", get(topologies::get))
         .route(

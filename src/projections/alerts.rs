@@ -18,7 +18,7 @@ use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
-use crate::projector::{Message, Projection};
+use crate::projector::{Message, Projection, Table};
 use crate::redact;
 use crate::window::UnixMs;
 
@@ -335,6 +335,16 @@ impl Projection for AlertsProjection {
         insert_events(conn, &rows).await?;
         fold_recurrence(conn, &rows).await?;
         update_freshness(conn, events).await
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        const TABLES: &[Table] = &[
+            Table::keyed("alert_events", "seq"),
+            Table::keyed("alert_event_keys", "provider, provider_event_id"),
+            Table::keyed("alert_recurrence", "project_id, recurrence_key"),
+            Table::keyed("alert_freshness", "provider, project_id"),
+        ];
+        TABLES
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {

@@ -13,7 +13,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::projections::workloads;
-use crate::projector::{Message, Projection};
+use crate::projector::{Message, Projection, Table};
 
 /// Longest hostname, version, container id or role.
 pub const MAX_FIELD_LEN: usize = 256;
@@ -304,6 +304,25 @@ impl Projection for HeartbeatsProjection {
         touched.sort_unstable();
         touched.dedup();
         workloads::insert(conn, &touched).await
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        // Samples are pruned by the clock: only those within the retention of the newest
+        // one are the same on every replica at the same checkpoint.
+        const TABLES: &[Table] = &[
+            Table::keyed("agents", "agent_id"),
+            Table {
+                name: "system_stats_samples",
+                key: "seq",
+                window: Some("at >= (SELECT MAX(at) FROM system_stats_samples) - ?1"),
+            },
+            Table {
+                name: "container_stats_samples",
+                key: "seq, idx",
+                window: Some("at >= (SELECT MAX(at) FROM container_stats_samples) - ?1"),
+            },
+        ];
+        TABLES
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {

@@ -12,7 +12,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::live::{self, Hub, LiveEvent};
-use crate::projector::{Message, Projection};
+use crate::projector::{Message, Projection, Table};
 use crate::window::format_unix_ms;
 
 /// Lifecycle states of a mutation.
@@ -293,6 +293,14 @@ impl Projection for TopologyProjection {
         for e in events {
             self.hub.publish(&e.topology_id, e.live.clone());
         }
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        const TABLES: &[Table] = &[
+            Table::keyed("topologies", "id"),
+            Table::keyed("topology_mutations", "topology_id, mutation_id"),
+        ];
+        TABLES
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {

@@ -10,7 +10,7 @@ use futures::FutureExt;
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
-use super::{Outcome, Progress, Projection, Projector, ProjectorError};
+use super::{Outcome, Progress, Projection, Projector, ProjectorError, Table};
 use crate::bus::streams::StreamSpec;
 
 /// A read model of any event type.
@@ -29,6 +29,9 @@ pub trait AnyProjection: Send + Sync {
 
     /// Deletes its rows, dead letters and checkpoint (see [`super::reset`]).
     fn reset<'a>(&'a self, writer: &'a SqlitePool) -> BoxFuture<'a, sqlx::Result<()>>;
+
+    /// Its tables as `orrery digest` hashes them.
+    fn tables(&self) -> &'static [Table];
 }
 
 impl<P: Projection> AnyProjection for P {
@@ -52,6 +55,10 @@ impl<P: Projection> AnyProjection for P {
 
     fn reset<'a>(&'a self, writer: &'a SqlitePool) -> BoxFuture<'a, sqlx::Result<()>> {
         super::reset(self, writer).boxed()
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        Projection::tables(self)
     }
 }
 

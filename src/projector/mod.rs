@@ -51,6 +51,29 @@ pub struct Message<'a> {
     pub published_ms: i64,
 }
 
+/// A table of a read model as `orrery digest` hashes it: every column, rows in key order.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    /// Table name.
+    pub name: &'static str,
+    /// The `ORDER BY` of its key.
+    pub key: &'static str,
+    /// For tables pruned by the clock (so that replicas differ for a while in their oldest
+    /// rows): the rows hashed, as a condition where `?1` is the retention in ms.
+    pub window: Option<&'static str>,
+}
+
+impl Table {
+    /// A table hashed whole, in `key` order.
+    pub const fn keyed(name: &'static str, key: &'static str) -> Self {
+        Self {
+            name,
+            key,
+            window: None,
+        }
+    }
+}
+
 /// A read model fed by one stream: decode is pure, apply touches only the transaction.
 pub trait Projection: Send + Sync + 'static {
     /// A validated event, ready to apply.
@@ -79,6 +102,10 @@ pub trait Projection: Send + Sync + 'static {
     /// Called after a batch's transaction committed, in stream order, with the events it
     /// applied; the place to notify live listeners. Must not block.
     fn committed(&self, _events: &[Self::Event]) {}
+
+    /// Its tables as `orrery digest` hashes them: what replicas at the same checkpoint must
+    /// hold identically (derived caches that depend on timing are left out).
+    fn tables(&self) -> &'static [Table];
 
     /// Deletes every row this projection wrote (for `orrery rebuild`).
     fn reset(&self, conn: &mut SqliteConnection) -> impl Future<Output = sqlx::Result<()>> + Send;

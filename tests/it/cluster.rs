@@ -33,6 +33,39 @@ async fn publish_retrying(js: &jetstream::Context, i: u64) {
     }
 }
 
+/// Publishes a topology event with a fixed id, retrying (same `Nats-Msg-Id`) while the
+/// cluster settles; returns its sequence.
+async fn publish_topology_retrying(
+    js: &jetstream::Context,
+    tid: &str,
+    suffix: &str,
+    data: Value,
+) -> u64 {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = json!({"id": id, "data": data}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let sent = async {
+            let ack = js
+                .publish_with_headers(
+                    format!("topology.{tid}.{suffix}"),
+                    headers,
+                    body.clone().into(),
+                )
+                .await?
+                .await?;
+            Ok::<_, async_nats::Error>(ack.sequence)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(seq)) => return seq,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ => panic!("publishing topology.{tid}.{suffix} failed for a minute"),
+        }
+    }
+}
+
 /// A JetStream client that knows every node of the cluster.
 async fn connect(cluster: &Cluster) -> jetstream::Context {
     let addrs: Vec<async_nats::ServerAddr> = cluster
@@ -195,7 +228,7 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
         || async { js.get_stream("TOPOLOGY").await.is_ok() },
     )
     .await;
-    publish_topology(&js, "web", "status", json!({"status": "up"})).await;
+    publish_topology_retrying(&js, "web", "status", json!({"status": "up"})).await;
     a.wait_caught_up().await;
 
     // On replica A: the snapshot and one live event; then the browser goes away.
@@ -204,7 +237,7 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
         sse.next(Duration::from_secs(10)).await.unwrap().event,
         "snapshot"
     );
-    let seen = publish_topology(
+    let seen = publish_topology_retrying(
         &js,
         "web",
         "mutation.enqueued",
@@ -218,7 +251,7 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
     let mut missed = Vec::new();
     for i in 1..=5 {
         missed.push(
-            publish_topology(
+            publish_topology_retrying(
                 &js,
                 "web",
                 "mutation.enqueued",
@@ -245,7 +278,7 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
             "one epoch on every replica"
         );
     }
-    let live = publish_topology(&js, "web", "status", json!({"status": "paused"})).await;
+    let live = publish_topology_retrying(&js, "web", "status", json!({"status": "paused"})).await;
     assert_eq!(
         resumed.next(Duration::from_secs(10)).await.unwrap().seq(),
         live
@@ -254,6 +287,26 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
         resumed.next(Duration::from_millis(300)).await.is_none(),
         "no duplicate"
     );
+
+    // The two replicas, at the same checkpoints, agree byte for byte.
+    a.wait_caught_up().await;
+    b.wait_caught_up().await;
+    let digest = |app: &TestApp| {
+        let (http, base) = (app.http.clone(), app.address.clone());
+        async move {
+            http.get(format!("{base}/api/v1/admin/digest"))
+                .bearer_auth(token(orrery::token::Role::Admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let (da, db) = (digest(&a).await, digest(&b).await);
+    assert!(da.contains(&format!(r#""checkpoint":{live}"#)), "{da}");
+    assert_eq!(da, db);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -297,6 +297,40 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
     }
     let rows_before = dump_results(&app.db_path).await;
     assert_eq!(rows_before.len(), 280);
+    // A topology, heartbeats and an alert too, so that every read model has rows to agree on.
+    publish_topology(&js, "t1", "status", json!({"status": "up"})).await;
+    let beat = json!({"id": "hb-1", "data": {"hostname": "h", "stats": {"cpu_percent": 1.5}, "containers": [{"container_id": "c1", "workload_id": "shop"}]}});
+    publish_raw(&js, "heartbeat.a1", "hb-1", beat.to_string().into_bytes())
+        .await
+        .await
+        .unwrap();
+    let alert = json!({"id": "al-1", "data": {"provider_event_id": "e1", "stage": "firing", "fingerprint": "f1"}});
+    publish_raw(
+        &js,
+        "alert.sentry.p1",
+        "al-1",
+        alert.to_string().into_bytes(),
+    )
+    .await
+    .await
+    .unwrap();
+    app.wait_caught_up().await;
+    let digest_before = app
+        .get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
+        .await;
+    let rows: Vec<u64> = digest_before["read_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["tables"][0]["rows"].as_u64().unwrap())
+        .collect();
+    assert!(rows.iter().all(|n| *n > 0), "{digest_before}");
+    assert_eq!(
+        app.get("/api/v1/admin/digest", Some(orrery::token::Role::Operator))
+            .await
+            .status(),
+        403
+    );
 
     let (db_path, dir) = app.stop().await;
     for suffix in ["", "-wal", "-shm"] {
@@ -311,6 +345,12 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
     }
     assert_eq!(before, after);
     assert_eq!(rows_before, dump_results(&app.db_path).await);
+    assert_eq!(
+        app.get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
+            .await,
+        digest_before,
+        "the replayed database holds the same rows"
+    );
     let dl = app
         .get_json("/api/v1/dead-letters", orrery::token::Role::Admin)
         .await;
@@ -324,6 +364,22 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
         .unwrap();
     assert_eq!(replayed, 301);
     assert_eq!(rows_before, dump_results(&db_path).await);
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["digest", "--database"])
+        .arg(&db_path)
+        .env_remove("ORRERY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest_after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        digest_after, digest_before,
+        "`orrery digest` after `orrery rebuild`"
+    );
 }
 
 /// Sends SIGTERM once `/health` answers and expects exit status 0 (5 s is a hang detector).

@@ -33,6 +33,9 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Print, per read model, its checkpoint and a hash of its rows (replicas at the same
+    /// checkpoints print the same).
+    Digest(Settings),
     /// Print an API token signed with the configured secret.
     Token {
         /// viewer, operator or admin.
@@ -112,6 +115,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(config.log_json);
             let n = orrery::rebuild::rebuild(&config, stream.as_deref()).await?;
             println!("replayed {n} messages into {}", config.database.display());
+            Ok(())
+        }
+        Command::Digest(settings) => {
+            let config = settings.resolve_for(false)?;
+            init_tracing(config.log_json);
+            let db = orrery::db::open(&config.database, 1).await?;
+            // Only the tables of the roster are read; nobody listens to this hub.
+            let hub = std::sync::Arc::new(orrery::live::Hub::new(1, 1, 0));
+            let read_models: Vec<_> = orrery::projections::roster(&config, hub)
+                .iter()
+                .map(|p| (p.stream(), p.tables()))
+                .collect();
+            let mut tx = db.readers.begin().await?;
+            let digest =
+                orrery::digest::digest(&mut tx, &read_models, config.fleet.sample_retention)
+                    .await?;
+            tx.commit().await?;
+            db.close().await;
+            println!("{}", serde_json::to_string_pretty(&digest)?);
             Ok(())
         }
         Command::Token {

@@ -16,7 +16,7 @@ use crate::bus::envelope;
 use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
-use crate::projector::{Message, Projection};
+use crate::projector::{Message, Projection, Table};
 use crate::window::UnixMs;
 pub use counts::count_results;
 pub use deploys::{scrub_error, Deploy, DEPLOY_ERROR_MARKER};
@@ -207,6 +207,18 @@ impl Projection for ResultsProjection {
             durations::insert_blocks_from_rows(conn, rowid_before).await?;
         }
         deploys::apply(conn, events, self.deploy_keep).await
+    }
+
+    fn tables(&self) -> &'static [Table] {
+        // duration_blocks are left out: a cache of execution_results whose blocks are
+        // merged in the background, at moments that differ between replicas.
+        const TABLES: &[Table] = &[
+            Table::keyed("execution_results", "result_id"),
+            Table::keyed("result_kinds", "kind"),
+            Table::keyed("result_counts", "kind, success, minute"),
+            Table::keyed("deploy_history", "deploy_id"),
+        ];
+        TABLES
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
