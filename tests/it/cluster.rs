@@ -354,3 +354,63 @@ async fn writes_through_the_api_ride_out_a_stream_leader_election() {
     let (_, messages) = stream_state(&js, "TOPOLOGY").await;
     assert_eq!(messages, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_wait_out_a_whole_cluster_restart_and_resume_exactly() {
+    let mut cluster = Cluster::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
+    s.stream_replicas = Some(3);
+    let app = spawn_app_with(s, dir).await;
+    let js = connect(&cluster).await;
+    wait_until(
+        Duration::from_secs(60),
+        "R3 streams on the cluster",
+        || async { js.get_stream("RESULTS").await.is_ok() },
+    )
+    .await;
+    for i in 0..50 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the first 50 projected",
+        || async { app.count("since=1h&success=false").await == 50 },
+    )
+    .await;
+
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    // While the bus is gone, /ready says so; the API still answers from SQLite.
+    wait_until(
+        Duration::from_secs(30),
+        "/ready to name the bus",
+        || async {
+            let res = app.get("/ready", None).await;
+            let status = res.status();
+            let body: Value = res.json().await.unwrap();
+            status == 503
+                && body["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.as_str().unwrap().contains("bus"))
+        },
+    )
+    .await;
+    assert_eq!(app.count("since=1h&success=false").await, 50);
+
+    for node in &mut cluster.nodes {
+        node.restart().unwrap();
+    }
+    for i in 50..100 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(Duration::from_secs(90), "all 100 projected", || async {
+        app.count("since=1h&success=false").await >= 100
+    })
+    .await;
+    app.wait_caught_up().await;
+    assert_eq!(app.count("since=1h&success=false").await, 100);
+}
