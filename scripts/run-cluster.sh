@@ -30,11 +30,8 @@ for i in 1 2 3; do
 done
 
 if [ -z "${ORRERY_JWT_SECRET:-}${ORRERY_JWT_SECRET_FILE:-}" ]; then
-  if [ ! -s .orrery/jwt-secret ]; then
-    python3 -c 'import secrets; print(secrets.token_hex(32))' >.orrery/jwt-secret
-    chmod 600 .orrery/jwt-secret
-  fi
-  export ORRERY_JWT_SECRET_FILE=.orrery/jwt-secret
+  ORRERY_JWT_SECRET_FILE=$(scripts/ensure-jwt-secret.sh)
+  export ORRERY_JWT_SECRET_FILE
 fi
 
 cargo build --release --quiet

@@ -66,6 +66,32 @@ async fn publish_topology_retrying(
     }
 }
 
+/// An Orrery replica against every node of the cluster, with R3 streams and its own
+/// database.
+async fn replica(cluster: &Cluster, name: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&cluster.urls(), &dir.path().join(format!("{name}.db")));
+    s.stream_replicas = Some(3);
+    spawn_app_with(s, dir).await
+}
+
+/// Waits until the replicas have provisioned every stream on the cluster.
+async fn streams_ready(js: &jetstream::Context) {
+    wait_until(
+        Duration::from_secs(60),
+        "R3 streams on the cluster",
+        || async {
+            for name in ["RESULTS", "TOPOLOGY", "ALERTS", "HEARTBEATS", "COMMANDS"] {
+                if js.get_stream(name).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
 /// A JetStream client that knows every node of the cluster.
 async fn connect(cluster: &Cluster) -> jetstream::Context {
     let addrs: Vec<async_nats::ServerAddr> = cluster
@@ -153,17 +179,9 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
     let mut cluster = Cluster::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
-    s.stream_replicas = Some(3);
-    let app = spawn_app_with(s, dir).await;
+    let app = replica(&cluster, "orrery").await;
     let js = connect(&cluster).await;
-    wait_until(
-        Duration::from_secs(60),
-        "R3 streams on the cluster",
-        || async { js.get_stream("RESULTS").await.is_ok() },
-    )
-    .await;
+    streams_ready(&js).await;
 
     for i in 0..100 {
         publish_retrying(&js, i).await;
@@ -174,19 +192,7 @@ async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
         || async { app.count("since=1h&success=false").await == 100 },
     )
     .await;
-    let host = {
-        let started = Instant::now();
-        loop {
-            if let Some(h) = consumer_host(&cluster, "RESULTS").await {
-                break h;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "no node reports the consumer"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let host = until_found(|| consumer_host(&cluster, "RESULTS")).await;
     cluster.nodes[host].kill();
 
     // The replica carries on through the other nodes: nothing lost, nothing doubled.
@@ -211,23 +217,10 @@ async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events() {
     let cluster = Cluster::start().unwrap();
-    let replica = |name: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = settings(&cluster.urls(), &dir.path().join(format!("{name}.db")));
-        s.stream_replicas = Some(3);
-        (s, dir)
-    };
-    let (sa, da) = replica("a");
-    let (sb, db) = replica("b");
-    let a = spawn_app_with(sa, da).await;
-    let b = spawn_app_with(sb, db).await;
+    let a = replica(&cluster, "a").await;
+    let b = replica(&cluster, "b").await;
     let js = connect(&cluster).await;
-    wait_until(
-        Duration::from_secs(60),
-        "R3 streams on the cluster",
-        || async { js.get_stream("TOPOLOGY").await.is_ok() },
-    )
-    .await;
+    streams_ready(&js).await;
     publish_topology_retrying(&js, "web", "status", json!({"status": "up"})).await;
     a.wait_caught_up().await;
 
@@ -312,17 +305,9 @@ async fn a_live_stream_resumed_on_another_replica_gets_exactly_the_missed_events
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_the_api_ride_out_a_stream_leader_election() {
     let mut cluster = Cluster::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
-    s.stream_replicas = Some(3);
-    let app = spawn_app_with(s, dir).await;
+    let app = replica(&cluster, "orrery").await;
     let js = connect(&cluster).await;
-    wait_until(
-        Duration::from_secs(60),
-        "R3 streams on the cluster",
-        || async { js.get_stream("TOPOLOGY").await.is_ok() },
-    )
-    .await;
+    streams_ready(&js).await;
     let enqueue = |key: &'static str| {
         let (http, base) = (app.http.clone(), app.address.clone());
         async move {
@@ -358,17 +343,9 @@ async fn writes_through_the_api_ride_out_a_stream_leader_election() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_wait_out_a_whole_cluster_restart_and_resume_exactly() {
     let mut cluster = Cluster::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&cluster.urls(), &dir.path().join("orrery.db"));
-    s.stream_replicas = Some(3);
-    let app = spawn_app_with(s, dir).await;
+    let app = replica(&cluster, "orrery").await;
     let js = connect(&cluster).await;
-    wait_until(
-        Duration::from_secs(60),
-        "R3 streams on the cluster",
-        || async { js.get_stream("RESULTS").await.is_ok() },
-    )
-    .await;
+    streams_ready(&js).await;
     for i in 0..50 {
         publish_retrying(&js, i).await;
     }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use async_nats::jetstream::consumer;
+use async_nats::jetstream::{consumer, stream};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -211,22 +211,19 @@ async fn epoch(state: &AppState) -> ApiResult<Arc<str>> {
     if let Some(epoch) = state.hub.epoch() {
         return Ok(epoch);
     }
-    let info = tokio::time::timeout(
-        state.bus_timeout,
-        state.js.get_stream(streams::TOPOLOGY.name),
-    )
-    .await
-    .ok()
-    .and_then(Result::ok)
-    .ok_or_else(|| ApiError::Unavailable("the bus cannot be reached; retry shortly".into()))?;
-    Ok(state
-        .hub
-        .set_epoch(&epoch_token(info.cached_info().created)))
+    let info = topology_stream(state).await?;
+    Ok(state.hub.set_epoch(&epoch_token(info.created)))
 }
 
 /// The TOPOLOGY stream's first and last sequence, from the bus.
 async fn stream_bounds(state: &AppState) -> ApiResult<(u64, u64)> {
-    let info = tokio::time::timeout(
+    let s = topology_stream(state).await?.state;
+    Ok((s.first_sequence, s.last_sequence))
+}
+
+/// What the bus says of the TOPOLOGY stream now (bounded by the bus timeout).
+async fn topology_stream(state: &AppState) -> ApiResult<stream::Info> {
+    let stream = tokio::time::timeout(
         state.bus_timeout,
         state.js.get_stream(streams::TOPOLOGY.name),
     )
@@ -234,8 +231,7 @@ async fn stream_bounds(state: &AppState) -> ApiResult<(u64, u64)> {
     .ok()
     .and_then(Result::ok)
     .ok_or_else(|| ApiError::Unavailable("the bus cannot be reached; retry shortly".into()))?;
-    let s = &info.cached_info().state;
-    Ok((s.first_sequence, s.last_sequence))
+    Ok(stream.cached_info().clone())
 }
 
 /// The TOPOLOGY checkpoint this replica has committed.
