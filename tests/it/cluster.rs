@@ -391,3 +391,91 @@ async fn replicas_wait_out_a_whole_cluster_restart_and_resume_exactly() {
     app.wait_caught_up().await;
     assert_eq!(app.count("since=1h&success=false").await, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_converge_with_equal_digests_after_the_stream_leader_dies_mid_publish() {
+    let mut cluster = Cluster::start().unwrap();
+    let a = replica(&cluster, "a").await;
+    let b = replica(&cluster, "b").await;
+    let js = connect(&cluster).await;
+    streams_ready(&js).await;
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                publish_retrying(&js, i).await;
+            }
+        })
+    };
+    wait_until(Duration::from_secs(60), "publishing under way", || async {
+        stream_state(&js, "RESULTS").await.1 >= 100
+    })
+    .await;
+    let leader = until_found(|| stream_leader(&cluster, "RESULTS")).await;
+    cluster.nodes[leader].kill();
+    publisher.await.unwrap();
+    cluster.nodes[leader].restart().unwrap();
+    for app in [&a, &b] {
+        wait_until(Duration::from_secs(90), "all 300 projected", || async {
+            app.count("since=1h&success=false").await >= 300
+        })
+        .await;
+        app.wait_caught_up().await;
+        assert_eq!(app.count("since=1h&success=false").await, 300);
+    }
+    let (da, db) = (
+        a.get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
+            .await,
+        b.get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
+            .await,
+    );
+    assert_eq!(da, db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_carries_on_when_the_node_it_is_connected_to_dies() {
+    let mut cluster = Cluster::start().unwrap();
+    let app = replica(&cluster, "orrery").await;
+    let js = connect(&cluster).await;
+    streams_ready(&js).await;
+    for i in 0..50 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the first 50 projected",
+        || async { app.count("since=1h&success=false").await == 50 },
+    )
+    .await;
+    // The node holding the daemon's client connection (it names itself "orrery").
+    let http = reqwest::Client::new();
+    let connected = until_found(|| async {
+        for (i, port) in cluster.monitor_ports.iter().enumerate() {
+            let url = format!("http://127.0.0.1:{port}/connz");
+            let Ok(res) = http.get(url).send().await else {
+                continue;
+            };
+            let Ok(v) = res.json::<Value>().await else {
+                continue;
+            };
+            let ours = v["connections"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["name"] == "orrery"));
+            if ours {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    cluster.nodes[connected].kill();
+    for i in 50..100 {
+        publish_retrying(&js, i).await;
+    }
+    wait_until(Duration::from_secs(90), "all 100 projected", || async {
+        app.count("since=1h&success=false").await >= 100
+    })
+    .await;
+    app.wait_caught_up().await;
+    assert_eq!(app.count("since=1h&success=false").await, 100);
+}
