@@ -1,17 +1,19 @@
 //! `GET /topologies/<tid>/events`: a snapshot on connect, then every committed event of the
 //! topology, in order, gap-free and duplicate-free.
 //!
-//! Hand-off: the client subscribes to the hub *before* the snapshot is read, the snapshot
-//! states the checkpoint it reflects, and live events at or below it are dropped. Events reach
-//! the hub only after their commit, so the snapshot and the live events never disagree.
-//! Resumes (`Last-Event-ID`) replay the hub's retained events after that id, or send a fresh
-//! snapshot marked `reset` when they are no longer held.
+//! Hand-off: the client subscribes to the hub atomically with taking the topology's view (the
+//! snapshot and the checkpoint it reflects) and the retained events after it; live events at
+//! or below what was sent are dropped. Events reach the hub only after their commit, so the
+//! snapshot and the live events never disagree. Resumes (`Last-Event-ID`, `<seq>.<epoch>`)
+//! replay the hub's retained events after that id, else read them back from the TOPOLOGY
+//! stream, and send a fresh snapshot marked `reset` only when the stream no longer holds them.
+//! Who may hold a stream (tickets, caps) is in [`limits`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{consumer, stream};
 use axum::body::Body;
@@ -37,126 +39,14 @@ use crate::projector::load_checkpoint;
 use crate::projector::Message;
 use crate::token::Claims;
 use crate::window::to_unix_ms;
+pub use limits::{StreamLimits, StreamSlot, Tickets, TICKET_TTL};
 
-/// How long an SSE ticket stays valid.
-pub const TICKET_TTL: Duration = Duration::from_secs(60);
-/// Most tickets outstanding at once.
-const MAX_TICKETS: usize = 100_000;
+mod limits;
+
 /// The reconnect delay suggested to browsers.
 const RETRY_HINT: Duration = Duration::from_secs(2);
 /// Longest a stream stays open even for a token that never expires.
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
-
-/// Single-use, short-lived credentials for EventSource URLs.
-pub struct Tickets {
-    issued: Mutex<HashMap<String, (Claims, Instant)>>,
-    ttl: Duration,
-}
-
-impl Default for Tickets {
-    fn default() -> Self {
-        Self::with_ttl(TICKET_TTL)
-    }
-}
-
-impl Tickets {
-    /// Tickets valid for `ttl` (the API uses [`TICKET_TTL`]).
-    pub fn with_ttl(ttl: Duration) -> Self {
-        Self {
-            issued: Mutex::default(),
-            ttl,
-        }
-    }
-
-    /// Issues a ticket standing for `claims`.
-    pub fn issue(&self, claims: Claims) -> ApiResult<String> {
-        let mut issued = self.issued.lock().expect("tickets lock");
-        let now = Instant::now();
-        let ttl = self.ttl;
-        issued.retain(|_, (_, at)| now.duration_since(*at) < ttl);
-        if issued.len() >= MAX_TICKETS {
-            return Err(ApiError::Busy("too many outstanding tickets".into()));
-        }
-        let ticket = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        issued.insert(ticket.clone(), (claims, now));
-        Ok(ticket)
-    }
-
-    /// Redeems a ticket once; `None` when unknown, used or expired.
-    pub fn redeem(&self, ticket: &str) -> Option<Claims> {
-        let (claims, at) = self.issued.lock().expect("tickets lock").remove(ticket)?;
-        (at.elapsed() < self.ttl).then_some(claims)
-    }
-}
-
-/// Caps on concurrent streams, per user and in all.
-pub struct StreamLimits {
-    per_user: usize,
-    total: usize,
-    open: Mutex<(usize, HashMap<String, usize>)>,
-}
-
-/// Holds one stream's place under the caps; released on drop.
-pub struct StreamSlot {
-    limits: Arc<StreamLimits>,
-    user: String,
-}
-
-impl StreamLimits {
-    /// Limits of `per_user` streams per `sub` and `total` in all.
-    pub fn new(per_user: usize, total: usize) -> Self {
-        Self {
-            per_user,
-            total,
-            open: Mutex::new((0, HashMap::new())),
-        }
-    }
-
-    /// Takes a place for `user`: 429 past the user's cap, 503 past the total.
-    pub fn acquire(self: &Arc<Self>, user: &str) -> ApiResult<StreamSlot> {
-        let mut open = self.open.lock().expect("limits lock");
-        if open.0 >= self.total {
-            return Err(ApiError::Busy(
-                "the server holds as many streams as it is allowed".into(),
-            ));
-        }
-        let mine = open.1.entry(user.to_owned()).or_insert(0);
-        if *mine >= self.per_user {
-            return Err(ApiError::TooMany(format!(
-                "at most {} concurrent streams per user",
-                self.per_user
-            )));
-        }
-        *mine += 1;
-        open.0 += 1;
-        Ok(StreamSlot {
-            limits: self.clone(),
-            user: user.to_owned(),
-        })
-    }
-
-    /// Streams open now.
-    pub fn open(&self) -> usize {
-        self.open.lock().expect("limits lock").0
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().expect("limits lock");
-        open.0 -= 1;
-        if let Some(n) = open.1.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.user);
-            }
-        }
-    }
-}
 
 /// `POST /api/v1/auth/sse-ticket`: a single-use ticket for `?ticket=` on an EventSource URL.
 pub async fn ticket(
@@ -566,44 +456,4 @@ pub async fn events(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::token::Role;
-
-    fn claims(sub: &str) -> Claims {
-        Claims {
-            sub: sub.into(),
-            role: Role::Viewer,
-            exp: u64::MAX,
-        }
-    }
-
-    #[test]
-    fn tickets_are_single_use_and_expire() {
-        let tickets = Tickets::with_ttl(Duration::from_millis(50));
-        let t = tickets.issue(claims("a")).unwrap();
-        assert_eq!(t.len(), 64);
-        assert_eq!(tickets.redeem(&t).unwrap().sub, "a");
-        assert!(tickets.redeem(&t).is_none(), "second use");
-        let old = tickets.issue(claims("b")).unwrap();
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(tickets.redeem(&old).is_none(), "expired");
-        assert!(tickets.redeem("made-up").is_none());
-    }
-
-    #[test]
-    fn stream_limits_count_per_user_and_in_all() {
-        let limits = Arc::new(StreamLimits::new(2, 3));
-        let a1 = limits.acquire("a").unwrap();
-        let _a2 = limits.acquire("a").unwrap();
-        assert!(matches!(limits.acquire("a"), Err(ApiError::TooMany(_))));
-        let _b1 = limits.acquire("b").unwrap();
-        assert!(matches!(limits.acquire("c"), Err(ApiError::Busy(_))));
-        drop(a1);
-        assert_eq!(limits.open(), 2);
-        let _a3 = limits.acquire("a").unwrap();
-    }
 }
