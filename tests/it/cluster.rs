@@ -107,6 +107,26 @@ async fn connect(cluster: &Cluster) -> jetstream::Context {
     )
 }
 
+/// The failed results a replica counts (every event these tests publish is one).
+async fn projected(app: &TestApp) -> i64 {
+    app.count("since=1h&success=false").await
+}
+
+/// Publishes results `range` (retrying) and waits until `app` has projected exactly up to
+/// its end: nothing lost, nothing doubled.
+async fn publish_and_project(js: &jetstream::Context, app: &TestApp, range: std::ops::Range<u64>) {
+    for i in range.clone() {
+        publish_retrying(js, i).await;
+    }
+    let want = range.end as i64;
+    wait_until(Duration::from_secs(90), "the events projected", || async {
+        projected(app).await >= want
+    })
+    .await;
+    app.wait_caught_up().await;
+    assert_eq!(projected(app).await, want);
+}
+
 /// The first node (index) whose `/jsz` has a detail of `stream` for which `hosts` holds,
 /// given the node's name.
 async fn find_node(
@@ -183,33 +203,17 @@ async fn a_replica_carries_on_when_the_node_hosting_its_consumer_dies() {
     let js = connect(&cluster).await;
     streams_ready(&js).await;
 
-    for i in 0..100 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "the first 100 projected",
-        || async { app.count("since=1h&success=false").await == 100 },
-    )
-    .await;
+    publish_and_project(&js, &app, 0..100).await;
     let host = until_found(|| consumer_host(&cluster, "RESULTS")).await;
     cluster.nodes[host].kill();
 
     // The replica carries on through the other nodes: nothing lost, nothing doubled.
-    for i in 100..200 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(Duration::from_secs(90), "all 200 projected", || async {
-        app.count("since=1h&success=false").await >= 200
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.count("since=1h&success=false").await, 200);
+    publish_and_project(&js, &app, 100..200).await;
     // Bring the node back: the replica still agrees with the stream.
     cluster.nodes[host].restart().unwrap();
     publish_retrying(&js, 200).await;
     wait_until(Duration::from_secs(60), "the 201st projected", || async {
-        app.count("since=1h&success=false").await == 201
+        projected(&app).await == 201
     })
     .await;
 }
@@ -346,15 +350,7 @@ async fn replicas_wait_out_a_whole_cluster_restart_and_resume_exactly() {
     let app = replica(&cluster, "orrery").await;
     let js = connect(&cluster).await;
     streams_ready(&js).await;
-    for i in 0..50 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "the first 50 projected",
-        || async { app.count("since=1h&success=false").await == 50 },
-    )
-    .await;
+    publish_and_project(&js, &app, 0..50).await;
 
     for node in &mut cluster.nodes {
         node.kill();
@@ -376,20 +372,12 @@ async fn replicas_wait_out_a_whole_cluster_restart_and_resume_exactly() {
         },
     )
     .await;
-    assert_eq!(app.count("since=1h&success=false").await, 50);
+    assert_eq!(projected(&app).await, 50);
 
     for node in &mut cluster.nodes {
         node.restart().unwrap();
     }
-    for i in 50..100 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(Duration::from_secs(90), "all 100 projected", || async {
-        app.count("since=1h&success=false").await >= 100
-    })
-    .await;
-    app.wait_caught_up().await;
-    assert_eq!(app.count("since=1h&success=false").await, 100);
+    publish_and_project(&js, &app, 50..100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,11 +405,11 @@ async fn replicas_converge_with_equal_digests_after_the_stream_leader_dies_mid_p
     cluster.nodes[leader].restart().unwrap();
     for app in [&a, &b] {
         wait_until(Duration::from_secs(90), "all 300 projected", || async {
-            app.count("since=1h&success=false").await >= 300
+            projected(app).await >= 300
         })
         .await;
         app.wait_caught_up().await;
-        assert_eq!(app.count("since=1h&success=false").await, 300);
+        assert_eq!(projected(app).await, 300);
     }
     let (da, db) = (
         a.get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
@@ -438,15 +426,7 @@ async fn a_replica_carries_on_when_the_node_it_is_connected_to_dies() {
     let app = replica(&cluster, "orrery").await;
     let js = connect(&cluster).await;
     streams_ready(&js).await;
-    for i in 0..50 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(
-        Duration::from_secs(60),
-        "the first 50 projected",
-        || async { app.count("since=1h&success=false").await == 50 },
-    )
-    .await;
+    publish_and_project(&js, &app, 0..50).await;
     // The node holding the daemon's client connection (it names itself "orrery").
     let http = reqwest::Client::new();
     let connected = until_found(|| async {
@@ -469,13 +449,5 @@ async fn a_replica_carries_on_when_the_node_it_is_connected_to_dies() {
     })
     .await;
     cluster.nodes[connected].kill();
-    for i in 50..100 {
-        publish_retrying(&js, i).await;
-    }
-    wait_until(Duration::from_secs(90), "all 100 projected", || async {
-        app.count("since=1h&success=false").await >= 100
-    })
-    .await;
-    app.wait_caught_up().await;
-    assert_eq!(app.count("since=1h&success=false").await, 100);
+    publish_and_project(&js, &app, 50..100).await;
 }
