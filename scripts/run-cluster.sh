@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make cluster`: scale-out on one machine. Three JetStream nodes on 127.0.0.1:4231-4233
 # (routes 6231-6233, monitoring 8231-8233; stores in .orrery/cluster/), R3 streams, and two
-# Orrery replicas on 127.0.0.1:8081 and :8082, each with its own SQLite file. Ctrl-C stops
+# Orrery replicas on 127.0.0.1:8081 and :8082, each with its own SQLite file; with nginx
+# installed, deploy/nginx/orrery.conf in front of both on 127.0.0.1:8080. Ctrl-C stops
 # everything this script started.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,10 +44,34 @@ for r in 1 2; do
   pids+=($!)
 done
 
+proxy="(nginx not installed: no proxy; apt-get install nginx-light for one)"
+if command -v nginx >/dev/null 2>&1; then
+  dir="$root/.orrery/cluster/nginx"
+  mkdir -p "$dir"
+  sed -e 's/orrery-1:8080/127.0.0.1:8081/; s/orrery-2:8080/127.0.0.1:8082/' \
+      -e 's/listen 8080;/listen 127.0.0.1:8080;/' deploy/nginx/orrery.conf >"$dir/orrery.conf"
+  cat >"$dir/nginx.conf" <<CONF
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp;
+  proxy_temp_path $dir/tmp;
+  include $dir/orrery.conf;
+}
+CONF
+  nginx -p "$dir" -c "$dir/nginx.conf" >>"$dir/error.log" 2>&1 &
+  pids+=($!)
+  proxy="http://127.0.0.1:8080   (nginx, deploy/nginx/orrery.conf: both replicas, SSE unbuffered)"
+fi
+
 cat >&2 <<TXT
 
 NATS nodes:  $ORRERY_NATS_URL   (monitoring: http://127.0.0.1:8231/jsz …8233)
 replicas:    http://127.0.0.1:8081  http://127.0.0.1:8082   (logs in .orrery/cluster/)
+proxy:       $proxy
 token:       $(target/release/orrery token --role admin --ttl 8h --sub cluster)
 compare:     curl -H "Authorization: Bearer \$TOKEN" http://127.0.0.1:8081/api/v1/admin/digest
 Ctrl-C stops everything.

@@ -29,6 +29,12 @@ use futures::future::BoxFuture;
 /// How long in-flight HTTP requests get to finish after shutdown starts.
 const HTTP_DRAIN: Duration = Duration::from_secs(10);
 
+/// An error that is the operator's to fix (a setting, an unsupported nats-server): the
+/// daemon stops with exit code 2 and this one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
 /// A built daemon: database open, bus client created, listener bound, nothing running yet.
 pub struct Application {
     listener: TcpListener,
@@ -36,7 +42,12 @@ pub struct Application {
     port: u16,
     db: Db,
     cancel: CancellationToken,
+    /// Fires on a shutdown request; `cancel` follows a drain delay later.
+    stop: CancellationToken,
+    drain_delay: Duration,
     background: Vec<JoinHandle<()>>,
+    /// Set by a background task that found the daemon cannot run (an old nats-server).
+    refusal: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Application {
@@ -47,6 +58,7 @@ impl Application {
         let nats = bus::connect(&config.nats).await?;
         let js = jetstream::new(nats.clone());
         let cancel = CancellationToken::new();
+        let stop = CancellationToken::new();
 
         let topology_start = load_checkpoint(&db.writer, streams::TOPOLOGY.name).await?;
         let hub = Arc::new(Hub::new(
@@ -81,8 +93,15 @@ impl Application {
             .into_iter()
             .map(|p| p.run(cancel.clone()))
             .collect();
+        let refusal = Arc::default();
         let background = vec![
-            tokio::spawn(supervise(js.clone(), provisioning, runs, cancel.clone())),
+            tokio::spawn(supervise(
+                js.clone(),
+                provisioning,
+                runs,
+                Arc::clone(&refusal),
+                cancel.clone(),
+            )),
             tokio::spawn(prune_samples_forever(
                 db.writer.clone(),
                 config.fleet.sample_retention,
@@ -111,6 +130,7 @@ impl Application {
             fleet: Arc::new(config.fleet.clone()),
             bus_view: Arc::default(),
             shutdown: cancel.clone(),
+            stopping: stop.clone(),
         };
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -120,7 +140,10 @@ impl Application {
             port,
             db,
             cancel,
+            stop,
+            drain_delay: config.drain_delay,
             background,
+            refusal,
         })
     }
 
@@ -129,9 +152,10 @@ impl Application {
         self.port
     }
 
-    /// Cancel this to shut the daemon down (what SIGTERM does).
+    /// Cancel this to shut the daemon down (what SIGTERM does): `/ready` turns 503 at once,
+    /// and after the drain delay HTTP drains, live streams end and projectors stop.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.stop.clone()
     }
 
     /// Serves HTTP and projects until the shutdown token fires; then drains HTTP (bounded),
@@ -139,6 +163,25 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let cancel = self.cancel.clone();
         tracing::info!(port = self.port, "listening");
+        let (stop, drain_delay) = (self.stop.clone(), self.drain_delay);
+        let drained = cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = drained.cancelled() => return,
+                _ = stop.cancelled() => {}
+            }
+            if !drain_delay.is_zero() {
+                tracing::info!(
+                    drain_ms = drain_delay.as_millis() as u64,
+                    "draining: /ready answers 503 before live streams end"
+                );
+                tokio::select! {
+                    _ = drained.cancelled() => {}
+                    _ = tokio::time::sleep(drain_delay) => {}
+                }
+            }
+            drained.cancel();
+        });
         // Live events are small writes that follow one another: Nagle's algorithm would hold
         // each behind the previous one's delayed ACK.
         let listener = self.listener.tap_io(|tcp| {
@@ -164,6 +207,9 @@ impl Application {
             let _ = task.await;
         }
         self.db.close().await;
+        if let Some(reason) = self.refusal.get() {
+            return Err(Refusal(reason.clone()).into());
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -229,15 +275,44 @@ async fn prune_samples_forever(
     }
 }
 
-/// Provisions streams (retrying until the bus answers), then runs the projectors.
+/// Provisions streams (retrying until the bus answers), then runs the projectors. A server
+/// older than [`bus::MIN_SERVER_VERSION`] stops the daemon with a [`Refusal`] instead.
 async fn supervise(
     js: jetstream::Context,
     provisioning: streams::Provisioning,
     runs: Vec<BoxFuture<'static, ()>>,
+    refusal: Arc<std::sync::OnceLock<String>>,
     cancel: CancellationToken,
 ) {
+    // The client knows the server's version once connected: provisioning waits for that,
+    // so nothing is created on a server that is then refused.
+    let refuse = |client: &async_nats::Client| -> bool {
+        let version = client.server_info().version;
+        if version.is_empty() {
+            return false;
+        }
+        match bus::check_server_version(&version) {
+            Ok(()) => false,
+            Err(reason) => {
+                // `main` prints it as the one line an operator reads.
+                let _ = refusal.set(reason);
+                cancel.cancel();
+                true
+            }
+        }
+    };
+    let client = js.client();
     let mut attempt: u32 = 0;
     loop {
+        if !bus::is_connected(&client) {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+            }
+        }
+        if refuse(&client) {
+            return;
+        }
         let provisioned = tokio::select! {
             _ = cancel.cancelled() => return,
             result = streams::provision(&js, provisioning) => result,

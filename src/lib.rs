@@ -37,5 +37,5 @@ pub mod redact;
 pub mod token;
 pub mod window;
 
-pub use app::Application;
+pub use app::{Application, Refusal};
 pub use config::{Config, Settings};

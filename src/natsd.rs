@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 /// A running `nats-server` child process and its store.
 pub struct NatsServer {
     child: Child,
+    bin: PathBuf,
     port: u16,
     store: PathBuf,
     /// Further arguments (the cluster block of a cluster node), reused on restart.
@@ -47,11 +48,18 @@ impl NatsServer {
 
     /// Starts a server on `port` keeping its JetStream store in `store` (reused on restart).
     pub fn start_in(store: PathBuf, port: u16) -> anyhow::Result<Self> {
-        Self::spawn(store, port, Vec::new())
+        Self::spawn(binary(), store, port, Vec::new())
     }
 
-    fn spawn(store: PathBuf, port: u16, extra: Vec<String>) -> anyhow::Result<Self> {
-        let bin = binary();
+    /// Starts `bin` (another nats-server version) with its store in a temporary directory.
+    pub fn start_binary(bin: PathBuf) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary NATS store")?;
+        let mut server = Self::spawn(bin, dir.path().to_path_buf(), free_port()?, Vec::new())?;
+        server._tempdir = Some(dir);
+        Ok(server)
+    }
+
+    fn spawn(bin: PathBuf, store: PathBuf, port: u16, extra: Vec<String>) -> anyhow::Result<Self> {
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
@@ -68,6 +76,7 @@ impl NatsServer {
             })?;
         let mut server = Self {
             child,
+            bin,
             port,
             store,
             extra,
@@ -119,7 +128,12 @@ impl NatsServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let tempdir = self._tempdir.take();
-        let mut again = Self::spawn(self.store.clone(), self.port, self.extra.clone())?;
+        let mut again = Self::spawn(
+            self.bin.clone(),
+            self.store.clone(),
+            self.port,
+            self.extra.clone(),
+        )?;
         again._tempdir = tempdir;
         std::mem::swap(self, &mut again);
         // `again` now holds the dead child; dropping it is harmless.
@@ -170,7 +184,7 @@ impl Cluster {
                 monitor.to_string(),
             ];
             let store = dir.path().join(format!("n{i}"));
-            nodes.push(NatsServer::spawn(store, *port, extra)?);
+            nodes.push(NatsServer::spawn(binary(), store, *port, extra)?);
         }
         Ok(Self {
             nodes,

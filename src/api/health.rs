@@ -87,6 +87,9 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
 /// within `ready_max_lag` of its stream; 503 naming the reason otherwise.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
+    if state.stopping.is_cancelled() {
+        reasons.push("shutting down: draining before live streams end".to_owned());
+    }
     if let Err(e) = sqlx::query("SELECT 1").execute(&state.db.readers).await {
         reasons.push(format!("database: {e}"));
     }

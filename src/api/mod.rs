@@ -77,6 +77,8 @@ pub struct AppState {
     pub bus_view: Arc<health::BusView>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Fires when shutdown is requested, a drain delay before `shutdown`: `/ready` says 503.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

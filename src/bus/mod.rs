@@ -75,3 +75,62 @@ pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
 pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
 }
+
+/// The oldest nats-server Orrery runs against, as (major, minor). Before 2.11 a message lost
+/// during a leader election could block its own retries for the whole duplicate window: a
+/// silent loss for publishers that retry with the same `Nats-Msg-Id`, as Orrery's do.
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 11);
+
+/// Checks the version a server announced (`2.15.1`, `2.11.0-RC.2`); the error is the one
+/// line an operator reads.
+pub fn check_server_version(version: &str) -> Result<(), String> {
+    let (major, minor) = MIN_SERVER_VERSION;
+    let mut parts = version.trim().trim_start_matches('v').split(['.', '-']);
+    let number = |part: Option<&str>| part.and_then(|p| p.parse::<u64>().ok());
+    match (number(parts.next()), number(parts.next())) {
+        (Some(a), Some(b)) if (a, b) >= (major, minor) => Ok(()),
+        (Some(_), Some(_)) => Err(format!(
+            "nats-server {version} is too old: Orrery needs {major}.{minor} or later \
+             (older servers can lose a message published during a leader election)"
+        )),
+        _ => Err(format!(
+            "nats-server announced version `{}`, which cannot be read: Orrery needs \
+             {major}.{minor} or later",
+            version.escape_debug()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_version;
+
+    #[test]
+    fn server_versions_from_2_11_pass_and_older_or_unreadable_ones_are_refused() {
+        for ok in [
+            "2.11.0",
+            "2.15.1",
+            "2.11.0-RC.2",
+            "v2.12.3",
+            "3.0.0",
+            "2.100.1",
+        ] {
+            assert_eq!(check_server_version(ok), Ok(()), "{ok}");
+        }
+        for old in ["2.10.26", "2.9.0", "1.4.1", "2.1"] {
+            let error = check_server_version(old).unwrap_err();
+            assert!(error.contains(old) && error.contains("2.11"), "{error}");
+        }
+        for unreadable in [
+            "",
+            "two.eleven",
+            "2",
+            "2.x.1",
+            "-1.20",
+            "99999999999999999999999.1",
+        ] {
+            let error = check_server_version(unreadable).unwrap_err();
+            assert!(error.contains("cannot be read"), "{unreadable}: {error}");
+        }
+    }
+}

@@ -137,6 +137,10 @@ settings! {
     /// Longest wait of `POST …/mutations?wait=true` for the projection, in ms [default: 5000].
     #[arg(long, env = "ORRERY_MUTATION_WAIT_MS")]
     mutation_wait_ms: u64,
+    /// After SIGTERM, how long /ready answers 503 while everything else keeps serving, in ms,
+    /// so a load balancer stops sending new clients before live streams end [default: 0].
+    #[arg(long, env = "ORRERY_DRAIN_DELAY_MS")]
+    drain_delay_ms: u64,
 
     /// An alert provider whose last event is older than this is `stale` in
     /// /api/v1/alerts/freshness, in seconds [default: 3600].
@@ -208,6 +212,8 @@ pub struct Config {
     pub cors: Cors,
     /// `?wait=true` bound.
     pub mutation_wait: Duration,
+    /// `/ready` answers 503 this long after SIGTERM before the daemon stops.
+    pub drain_delay: Duration,
     /// Alert providers go stale after this.
     pub alert_stale_after: Duration,
     /// Fleet health settings.
@@ -331,6 +337,14 @@ impl Settings {
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
+    fn drain_delay(&self) -> anyhow::Result<Duration> {
+        const MAX_MS: u64 = 300_000;
+        match self.drain_delay_ms.unwrap_or(0) {
+            ms @ 0..=MAX_MS => Ok(Duration::from_millis(ms)),
+            ms => anyhow::bail!("--drain-delay-ms {ms}: accepts 0 to {MAX_MS} (five minutes)"),
+        }
+    }
+
     fn into_config(self, needs_auth: bool) -> anyhow::Result<Config> {
         let (stream_replicas, stream_max_age) = self.streams()?;
         let (batch_size, batch_wait, ready_max_lag) = self.projector()?;
@@ -353,6 +367,7 @@ impl Settings {
             sse: self.sse(),
             cors: self.cors()?,
             mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
+            drain_delay: self.drain_delay()?,
             alert_stale_after: Duration::from_secs(
                 self.alert_stale_after_secs.unwrap_or(3_600).max(1),
             ),

@@ -169,3 +169,21 @@ fn cors_takes_a_star_alone_or_origins_and_names_a_bad_one() {
     let err = cors("*, https://dash.example").unwrap_err();
     assert!(err.contains("stands alone"), "{err}");
 }
+
+#[test]
+fn drain_delay_takes_zero_to_five_minutes_and_names_the_flag_otherwise() {
+    let with = |ms| Settings {
+        drain_delay_ms: Some(ms),
+        ..secure()
+    };
+    assert_eq!(with(0).resolve().unwrap().drain_delay, Duration::ZERO);
+    assert_eq!(
+        with(300_000).resolve().unwrap().drain_delay,
+        Duration::from_secs(300)
+    );
+    let err = with(300_001).resolve().unwrap_err().to_string();
+    assert!(
+        err.contains("--drain-delay-ms") && err.contains("0 to 300000"),
+        "{err}"
+    );
+}

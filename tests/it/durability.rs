@@ -469,11 +469,145 @@ async fn sigterm_with_100_open_streams_ends_them_and_exits_promptly() {
     let readers: Vec<_> = streams
         .into_iter()
         .map(|mut sse| {
-            tokio::spawn(async move { while sse.next(Duration::from_secs(10)).await.is_some() {} })
+            tokio::spawn(async move {
+                while sse.next(Duration::from_secs(10)).await.is_some() {}
+                sse.retry_ms
+            })
         })
         .collect();
     sigterm_and_expect_clean_exit(daemon, "/ready").await;
+    let mut retries = std::collections::BTreeSet::new();
     for r in readers {
-        r.await.unwrap(); // every stream ended
+        // Every stream ended, its last word a reconnect delay of 2 s plus up to 5 s of jitter.
+        let retry = r.await.unwrap().expect("a retry: field");
+        assert!((2_000..7_000).contains(&retry), "retry: {retry}");
+        retries.insert(retry);
     }
+    // 100 draws from 5,000 values: a handful of equal ones at most, never all the same.
+    assert!(retries.len() > 50, "retry delays not spread: {retries:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_drain_delay_turns_ready_503_while_streams_and_queries_carry_on() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::spawn_with(
+        &nats.url(),
+        &dir.path().join("o.db"),
+        256,
+        &[("ORRERY_DRAIN_DELAY_MS", "3000")],
+    );
+    let http = reqwest::Client::new();
+    let js = jetstream(&nats).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon to be ready",
+        || async {
+            http.get(format!("{}/ready", daemon.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let seq = publish_topology(&js, "t", "status", json!({"status": "active"})).await;
+    wait_until(Duration::from_secs(20), "the topology", || async {
+        daemon.metric_of(&http, "TOPOLOGY").await == Some(seq)
+    })
+    .await;
+    let mut sse = SseClient::new(open_stream(&http, &daemon.address, "t", "drain", None).await);
+    assert_eq!(
+        sse.next(Duration::from_secs(10)).await.unwrap().event,
+        "snapshot"
+    );
+
+    let started = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let ready = http.get(format!("{}/ready", daemon.address));
+    let res = ready.send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["reasons"].to_string().contains("shutting down"),
+        "{body}"
+    );
+    // While draining, everything but readiness answers as before, and the stream stays open.
+    let health = http.get(format!("{}/health", daemon.address)).send().await;
+    assert_eq!(health.unwrap().status(), 200);
+    let seq = publish_topology(&js, "t", "status", json!({"status": "draining"})).await;
+    let live = sse
+        .next(Duration::from_secs(2))
+        .await
+        .expect("a live event while draining");
+    assert_eq!(live.seq(), seq);
+    // Then the stream ends with a reconnect hint and the daemon exits 0.
+    assert!(sse.next(Duration::from_secs(10)).await.is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_900),
+        "the stream ended {:?} after SIGTERM, before the drain delay",
+        started.elapsed()
+    );
+    assert!(sse.retry_ms.is_some_and(|ms| ms >= 2_000));
+    let exit = loop {
+        if let Some(exit) = daemon.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_nats_server_older_than_2_11_with_exit_code_2() {
+    let bin = std::env::var_os("ORRERY_OLD_NATS_SERVER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/nats-2.10/bin/nats-server")
+        });
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/ensure-old-nats-server.sh (make test does)",
+        bin.display()
+    );
+    let old = NatsServer::start_binary(bin).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("serve")
+        .env("ORRERY_NATS_URL", old.url())
+        .env("ORRERY_DATABASE", dir.path().join("o.db"))
+        .env("ORRERY_LISTEN", "127.0.0.1:0")
+        .env("ORRERY_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("orrery kept running against nats-server 2.10")
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("nats-server 2.10.26 is too old") && stderr.contains("2.11 or later"),
+        "{stderr}"
+    );
+    // Refused before anything was created on the old server.
+    let js = jetstream(&old).await;
+    let names: Vec<String> = futures::TryStreamExt::try_collect(js.stream_names())
+        .await
+        .unwrap();
+    assert!(names.is_empty(), "streams created: {names:?}");
 }

@@ -275,6 +275,8 @@ pub struct SseClient {
     buf: Vec<u8>,
     /// Bytes of `buf` already searched for a frame end.
     scanned: usize,
+    /// The last `retry:` field the server sent, in ms.
+    pub retry_ms: Option<u64>,
 }
 
 impl SseClient {
@@ -288,6 +290,7 @@ impl SseClient {
             body: Box::pin(res.bytes_stream()),
             buf: Vec::new(),
             scanned: 0,
+            retry_ms: None,
         }
     }
 
@@ -316,6 +319,8 @@ impl SseClient {
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         ev.data.push_str(v);
                         has_payload = true;
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry_ms = Some(v.parse().expect("retry: takes an integer"));
                     }
                 }
                 if has_payload {

@@ -43,8 +43,18 @@ pub use limits::{StreamLimits, StreamSlot, Tickets, TICKET_TTL};
 
 mod limits;
 
+/// A reconnect delay for a stream ended by shutdown: RETRY_HINT plus jitter.
+fn shutdown_retry() -> Duration {
+    // A v4 UUID is 122 random bits from the OS: plenty for spreading reconnects.
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    RETRY_HINT + Duration::from_millis(random % SHUTDOWN_RETRY_SPREAD.as_millis() as u64)
+}
+
 /// The reconnect delay suggested to browsers.
 const RETRY_HINT: Duration = Duration::from_secs(2);
+/// At shutdown each stream's reconnect delay is RETRY_HINT plus a random share of this, so
+/// the browsers of a stopping replica do not all land on the others in the same instant.
+const SHUTDOWN_RETRY_SPREAD: Duration = Duration::from_secs(5);
 /// Longest a stream stays open even for a token that never expires.
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
 
@@ -365,7 +375,7 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Bytes, Infallible>> {
                 biased;
                 _ = c.shutdown.as_mut() => {
                     c.done = true;
-                    frame::retry_comment(RETRY_HINT.as_millis(), "server shutting down")
+                    frame::retry_comment(shutdown_retry().as_millis(), "server shutting down")
                 }
                 _ = c.timer.as_mut() => {
                     let now = tokio::time::Instant::now();

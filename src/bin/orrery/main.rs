@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orrery::token::{self, Role};
-use orrery::{Application, Settings};
+use orrery::{Application, Refusal, Settings};
 use tracing_subscriber::EnvFilter;
 
 /// Orrery: NATS JetStream in, live SQLite read models, HTTP and SSE out.
@@ -84,10 +84,15 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// A setting that cannot be used is the operator's to fix: exit code 2, one line.
+fn refused(error: anyhow::Error) -> anyhow::Error {
+    Refusal(format!("{error:#}")).into()
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(settings) => {
-            let config = settings.resolve()?;
+            let config = settings.resolve().map_err(refused)?;
             init_tracing(config.log_json);
             if config.jwt_secret.is_none() {
                 tracing::warn!(
@@ -104,21 +109,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await
         }
         Command::Migrate(settings) => {
-            let config = settings.resolve_for(false)?;
+            let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
             orrery::db::open(&config.database, 1).await?.close().await;
             println!("database {} is up to date", config.database.display());
             Ok(())
         }
         Command::Rebuild { stream, settings } => {
-            let config = settings.resolve_for(false)?;
+            let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
             let n = orrery::rebuild::rebuild(&config, stream.as_deref()).await?;
             println!("replayed {n} messages into {}", config.database.display());
             Ok(())
         }
         Command::Digest(settings) => {
-            let config = settings.resolve_for(false)?;
+            let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
             let db = orrery::db::open(&config.database, 1).await?;
             // Only the tables of the roster are read; nobody listens to this hub.
@@ -142,7 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             settings,
         } => {
-            let config = settings.resolve()?;
+            let config = settings.resolve().map_err(refused)?;
             let secret = config
                 .jwt_secret
                 .context("authentication is disabled; there is no secret to sign with")?;
@@ -164,7 +169,12 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // 2 as clap uses for a bad argument: what the operator must change, not a crash.
+            if e.downcast_ref::<Refusal>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
