@@ -54,9 +54,14 @@ impl Application {
     /// Opens the database (migrating it), connects to NATS in the background, starts the
     /// provisioning and projector tasks and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = db::open(&config.database, config.readers).await?;
         let nats = bus::connect(&config.nats).await?;
         let js = jetstream::new(nats.clone());
+        if let Some(snapshots) = &config.snapshot {
+            if !config.database.exists() {
+                restore_snapshot(&config, &nats, &js, &snapshots.bucket).await;
+            }
+        }
+        let db = db::open(&config.database, config.readers).await?;
         let cancel = CancellationToken::new();
         let stop = CancellationToken::new();
 
@@ -94,7 +99,7 @@ impl Application {
             .map(|p| p.run(cancel.clone()))
             .collect();
         let refusal = Arc::default();
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(supervise(
                 js.clone(),
                 provisioning,
@@ -108,6 +113,17 @@ impl Application {
                 cancel.clone(),
             )),
         ];
+
+        if let Some(snapshots) = config.snapshot.clone() {
+            background.push(tokio::spawn(crate::snapshot::take_forever(
+                config.database.clone(),
+                js.clone(),
+                snapshots,
+                Arc::clone(&read_models),
+                config.fleet.sample_retention,
+                cancel.clone(),
+            )));
+        }
 
         let state = AppState {
             db: db.clone(),
@@ -212,6 +228,41 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// A replica starting with no database: restore the newest usable snapshot if the bus
+/// answers within [`crate::snapshot::RESTORE_WAIT`]; otherwise (or on any failure) start
+/// empty and replay the streams, which is slower but exact.
+async fn restore_snapshot(
+    config: &Config,
+    nats: &async_nats::Client,
+    js: &jetstream::Context,
+    bucket: &str,
+) {
+    let deadline = tokio::time::Instant::now() + crate::snapshot::RESTORE_WAIT;
+    while !bus::is_connected(nats) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !bus::is_connected(nats) {
+        tracing::warn!(
+            bucket,
+            "the bus did not answer in time: no snapshot restored; \
+            replaying the streams from the start"
+        );
+        return;
+    }
+    let read_models = projections::read_models(config);
+    match crate::snapshot::restore(&config.database, js, bucket, &read_models).await {
+        Ok(Some(info)) => tracing::info!(snapshot = info.name, bytes = info.bytes,
+            took_ms = info.took_ms, checkpoints = ?info.checkpoints,
+            "restored and verified a snapshot; catching up from its checkpoints"),
+        Ok(None) => tracing::info!(bucket, "no usable snapshot: replaying the streams"),
+        Err(error) => tracing::warn!(
+            bucket,
+            error = format!("{error:#}"),
+            "restoring a snapshot failed: replaying the streams"
+        ),
     }
 }
 

@@ -19,6 +19,7 @@
 //! - [`projector`]: the engine: batch → one transaction with the checkpoint → commit.
 //! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
 //! - [`redact`]: secret redaction for alert text.
+//! - [`snapshot`]: database snapshots in a JetStream object store, for fresh replicas.
 //! - [`token`]: roles, claims, minting and verifying API tokens.
 //! - [`window`]: times and durations: parsing, formatting, Unix milliseconds.
 
@@ -34,6 +35,7 @@ pub mod projections;
 pub mod projector;
 pub mod rebuild;
 pub mod redact;
+pub mod snapshot;
 pub mod token;
 pub mod window;
 

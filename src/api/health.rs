@@ -107,6 +107,27 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             .iter()
             .filter_map(|p| p.reason(state.ready_max_lag)),
     );
+    // A gap is reported, not a reason to refuse traffic: with a retention limit every
+    // replica that starts from nothing after the limit has passed has one, and would
+    // otherwise never be ready. Operators alert on it (orrery_projection_missing_events).
+    let gaps: Vec<_> = crate::projector::load_gaps(&state.db.readers)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| {
+            json!({
+                "stream": g.stream,
+                "first_seq": g.first_seq,
+                "last_seq": g.last_seq,
+                "events": g.events(),
+                "message": format!(
+                    "{}: events {}–{} were gone from the stream before this replica projected \
+                     them; restore a snapshot that covers them (--snapshot-bucket)",
+                    g.stream, g.first_seq, g.last_seq
+                ),
+            })
+        })
+        .collect();
     let (status, word) = if reasons.is_empty() {
         (StatusCode::OK, "ready")
     } else {
@@ -114,7 +135,12 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({"status": word, "reasons": reasons, "projections": projections})),
+        Json(json!({
+            "status": word,
+            "reasons": reasons,
+            "projections": projections,
+            "gaps": gaps,
+        })),
     )
 }
 

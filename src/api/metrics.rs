@@ -60,6 +60,26 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             let _ = writeln!(out, "{name}{{stream=\"{}\"}} {value}", p.stream.name);
         }
     }
+    // Gaps are rare rows in SQLite; a scrape that cannot read them leaves the family out
+    // rather than reporting zero.
+    if let Ok(gaps) = crate::projector::load_gaps(&state.db.readers).await {
+        let _ = writeln!(
+            out,
+            "# HELP orrery_projection_missing_events Messages a projection never saw because the stream no longer held them (see /ready).\n# TYPE orrery_projection_missing_events gauge"
+        );
+        for p in state.projections.iter() {
+            let missing: u64 = gaps
+                .iter()
+                .filter(|g| g.stream == p.stream.name)
+                .map(|g| g.events())
+                .sum();
+            let _ = writeln!(
+                out,
+                "orrery_projection_missing_events{{stream=\"{}\"}} {missing}",
+                p.stream.name
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "# HELP orrery_bus_connected 1 while connected to NATS.\n# TYPE orrery_bus_connected gauge\norrery_bus_connected {}",

@@ -82,6 +82,19 @@ settings! {
     #[arg(long, env = "ORRERY_STREAM_MAX_AGE")]
     stream_max_age: String,
 
+    /// JetStream object-store bucket for database snapshots: a replica starting with no
+    /// database restores the newest one, and a serving one writes one every
+    /// --snapshot-interval-secs [default: none].
+    #[arg(long, env = "ORRERY_SNAPSHOT_BUCKET")]
+    snapshot_bucket: String,
+    /// Seconds between two snapshots of a serving daemon (with --snapshot-bucket)
+    /// [default: 3600].
+    #[arg(long, env = "ORRERY_SNAPSHOT_INTERVAL_SECS")]
+    snapshot_interval_secs: u64,
+    /// Snapshots kept in the bucket; older ones are deleted after each upload [default: 3].
+    #[arg(long, env = "ORRERY_SNAPSHOT_KEEP")]
+    snapshot_keep: usize,
+
     /// SQLite database file holding the read models [default: ./orrery.db].
     #[arg(long, env = "ORRERY_DATABASE")]
     database: PathBuf,
@@ -214,6 +227,8 @@ pub struct Config {
     pub mutation_wait: Duration,
     /// `/ready` answers 503 this long after SIGTERM before the daemon stops.
     pub drain_delay: Duration,
+    /// Where snapshots go, if anywhere.
+    pub snapshot: Option<crate::snapshot::SnapshotConfig>,
     /// Alert providers go stale after this.
     pub alert_stale_after: Duration,
     /// Fleet health settings.
@@ -337,6 +352,38 @@ impl Settings {
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
+    fn snapshot(&self, replicas: usize) -> anyhow::Result<Option<crate::snapshot::SnapshotConfig>> {
+        let interval = match self.snapshot_interval_secs.unwrap_or(3_600) {
+            secs @ 1..=604_800 => Duration::from_secs(secs),
+            secs => bail!("--snapshot-interval-secs {secs}: accepts 1 to 604800 (a week)"),
+        };
+        let keep = match self.snapshot_keep.unwrap_or(3) {
+            n @ 1..=100 => n,
+            n => bail!("--snapshot-keep {n}: accepts 1 to 100"),
+        };
+        let Some(bucket) = self.snapshot_bucket.as_deref() else {
+            return Ok(None);
+        };
+        let valid = !bucket.is_empty()
+            && bucket.len() <= 64
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            bail!(
+                "--snapshot-bucket `{}`: accepts a name of 1 to 64 characters from A-Z, a-z, \
+                 0-9, `_` and `-`",
+                bucket.escape_debug()
+            );
+        }
+        Ok(Some(crate::snapshot::SnapshotConfig {
+            bucket: bucket.to_owned(),
+            interval,
+            keep,
+            replicas,
+        }))
+    }
+
     fn drain_delay(&self) -> anyhow::Result<Duration> {
         const MAX_MS: u64 = 300_000;
         match self.drain_delay_ms.unwrap_or(0) {
@@ -368,6 +415,7 @@ impl Settings {
             cors: self.cors()?,
             mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
             drain_delay: self.drain_delay()?,
+            snapshot: self.snapshot(stream_replicas)?,
             alert_stale_after: Duration::from_secs(
                 self.alert_stale_after_secs.unwrap_or(3_600).max(1),
             ),

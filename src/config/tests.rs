@@ -187,3 +187,36 @@ fn drain_delay_takes_zero_to_five_minutes_and_names_the_flag_otherwise() {
         "{err}"
     );
 }
+
+#[test]
+fn snapshot_settings_name_what_they_accept() {
+    let with = |bucket: Option<&str>, interval: Option<u64>, keep: Option<usize>| Settings {
+        snapshot_bucket: bucket.map(str::to_owned),
+        snapshot_interval_secs: interval,
+        snapshot_keep: keep,
+        ..secure()
+    };
+    assert!(with(None, None, None).resolve().unwrap().snapshot.is_none());
+    let s = with(Some("orrery-snaps_1"), None, None)
+        .resolve()
+        .unwrap()
+        .snapshot
+        .unwrap();
+    assert_eq!((s.interval, s.keep), (Duration::from_secs(3600), 3));
+    for (bad, named) in [
+        (with(Some(""), None, None), "--snapshot-bucket"),
+        (with(Some("a.b"), None, None), "--snapshot-bucket"),
+        (with(Some("snaps>"), None, None), "--snapshot-bucket"),
+        (with(Some(&"x".repeat(65)), None, None), "--snapshot-bucket"),
+        (with(Some("ok"), Some(0), None), "--snapshot-interval-secs"),
+        (
+            with(Some("ok"), Some(604_801), None),
+            "--snapshot-interval-secs",
+        ),
+        (with(Some("ok"), None, Some(0)), "--snapshot-keep"),
+        (with(Some("ok"), None, Some(101)), "--snapshot-keep"),
+    ] {
+        let err = bad.resolve().unwrap_err().to_string();
+        assert!(err.contains(named) && err.contains("accepts"), "{err}");
+    }
+}

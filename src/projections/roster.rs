@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::digest::ReadModel;
 use crate::live::Hub;
 use crate::projector::AnyProjection;
 
@@ -24,4 +25,13 @@ pub fn roster(config: &Config, hub: Arc<Hub>) -> Vec<Box<dyn AnyProjection>> {
         Box::new(AlertsProjection),
         Box::new(HeartbeatsProjection),
     ]
+}
+
+/// The read models' streams and tables, for commands that only read them (`orrery digest`,
+/// snapshots): the roster with a hub nobody listens to.
+pub fn read_models(config: &Config) -> Vec<ReadModel> {
+    roster(config, Arc::new(Hub::new(1, 1, 0)))
+        .iter()
+        .map(|p| (p.stream(), p.tables()))
+        .collect()
 }

@@ -177,6 +177,8 @@ struct Batch<E> {
     origins: Vec<usize>,
     /// Messages to store in `dead_letters`: index in `raw` and reason.
     dead: Vec<(usize, String)>,
+    /// Sequences right before this batch the stream no longer held (first, last).
+    gap: Option<(u64, u64)>,
 }
 
 impl<E> Batch<E> {
@@ -480,11 +482,16 @@ impl<P: Projection> Projector<P> {
         let Some(first) = metas.first() else {
             return Ok(None);
         };
-        if first.seq > self.position + 1 && self.position > 0 {
+        // Retention removes from the head of a stream: when the first message delivered is
+        // past the one after the checkpoint, the ones between are gone for good.
+        let gap = (first.seq > self.position + 1).then(|| (self.position + 1, first.seq - 1));
+        if let Some((from, to)) = gap {
             tracing::warn!(
-                from = self.position + 1,
-                to = first.seq - 1,
-                "stream no longer holds these messages (retention); they were never projected"
+                stream = self.shared.stream.name,
+                from,
+                to,
+                "the stream no longer holds these messages (retention or purge): they were \
+                 never projected; restore a snapshot that covers them (see /ready)"
             );
         }
         let mut batch = Batch {
@@ -493,6 +500,7 @@ impl<P: Projection> Projector<P> {
             events: Vec::new(),
             origins: Vec::new(),
             dead: Vec::new(),
+            gap,
         };
         batch.events.reserve(batch.raw.len());
         batch.origins.reserve(batch.raw.len());
@@ -667,6 +675,18 @@ async fn commit<P: Projection>(
         }
     }
     insert_dead_letters(projection, &mut tx, stream, batch).await?;
+    if let Some((first, last)) = batch.gap {
+        sqlx::query(
+            "INSERT OR IGNORE INTO stream_gaps (stream, first_seq, last_seq, detected_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(stream)
+        .bind(first as i64)
+        .bind(last as i64)
+        .bind(crate::window::now_ms())
+        .execute(&mut *tx)
+        .await?;
+    }
     let last = batch.last();
     sqlx::query(
         "INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, ?) \
@@ -720,5 +740,44 @@ pub async fn reset<P: Projection>(projection: &P, writer: &SqlitePool) -> sqlx::
         .bind(stream)
         .execute(&mut *tx)
         .await?;
+    sqlx::query("DELETE FROM stream_gaps WHERE stream = ?")
+        .bind(stream)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
+}
+
+/// A range of a stream a projection never saw, because the stream no longer held it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    /// The stream.
+    pub stream: String,
+    /// First sequence missing.
+    pub first_seq: u64,
+    /// Last sequence missing.
+    pub last_seq: u64,
+}
+
+impl Gap {
+    /// Messages in the range.
+    pub fn events(&self) -> u64 {
+        self.last_seq - self.first_seq + 1
+    }
+}
+
+/// Every recorded gap, by stream and sequence.
+pub async fn load_gaps<'e>(executor: impl sqlx::SqliteExecutor<'e>) -> sqlx::Result<Vec<Gap>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream, first_seq, last_seq FROM stream_gaps ORDER BY stream, first_seq",
+    )
+    .fetch_all(executor)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(stream, first, last)| Gap {
+            stream,
+            first_seq: first as u64,
+            last_seq: (last as u64).max(first as u64),
+        })
+        .collect())
 }

@@ -11,3 +11,4 @@ mod fleet;
 mod helpers;
 mod live;
 mod results;
+mod snapshot;

@@ -36,6 +36,9 @@ enum Command {
     /// Print, per read model, its checkpoint and a hash of its rows (replicas at the same
     /// checkpoints print the same).
     Digest(Settings),
+    /// Write a snapshot of the database to --snapshot-bucket now (safe beside a serving
+    /// daemon with the same settings) and print what it holds.
+    Snapshot(Settings),
     /// Print an API token signed with the configured secret.
     Token {
         /// viewer, operator or admin.
@@ -127,11 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(config.log_json);
             let db = orrery::db::open(&config.database, 1).await?;
             // Only the tables of the roster are read; nobody listens to this hub.
-            let hub = std::sync::Arc::new(orrery::live::Hub::new(1, 1, 0));
-            let read_models: Vec<_> = orrery::projections::roster(&config, hub)
-                .iter()
-                .map(|p| (p.stream(), p.tables()))
-                .collect();
+            let read_models = orrery::projections::read_models(&config);
             let mut tx = db.readers.begin().await?;
             let digest =
                 orrery::digest::digest(&mut tx, &read_models, config.fleet.sample_retention)
@@ -139,6 +138,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tx.commit().await?;
             db.close().await;
             println!("{}", serde_json::to_string_pretty(&digest)?);
+            Ok(())
+        }
+        Command::Snapshot(settings) => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            init_tracing(config.log_json);
+            let snapshots = config
+                .snapshot
+                .clone()
+                .ok_or_else(|| refused(anyhow::anyhow!("--snapshot-bucket is not set")))?;
+            let nats = orrery::bus::connect(&config.nats).await?;
+            let deadline = std::time::Instant::now() + orrery::snapshot::RESTORE_WAIT;
+            while !orrery::bus::is_connected(&nats) {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "NATS at {} did not answer within {:?}",
+                    config.nats.url,
+                    orrery::snapshot::RESTORE_WAIT
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let js = async_nats::jetstream::new(nats);
+            let read_models = orrery::projections::read_models(&config);
+            let info = orrery::snapshot::take(
+                &config.database,
+                &js,
+                &snapshots,
+                &read_models,
+                config.fleet.sample_retention,
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Token {

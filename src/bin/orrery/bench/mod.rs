@@ -1,8 +1,9 @@
 //! `orrery bench …`: figures measured on the machine at hand, one module per subcommand —
-//! [`ingest`], [`query`], [`alerts`] and [`fanout`] — with [`load`], the HTTP load driver
+//! [`ingest`], [`query`], [`alerts`], [`fanout`] and [`cluster`] — with [`load`], the HTTP load driver
 //! they share, and the helpers below that put events on the bus and project them.
 
 pub mod alerts;
+pub mod cluster;
 pub mod fanout;
 pub mod ingest;
 pub mod load;
@@ -26,6 +27,22 @@ use orrery::{db, projections, Settings};
 
 #[derive(Subcommand)]
 pub enum Bench {
+    /// A 3-node JetStream cluster with R3 streams: publish rate, a fresh replica's time to
+    /// ready with and without a snapshot, and what a stream-leader loss costs.
+    Cluster {
+        /// Results published before the replica measurements.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Publish rate while the stream leader is killed, events/s.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Length of the leader-loss run, seconds (the kill comes a third of the way in).
+        #[arg(long, default_value_t = 30)]
+        failover_secs: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish N result events, then time the raw consumer and the projector's catch-up.
     Ingest {
         /// Events to publish.
@@ -123,6 +140,22 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             let (private, url) = bench_nats(nats_url)?;
             let pid = private.as_ref().map(|n| n.pid());
             print_report(&ingest::run(&url, pid, events, batch_size).await?, json)
+        }
+        Bench::Cluster {
+            events,
+            rate,
+            failover_secs,
+            json,
+        } => {
+            if rate == 0 || failover_secs < 3 {
+                bail!("--rate must be above 0 and --failover-secs at least 3");
+            }
+            let opts = cluster::ClusterOpts {
+                events,
+                rate,
+                failover: Duration::from_secs(failover_secs),
+            };
+            print_report(&cluster::run(opts).await?, json)
         }
         Bench::Alerts {
             events,
