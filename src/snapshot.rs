@@ -119,16 +119,18 @@ async fn describe(
             .fetch_all(&mut *tx)
             .await
             .context("reading checkpoints")?;
-        let digest = digest::digest(&mut tx, read_models, retention)
-            .await
-            .context("digesting")?;
         tx.commit().await?;
         let checkpoints = rows.into_iter().map(|(s, n)| (s, n as u64)).collect();
-        anyhow::Ok((schema.unwrap_or(0), checkpoints, digest))
+        anyhow::Ok((schema.unwrap_or(0), checkpoints))
     }
     .await;
     pool.close().await;
-    described
+    let (schema, checkpoints) = described?;
+    // The copy is never written: its digest and the rows above read the same state.
+    let digest = digest::digest(path, read_models, retention)
+        .await
+        .context("digesting")?;
+    Ok((schema, checkpoints, digest))
 }
 
 /// The bucket, created (compressed, `replicas` copies) when missing.
@@ -334,9 +336,16 @@ async fn restore_one(
         .context("downloading")?;
     file.sync_all().await?;
     drop(file);
+    let downloaded = Instant::now();
     let (schema_version, checkpoints, digest) = describe(&copy, read_models, retention)
         .await
         .context("reading the copy")?;
+    tracing::info!(
+        snapshot = info.name,
+        bytes = info.size,
+        verify_ms = downloaded.elapsed().as_millis() as u64,
+        "snapshot downloaded and digested"
+    );
     if schema_version != schema {
         bail!("the copy's schema {schema_version} is not the recorded {schema}");
     }

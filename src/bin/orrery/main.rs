@@ -128,15 +128,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Digest(settings) => {
             let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
-            let db = orrery::db::open(&config.database, 1).await?;
-            // Only the tables of the roster are read; nobody listens to this hub.
             let read_models = orrery::projections::read_models(&config);
-            let mut tx = db.readers.begin().await?;
-            let digest =
-                orrery::digest::digest(&mut tx, &read_models, config.fleet.sample_retention)
-                    .await?;
-            tx.commit().await?;
-            db.close().await;
+            let digest = orrery::digest::digest(
+                &config.database,
+                &read_models,
+                config.fleet.sample_retention,
+            )
+            .await?;
             println!("{}", serde_json::to_string_pretty(&digest)?);
             Ok(())
         }

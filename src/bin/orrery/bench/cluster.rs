@@ -84,7 +84,11 @@ fn replica_env(cmd: &mut Command, urls: &str, db: &std::path::Path, bucket: bool
         .env("ORRERY_DATABASE", db)
         .env("ORRERY_STREAM_REPLICAS", "3")
         .env("ORRERY_INSECURE_NO_AUTH", "true")
-        .env("RUST_LOG", "warn")
+        // The replicas' logs go to the bench's stderr: warnings only unless RUST_LOG says.
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("ORRERY_CONFIG")
         .env_remove("ORRERY_JWT_SECRET")
         .env_remove("ORRERY_JWT_SECRET_FILE");
