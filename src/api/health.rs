@@ -39,19 +39,32 @@ pub struct Lag {
     pub checkpoint: u64,
     /// Last sequence in the stream (`null` when the stream could not be read).
     pub stream_last_seq: Option<u64>,
-    /// `stream_last_seq - checkpoint`.
+    /// First sequence the stream still holds (retention drops older ones).
+    pub stream_first_seq: Option<u64>,
+    /// Messages the stream holds after the checkpoint: what is left to project.
     pub lag: Option<u64>,
 }
 
 impl Lag {
-    /// A projection at `checkpoint` against a stream whose last sequence is `last`.
-    fn new(stream: &'static str, checkpoint: u64, last: Option<u64>) -> Self {
+    /// A projection at `checkpoint` against a stream holding `bounds` (first, last).
+    fn new(stream: &'static str, checkpoint: u64, bounds: Option<(u64, u64)>) -> Self {
         Self {
             stream,
             checkpoint,
-            stream_last_seq: last,
-            lag: last.map(|l| l.saturating_sub(checkpoint)),
+            stream_last_seq: bounds.map(|(_, last)| last),
+            stream_first_seq: bounds.map(|(first, _)| first),
+            // Messages the stream no longer holds cannot be projected: they are a gap (see
+            // `unheld`), not lag, or a purged stream would keep /ready at 503 for ever.
+            lag: bounds
+                .map(|(first, last)| last.saturating_sub(checkpoint.max(first.saturating_sub(1)))),
         }
+    }
+
+    /// The range right after the checkpoint that the stream no longer holds, if any: the
+    /// projector records it as a gap when it passes it.
+    fn unheld(&self) -> Option<(u64, u64)> {
+        let first = self.stream_first_seq?;
+        (first > self.checkpoint + 1).then(|| (self.checkpoint + 1, first - 1))
     }
 
     /// Why this projection is unwell with `max_lag` allowed, if it is.
@@ -73,7 +86,8 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
         let checkpoint = *p.checkpoint.borrow();
         let last = tokio::time::timeout(state.bus_timeout, async {
             let stream = state.js.get_stream(p.stream.name).await.ok()?;
-            Some(stream.cached_info().state.last_sequence)
+            let held = &stream.cached_info().state;
+            Some((held.first_sequence, held.last_sequence))
         })
         .await
         .ok()
@@ -110,10 +124,21 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     // A gap is reported, not a reason to refuse traffic: with a retention limit every
     // replica that starts from nothing after the limit has passed has one, and would
     // otherwise never be ready. Operators alert on it (orrery_projection_missing_events).
-    let gaps: Vec<_> = crate::projector::load_gaps(&state.db.readers)
+    let recorded = crate::projector::load_gaps(&state.db.readers)
         .await
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // Ranges the projector has not reached yet but the stream no longer holds either.
+    let pending = projections.iter().filter_map(|l| {
+        let (first_seq, last_seq) = l.unheld()?;
+        Some(crate::projector::Gap {
+            stream: l.stream.to_owned(),
+            first_seq,
+            last_seq,
+        })
+    });
+    let gaps: Vec<_> = recorded
         .into_iter()
+        .chain(pending)
         .map(|g| {
             json!({
                 "stream": g.stream,
@@ -192,7 +217,7 @@ pub struct BusView {
 struct BusFacts {
     at: Instant,
     names: Option<HashSet<String>>,
-    last_seqs: Vec<(&'static str, Option<u64>)>,
+    bounds: Vec<(&'static str, Option<(u64, u64)>)>,
 }
 
 impl BusView {
@@ -206,7 +231,10 @@ impl BusView {
         let facts = BusFacts {
             at: Instant::now(),
             names,
-            last_seqs: lags.iter().map(|l| (l.stream, l.stream_last_seq)).collect(),
+            bounds: lags
+                .iter()
+                .map(|l| (l.stream, l.stream_first_seq.zip(l.stream_last_seq)))
+                .collect(),
         };
         *cached = Some(facts.clone());
         facts
@@ -238,14 +266,18 @@ pub async fn fleet(_: AsViewer, State(state): State<AppState>) -> ApiResult<Resp
         .projections
         .iter()
         .map(|p| {
-            let last = facts
-                .last_seqs
+            let bounds = facts
+                .bounds
                 .iter()
                 .find(|(s, _)| *s == p.stream.name)
-                .and_then(|(_, l)| *l);
+                .and_then(|(_, b)| *b);
             let checkpoint = *p.checkpoint.borrow();
             // Facts may be a moment older than the checkpoint: never report it ahead.
-            Lag::new(p.stream.name, checkpoint, last.map(|l| l.max(checkpoint)))
+            Lag::new(
+                p.stream.name,
+                checkpoint,
+                bounds.map(|(first, last)| (first, last.max(checkpoint))),
+            )
         })
         .collect();
     let expected = expected_resources(&state);

@@ -276,3 +276,57 @@ async fn a_serving_daemon_writes_snapshots_on_its_interval_and_keeps_the_newest(
         assert_eq!(recorded["read_models"][0]["checkpoint"], 20, "{recorded}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_stream_no_longer_holds_are_a_gap_not_lag() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_app_with(
+        settings(&nats.url(), &dir.path().join("a.db")),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    wait_for_streams(&js).await;
+    publish_results(&js, 0..40).await;
+    js.get_stream("RESULTS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    drop(a);
+
+    // Nothing left to project: ready with lag 0, and the range it can never see reported.
+    let b = spawn_app_with(
+        settings(&nats.url(), &dir.path().join("b.db")),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    b.wait_caught_up().await;
+    let ready: Value = b.get("/ready", None).await.json().await.unwrap();
+    let gaps = ready["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{ready}");
+    assert_eq!(
+        (
+            &gaps[0]["stream"],
+            &gaps[0]["first_seq"],
+            &gaps[0]["last_seq"]
+        ),
+        (&json!("RESULTS"), &json!(1), &json!(40)),
+        "{ready}"
+    );
+
+    // Once a message follows, the projector passes the gap and records it.
+    publish_results(&js, 40..41).await;
+    b.wait_caught_up().await;
+    assert_eq!(b.count("since=1h").await, 1);
+    let ready: Value = b.get("/ready", None).await.json().await.unwrap();
+    assert_eq!(ready["gaps"].as_array().unwrap().len(), 1, "{ready}");
+    assert_eq!(ready["gaps"][0]["last_seq"], 40, "{ready}");
+    let metrics = b.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("orrery_projection_missing_events{stream=\"RESULTS\"} 40"),
+        "{metrics}"
+    );
+}
