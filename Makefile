@@ -1,9 +1,14 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run cluster test check nats-server bench clean
+.PHONY: run cluster demo test check nats-server bench clean
 
 ## Run the daemon on its defaults, with a local JetStream-enabled nats-server.
 run:
 	scripts/run-local.sh
+
+## Realistic traffic for a running daemon (make run in another terminal); Ctrl-C stops it.
+demo:
+	cargo build --release --quiet
+	target/release/orrery demo $(DEMO_ARGS)
 
 ## Scale-out on one machine: 3 JetStream nodes, R3 streams, 2 replicas (Ctrl-C stops all).
 cluster:

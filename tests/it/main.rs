@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cluster;
 mod consistency;
+mod demo;
 mod durability;
 mod engine;
 mod fleet;

@@ -2,6 +2,7 @@
 //! in [`bench`]: the daemon's library carries no benchmark code.
 
 mod bench;
+mod demo;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,21 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Publish realistic, continuous traffic to the configured bus (Ctrl-C stops it): agents
+    /// heartbeating, results, topology mutations, alerts with secrets to redact, deploys.
+    Demo {
+        /// Events per second, all kinds together (1–10000).
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        /// Stop after this long, e.g. 30s, 10m; without it, runs until Ctrl-C.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Agents that heartbeat every 10 s and report results (1–10000).
+        #[arg(long, default_value_t = 24)]
+        agents: u32,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Measure throughput on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -85,6 +101,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// A NATS client once connected, or an error after 30 s (for commands that need the bus
+/// now, unlike `serve`, which starts without it).
+async fn connect_now(config: &orrery::Config) -> anyhow::Result<async_nats::Client> {
+    let nats = orrery::bus::connect(&config.nats).await?;
+    let deadline = std::time::Instant::now() + orrery::snapshot::RESTORE_WAIT;
+    while !orrery::bus::is_connected(&nats) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "NATS at {} did not answer within {:?}",
+            config.nats.url,
+            orrery::snapshot::RESTORE_WAIT
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(nats)
 }
 
 /// A setting that cannot be used is the operator's to fix: exit code 2, one line.
@@ -145,18 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .snapshot
                 .clone()
                 .ok_or_else(|| refused(anyhow::anyhow!("--snapshot-bucket is not set")))?;
-            let nats = orrery::bus::connect(&config.nats).await?;
-            let deadline = std::time::Instant::now() + orrery::snapshot::RESTORE_WAIT;
-            while !orrery::bus::is_connected(&nats) {
-                anyhow::ensure!(
-                    std::time::Instant::now() < deadline,
-                    "NATS at {} did not answer within {:?}",
-                    config.nats.url,
-                    orrery::snapshot::RESTORE_WAIT
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            let js = async_nats::jetstream::new(nats);
+            let js = async_nats::jetstream::new(connect_now(&config).await?);
             let read_models = orrery::projections::read_models(&config);
             let info = orrery::snapshot::take(
                 &config.database,
@@ -167,6 +189,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Demo {
+            rate,
+            duration,
+            agents,
+            settings,
+        } => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            init_tracing(config.log_json);
+            for (flag, value) in [("--rate", rate), ("--agents", agents)] {
+                if !(1..=10_000).contains(&value) {
+                    return Err(refused(anyhow::anyhow!(
+                        "{flag} {value}: accepts 1 to 10000"
+                    )));
+                }
+            }
+            let duration = duration
+                .map(|d| {
+                    orrery::window::parse_duration(&d)
+                        .map_err(|e| refused(anyhow::anyhow!("--duration `{d}`: {e}")))
+                })
+                .transpose()?;
+            let js = async_nats::jetstream::new(connect_now(&config).await?);
+            eprintln!(
+                "publishing demo traffic to {} at {rate} events/s{} (Ctrl-C stops)",
+                config.nats.url,
+                duration.map_or(String::new(), |d| format!(" for {d:?}"))
+            );
+            let opts = demo::DemoOpts {
+                rate,
+                duration,
+                agents,
+            };
+            let provisioning = orrery::bus::streams::Provisioning {
+                replicas: config.stream_replicas,
+                max_age: config.stream_max_age,
+            };
+            let sent = demo::run(js, provisioning, opts).await?;
+            eprintln!("published {sent} events");
             Ok(())
         }
         Command::Token {

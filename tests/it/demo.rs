@@ -1,0 +1,168 @@
+//! `orrery demo`: every read model fills, nothing is dead-lettered, secrets are redacted.
+
+use std::process::Command;
+
+use orrery::natsd::NatsServer;
+use orrery::token::Role;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_traffic_fills_every_read_model_within_the_contract() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let out = tokio::task::spawn_blocking({
+        let url = nats.url();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_orrery"))
+                .args([
+                    "demo",
+                    "--rate",
+                    "300",
+                    "--duration",
+                    "6s",
+                    "--agents",
+                    "12",
+                ])
+                .env("ORRERY_NATS_URL", url)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let sent: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("published ")?
+                .strip_suffix(" events")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no count in {stderr}"));
+    // Bounded by --rate and --duration: 300/s for 6 s, give or take the first tick.
+    assert!((600..=1_900).contains(&sent), "published {sent}");
+    app.wait_caught_up().await;
+
+    // Every event followed the contract.
+    let dead = app
+        .get_json("/api/v1/dead-letters?limit=5", Role::Admin)
+        .await;
+    assert_eq!(dead["total"], 0, "{dead}");
+
+    // Results with some failures, agents, resource samples.
+    assert!(app.count("since=1h").await > 300);
+    assert!(app.count("since=1h&success=false").await > 0);
+    let agents = app.get_json("/api/v1/agents", Role::Viewer).await;
+    assert_eq!(agents["items"].as_array().unwrap().len(), 12, "{agents}");
+    let top = app
+        .get_json("/api/v1/system/stats/top?by=cpu&limit=3", Role::Viewer)
+        .await;
+    assert_eq!(top["items"].as_array().map(Vec::len), Some(3), "{top}");
+    let durations = app
+        .get_json(
+            "/api/v1/results/durations?since=2020-01-01T00:00:00Z",
+            Role::Viewer,
+        )
+        .await;
+    assert!(
+        durations["items"].as_array().unwrap().len() >= 3,
+        "{durations}"
+    );
+
+    // Topologies with mutations moving through their states.
+    let topologies = app.get_json("/api/v1/topologies", Role::Viewer).await;
+    assert_eq!(
+        topologies["items"].as_array().unwrap().len(),
+        3,
+        "{topologies}"
+    );
+    let mut states = std::collections::BTreeSet::new();
+    for t in topologies["items"].as_array().unwrap() {
+        let path = format!(
+            "/api/v1/topologies/{}/mutations?limit=500",
+            t["id"].as_str().unwrap()
+        );
+        for m in app.get_json(&path, Role::Viewer).await["items"]
+            .as_array()
+            .unwrap()
+        {
+            states.insert(m["state"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(
+        states.contains("applied") && states.len() >= 2,
+        "{states:?}"
+    );
+
+    // Alerts that recur, from three providers, with secrets redacted.
+    let recurrence = app
+        .get_json(
+            "/api/v1/alerts/recurrence?project_id=shop&limit=50",
+            Role::Viewer,
+        )
+        .await;
+    let groups = recurrence["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["occurrence_total"].as_u64() >= Some(2)),
+        "{recurrence}"
+    );
+    let dossier = app
+        .get_json(
+            "/api/v1/alerts/dossier?project_id=shop&limit=50",
+            Role::Viewer,
+        )
+        .await;
+    assert!(
+        dossier["summary"]["redacted_total"].as_u64() > Some(0),
+        "{}",
+        dossier["summary"]
+    );
+    let text = dossier.to_string();
+    for secret in ["hunter2", "sk_live_demo", "c2lnbmF0dXJlLWRlbW8"] {
+        assert!(!text.contains(secret), "{secret} reached the dossier");
+    }
+    let freshness = app
+        .get_json("/api/v1/alerts/freshness?project_id=shop", Role::Viewer)
+        .await;
+    for provider in ["alertmanager", "sentry", "signoz"] {
+        assert!(freshness.to_string().contains(provider), "{freshness}");
+    }
+
+    // Deploys in the ledger, the error text never shown.
+    let mut deploys = 0;
+    for w in ["shop", "api", "worker"] {
+        let ledger = app
+            .get_json(&format!("/api/v1/workloads/{w}/deploys"), Role::Viewer)
+            .await;
+        assert!(!ledger.to_string().contains("hunter2"), "{ledger}");
+        deploys += ledger["items"].as_array().unwrap().len();
+    }
+    assert!(deploys > 0);
+}
+
+#[test]
+fn demo_refuses_bad_bounds_with_exit_code_2() {
+    for args in [
+        ["--rate", "0"],
+        ["--rate", "10001"],
+        ["--agents", "0"],
+        ["--duration", "soon"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .arg("demo")
+            .args(args)
+            .env("ORRERY_NATS_URL", "nats://127.0.0.1:1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
+    }
+}
