@@ -147,6 +147,7 @@ impl Application {
             bus_view: Arc::default(),
             shutdown: cancel.clone(),
             stopping: stop.clone(),
+            logins: Arc::default(),
         };
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();

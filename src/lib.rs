@@ -10,6 +10,7 @@
 //! - [`api`]: the axum HTTP surface, one module per URL resource, one error type.
 //! - [`app`]: builds the daemon from a [`Config`] and runs it until shutdown.
 //! - [`bus`]: NATS connection, stream provisioning, subjects, the envelope, publishing.
+//! - [`dashboard`]: the embedded web page at `/` (HTML, CSS, ES modules; strict CSP).
 //! - [`config`]: layered settings resolved into a validated [`Config`], section by section.
 //! - [`db`]: the SQLite file: one writer, a read-only pool, migrations.
 //! - [`digest`]: per read model, its checkpoint and a hash of its rows: replicas agree.
@@ -27,6 +28,7 @@ pub mod api;
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod digest;
 pub mod live;

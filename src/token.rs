@@ -53,7 +53,36 @@ pub struct Claims {
     pub role: Role,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// `login` for a sign-in link's token, which is good for nothing but exchanging it once
+    /// for a session token; absent on API tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// A sign-in link's id, so that it is used once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// A sign-in link's session length, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_secs: Option<u64>,
 }
+
+impl Claims {
+    /// API-token claims for `sub` with `role` until `exp`.
+    pub fn new(sub: &str, role: Role, exp: u64) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            role,
+            exp,
+            purpose: None,
+            jti: None,
+            session_secs: None,
+        }
+    }
+}
+
+/// How long a sign-in link works.
+pub const LOGIN_LINK_TTL_SECS: u64 = 300;
+/// The `purpose` of a sign-in link's token.
+const LOGIN: &str = "login";
 
 /// Why credentials were refused; each reads as the message a caller is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +119,8 @@ impl std::error::Error for TokenError {}
 /// Verifies tokens, or waves everyone through as admin when auth is disabled.
 pub struct Authenticator {
     key: Option<DecodingKey>,
+    /// Signs the session tokens sign-in links are exchanged for.
+    signer: Option<EncodingKey>,
     validation: Validation,
 }
 
@@ -101,6 +132,7 @@ impl Authenticator {
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             key: secret.map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            signer: secret.map(|s| EncodingKey::from_secret(s.expose().as_bytes())),
             validation,
         }
     }
@@ -110,17 +142,49 @@ impl Authenticator {
         self.key.is_some()
     }
 
-    /// Checks a raw token and returns its claims.
+    /// Checks a raw API token and returns its claims. A sign-in link's token is refused:
+    /// it is only good for [`Self::verify_login`].
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let Some(key) = &self.key else {
             return Ok(Self::anonymous());
         };
+        let claims = self.decode(key, token)?;
+        match claims.purpose {
+            None => Ok(claims),
+            Some(_) => Err(TokenError::Invalid),
+        }
+    }
+
+    /// Checks a sign-in link's token (the caller makes sure its `jti` is used once).
+    pub fn verify_login(&self, token: &str) -> Result<Claims, TokenError> {
+        let key = self.key.as_ref().ok_or(TokenError::Invalid)?;
+        let claims = self.decode(key, token)?;
+        match (&claims.purpose, &claims.jti) {
+            (Some(p), Some(_)) if p == LOGIN => Ok(claims),
+            _ => Err(TokenError::Invalid),
+        }
+    }
+
+    fn decode(&self, key: &DecodingKey, token: &str) -> Result<Claims, TokenError> {
         jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })
+    }
+
+    /// Signs an API token for `sub` with `role`, valid `ttl_secs` (none with auth off).
+    pub fn mint(&self, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Result<Option<String>> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let claims = Claims::new(sub, role, now_secs()?.saturating_add(ttl_secs));
+        Ok(Some(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            signer,
+        )?))
     }
 
     /// Checks the value of an `Authorization: Bearer <token>` header.
@@ -148,25 +212,41 @@ impl Authenticator {
     }
 
     fn anonymous() -> Claims {
-        Claims {
-            sub: "anonymous".into(),
-            role: Role::Admin,
-            exp: u64::MAX,
-        }
+        Claims::new("anonymous", Role::Admin, u64::MAX)
     }
+}
+
+fn now_secs() -> anyhow::Result<u64> {
+    Ok(SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs())
+}
+
+fn sign(secret: &Secret, claims: &Claims) -> anyhow::Result<String> {
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?)
 }
 
 /// Signs a token for `sub` with `role`, valid for `ttl_secs` from now.
 pub fn mint(secret: &Secret, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Result<String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub: sub.to_owned(),
-        role,
-        exp: now.saturating_add(ttl_secs),
-    };
-    Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-    )?)
+    sign(
+        secret,
+        &Claims::new(sub, role, now_secs()?.saturating_add(ttl_secs)),
+    )
+}
+
+/// Signs a sign-in link's token: valid [`LOGIN_LINK_TTL_SECS`], exchanged once
+/// (`POST /api/v1/auth/login`) for an API token of `session_secs`.
+pub fn mint_login(
+    secret: &Secret,
+    sub: &str,
+    role: Role,
+    session_secs: u64,
+) -> anyhow::Result<String> {
+    let mut claims = Claims::new(sub, role, now_secs()?.saturating_add(LOGIN_LINK_TTL_SECS));
+    claims.purpose = Some(LOGIN.to_owned());
+    claims.jti = Some(uuid::Uuid::new_v4().simple().to_string());
+    claims.session_secs = Some(session_secs);
+    sign(secret, &claims)
 }

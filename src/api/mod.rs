@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agents;
 pub mod alerts;
+pub mod auth;
 pub mod consistency;
 pub mod dead_letters;
 pub mod error;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub bus_view: Arc<health::BusView>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Sign-in links already exchanged.
+    pub logins: Arc<auth::UsedLogins>,
     /// Fires when shutdown is requested, a drain delay before `shutdown`: `/ready` says 503.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -110,10 +113,13 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         )
         .route("/topologies/{tid}/events", get(sse::events))
         .route("/auth/sse-ticket", post(sse::ticket))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/whoami", get(auth::whoami))
         .route("/agents", get(agents::list))
         .route("/agents/{id}", get(agents::get))
         .route("/system/stats/history", get(system::history))
         .route("/system/stats/top", get(system::top))
+        .route("/workloads", get(workloads::list))
         .route("/workloads/{wid}/stats/history", get(workloads::history))
         .route("/workloads/{wid}/deploys", get(workloads::deploys))
         .route("/workloads/{wid}/rollback", post(workloads::rollback))
@@ -154,6 +160,8 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(metrics::metrics))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*path}", get(crate::dashboard::asset))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::middleware::from_fn_with_state(

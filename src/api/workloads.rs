@@ -1,5 +1,5 @@
-//! `/api/v1/workloads/<wid>/…`: a workload's resource history, its deploy ledger and
-//! rollback.
+//! `/api/v1/workloads[/<wid>/…]`: the workloads seen, a workload's resource history, its
+//! deploy ledger and rollback.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,6 +18,37 @@ use crate::bus::{envelope, streams, subjects};
 use crate::projections::results::DEPLOY_ERROR_MARKER;
 use crate::projections::workloads;
 use crate::window::{format_unix_ms, now_ms};
+
+/// `GET /api/v1/workloads?limit=`: every workload seen (in a heartbeat's containers or a
+/// deploy), by id, with its latest deploy if any.
+pub async fn list(
+    _: AsViewer,
+    State(state): State<AppState>,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    let limit = params.int("limit", 1, 1000, 200)?;
+    let rows = sqlx::query(
+        "SELECT w.workload_id, d.deploy_id, d.reference, d.success, d.recorded_at          FROM workloads w LEFT JOIN deploy_history d ON d.deploy_id = (              SELECT deploy_id FROM deploy_history WHERE workload_id = w.workload_id              ORDER BY recorded_at DESC, seq DESC LIMIT 1)          ORDER BY w.workload_id LIMIT ?1",
+    )
+    .bind(limit)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let latest = r.get::<Option<String>, _>(1).map(|deploy_id| {
+                json!({
+                    "deploy_id": deploy_id,
+                    "reference": r.get::<Option<String>, _>(2),
+                    "success": r.get::<Option<bool>, _>(3),
+                    "recorded_at": r.get::<Option<i64>, _>(4).map(format_unix_ms),
+                })
+            });
+            json!({"workload_id": r.get::<String, _>(0), "latest_deploy": latest})
+        })
+        .collect();
+    Ok(Json(json!({"items": items})))
+}
 
 /// 404 unless workload `wid` was ever seen.
 async fn workload_known(state: &AppState, wid: &str) -> ApiResult<()> {

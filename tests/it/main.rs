@@ -3,8 +3,10 @@
 mod alerts;
 mod api;
 mod browser;
+mod cdp;
 mod cluster;
 mod consistency;
+mod dashboard;
 mod demo;
 mod durability;
 mod engine;

@@ -130,11 +130,7 @@ mod tests {
     use crate::token::Role;
 
     fn claims(sub: &str) -> Claims {
-        Claims {
-            sub: sub.into(),
-            role: Role::Viewer,
-            exp: u64::MAX,
-        }
+        Claims::new(sub, Role::Viewer, u64::MAX)
     }
 
     #[test]

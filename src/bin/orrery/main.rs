@@ -51,6 +51,13 @@ enum Command {
         /// Subject (who the token is for).
         #[arg(long, default_value = "orrery-cli")]
         sub: String,
+        /// Print a single-use sign-in link for the dashboard instead (valid 5 minutes; the
+        /// session it opens lasts --ttl).
+        #[arg(long)]
+        login_url: bool,
+        /// The dashboard's address for --login-url [default: http://<--listen>].
+        #[arg(long)]
+        base_url: Option<String>,
         #[command(flatten)]
         settings: Settings,
     },
@@ -235,6 +242,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             ttl,
             sub,
+            login_url,
+            base_url,
             settings,
         } => {
             let config = settings.resolve().map_err(refused)?;
@@ -243,7 +252,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("authentication is disabled; there is no secret to sign with")?;
             let ttl = orrery::window::parse_duration(&ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl `{ttl}`: {e}"))?;
-            println!("{}", token::mint(&secret, &sub, role, ttl.as_secs())?);
+            if login_url {
+                let base = base_url.unwrap_or_else(|| {
+                    // A wildcard listen address is no place to browse to.
+                    let mut at = config.listen;
+                    if at.ip().is_unspecified() {
+                        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("http://{at}")
+                });
+                let login = token::mint_login(&secret, &sub, role, ttl.as_secs())?;
+                println!("{}/#login={login}", base.trim_end_matches('/'));
+            } else {
+                println!("{}", token::mint(&secret, &sub, role, ttl.as_secs())?);
+            }
             Ok(())
         }
         Command::Bench(bench) => {

@@ -1,0 +1,116 @@
+//! `/api/v1/auth/…`: who the caller is, and sign-in links exchanged for a session token.
+//!
+//! `orrery token --login-url` prints a link holding a short-lived token whose only use is
+//! `POST /api/v1/auth/login`, once: the dashboard trades it for an API token and forgets
+//! the link. "Once" is per replica (the used ids live in memory until they expire).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{json_body, AsViewer, Authorized, RawBody};
+use crate::api::AppState;
+
+/// Most sign-in link ids remembered at once; more answer 503 until old ones expire.
+const MAX_USED_LOGINS: usize = 100_000;
+/// Longest session a sign-in link may grant.
+const MAX_SESSION_SECS: u64 = 30 * 86_400;
+
+/// Sign-in link ids already exchanged, with their expiry (Unix seconds).
+#[derive(Default, Debug)]
+pub struct UsedLogins {
+    used: Mutex<HashMap<String, u64>>,
+}
+
+impl UsedLogins {
+    /// Marks `jti` used; `Ok(false)` when it already was.
+    fn claim(&self, jti: &str, exp: u64, now: u64) -> ApiResult<bool> {
+        // A poisoned lock only means another request panicked mid-insert: the map is fine.
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if used.len() >= MAX_USED_LOGINS / 2 {
+            used.retain(|_, exp| *exp >= now);
+        }
+        if used.contains_key(jti) {
+            return Ok(false);
+        }
+        if used.len() >= MAX_USED_LOGINS {
+            return Err(ApiError::Busy("too many sign-ins at once".into()));
+        }
+        used.insert(jti.to_owned(), exp);
+        Ok(true)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    login_token: String,
+}
+
+/// `POST /api/v1/auth/login`: body `{"login_token"}` from a sign-in link; answers
+/// `{"token","sub","role","expires_at"}` once per link.
+pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Json<Value>> {
+    let req: LoginRequest = json_body(&body, 8 * 1024, r#"{"login_token": string}"#)?;
+    if !state.auth.enabled() {
+        return Err(ApiError::NotFound(
+            "sign-in (authentication is disabled)".into(),
+        ));
+    }
+    let claims = state.auth.verify_login(&req.login_token)?;
+    let now = crate::window::now_ms() as u64 / 1000;
+    let jti = claims.jti.as_deref().unwrap_or_default();
+    if !state.logins.claim(jti, claims.exp, now)? {
+        return Err(ApiError::Unauthorized("this sign-in link was already used"));
+    }
+    let ttl = claims
+        .session_secs
+        .unwrap_or(3_600)
+        .clamp(60, MAX_SESSION_SECS);
+    let token = state
+        .auth
+        .mint(&claims.sub, claims.role, ttl)?
+        .ok_or_else(|| ApiError::NotFound("sign-in".into()))?;
+    Ok(Json(json!({
+        "token": token,
+        "sub": claims.sub,
+        "role": claims.role,
+        "expires_at": crate::window::format_unix_ms(((now + ttl) * 1000) as i64),
+    })))
+}
+
+/// `GET /api/v1/auth/whoami`: the caller's `sub`, `role` and expiry, and whether
+/// authentication is on (the dashboard shows only what the role may do).
+pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>) -> Json<Value> {
+    let expires_at = (claims.exp != u64::MAX)
+        .then(|| crate::window::format_unix_ms(claims.exp.saturating_mul(1000) as i64));
+    Json(json!({
+        "sub": claims.sub,
+        "role": claims.role,
+        "expires_at": expires_at,
+        "auth": state.auth.enabled(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_login_id_is_claimed_once_and_forgotten_after_expiry() {
+        let used = UsedLogins::default();
+        assert!(used.claim("a", 100, 50).unwrap());
+        assert!(!used.claim("a", 100, 50).unwrap());
+        assert!(used.claim("b", 100, 50).unwrap());
+        for i in 0..MAX_USED_LOGINS / 2 {
+            used.claim(&format!("x{i}"), 10, 5).unwrap();
+        }
+        // Once the map is half full, ids past their expiry are pruned.
+        assert!(used.claim("late", 200, 150).is_ok());
+        assert!(used.used.lock().unwrap().len() < MAX_USED_LOGINS / 2);
+    }
+}
