@@ -35,6 +35,8 @@ fi
 
 cargo build --release --quiet
 echo >&2
+echo "dashboard (sign-in link, single use, 5 min):" >&2
+echo "  $(target/release/orrery token --login-url --role admin --ttl 8h --sub local)" >&2
 echo "viewer token (1h):  $(target/release/orrery token --role viewer --ttl 1h --sub local)" >&2
 echo "try: curl -H \"Authorization: Bearer \$TOKEN\" 'http://127.0.0.1:8080/api/v1/results/stats?since=1h'" >&2
 echo >&2
