@@ -54,7 +54,8 @@ impl Application {
     /// Opens the database (migrating it), connects to NATS in the background, starts the
     /// provisioning and projector tasks and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = bus::connect(&config.nats).await?;
+        let bus_connects: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let nats = bus::connect_counting(&config.nats, Arc::clone(&bus_connects)).await?;
         let js = jetstream::new(nats.clone());
         if let Some(snapshots) = &config.snapshot {
             if !config.database.exists() {
@@ -125,6 +126,7 @@ impl Application {
             )));
         }
 
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(Arc::clone(&progress)));
         let state = AppState {
             db: db.clone(),
             nats,
@@ -148,6 +150,9 @@ impl Application {
             shutdown: cancel.clone(),
             stopping: stop.clone(),
             logins: Arc::default(),
+            telemetry,
+            sse_counters: Arc::default(),
+            bus_connects,
         };
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();

@@ -21,6 +21,7 @@
 //! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
 //! - [`redact`]: secret redaction for alert text.
 //! - [`snapshot`]: database snapshots in a JetStream object store, for fresh replicas.
+//! - [`telemetry`]: Prometheus metrics (OpenMetrics text) without touching the hot path.
 //! - [`token`]: roles, claims, minting and verifying API tokens.
 //! - [`window`]: times and durations: parsing, formatting, Unix milliseconds.
 
@@ -38,6 +39,7 @@ pub mod projector;
 pub mod rebuild;
 pub mod redact;
 pub mod snapshot;
+pub mod telemetry;
 pub mod token;
 pub mod window;
 

@@ -78,6 +78,12 @@ pub struct AppState {
     pub bus_view: Arc<health::BusView>,
     /// Fires at shutdown; open streams end on it.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The metrics registry (`/metrics`).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Live-stream counters.
+    pub sse_counters: Arc<sse::SseCounters>,
+    /// Connections to NATS made since start.
+    pub bus_connects: Arc<std::sync::atomic::AtomicU64>,
     /// Sign-in links already exchanged.
     pub logins: Arc<auth::UsedLogins>,
     /// Fires when shutdown is requested, a drain delay before `shutdown`: `/ready` says 503.
@@ -167,6 +173,10 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             consistency::wait_for_min_seq,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track_http,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(

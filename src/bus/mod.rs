@@ -9,6 +9,8 @@ pub mod publish;
 pub mod streams;
 pub mod subjects;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,8 +20,16 @@ use crate::config::NatsConfig;
 
 /// Connects to NATS in the background: the returned client retries the first connection and
 /// every later one forever, so the daemon can start (and answer `/health`) before the bus is up.
-#[tracing::instrument(skip_all, fields(url = %config.url))]
 pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
+    connect_counting(config, Arc::default()).await
+}
+
+/// [`connect`], adding one to `connects` at every (re)connection.
+#[tracing::instrument(skip_all, fields(url = %config.url))]
+pub async fn connect_counting(
+    config: &NatsConfig,
+    connects: Arc<AtomicU64>,
+) -> anyhow::Result<Client> {
     let mut options = match &config.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -52,11 +62,17 @@ pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
             // Capped exponential backoff: quick after a blip, gentle when NATS is down for long.
             Duration::from_millis((100u64 << attempts.min(5)).min(2_000))
         })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::debug!(event = %other, "NATS event"),
+        .event_callback(move |event| {
+            let connects = Arc::clone(&connects);
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        connects.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("connected to NATS")
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
             }
         });
     let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -134,8 +135,9 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Counters exported on `/metrics`, one set per stream.
-#[derive(Debug, Default)]
+/// Counters exported on `/metrics`, one set per stream: atomics read at scrape time, and two
+/// histograms observed once per batch (never per message).
+#[derive(Debug)]
 pub struct Counters {
     /// Messages whose effect was committed (including dead-lettered ones).
     pub messages: AtomicU64,
@@ -147,6 +149,26 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Consumers reopened because they went silent with messages left in the stream.
     pub stalls: AtomicU64,
+    /// Messages per committed batch.
+    pub batch_sizes: Histogram,
+    /// Seconds from a batch's transaction start to its commit.
+    pub commit_seconds: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            messages: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            stalls: AtomicU64::new(0),
+            // 1, 2, 4 … 8192 messages (the largest batch size is 65536: the top bucket is +Inf).
+            batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            // 0.1 ms … 3.3 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+        }
+    }
 }
 
 /// A live view of one projection's progress, shared with the API.
@@ -612,7 +634,13 @@ async fn commit_task<P: Projection>(
     shared: Arc<Shared>,
     mut batch: Batch<P::Event>,
 ) -> Result<Committed, ProjectorError> {
+    let started = Instant::now();
     commit(&*projection, &writer, shared.stream.name, &mut batch).await?;
+    shared
+        .counters
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    shared.counters.batch_sizes.observe(batch.raw.len() as f64);
     projection.committed(&batch.events);
     let last = batch.last().seq;
     shared.progress.send_replace(last);

@@ -15,3 +15,4 @@ mod helpers;
 mod live;
 mod results;
 mod snapshot;
+mod telemetry;

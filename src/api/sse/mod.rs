@@ -344,6 +344,15 @@ async fn start(
     Ok((rx, seq))
 }
 
+/// Live-stream counters for `/metrics`: one relaxed add per frame.
+#[derive(Debug, Default)]
+pub struct SseCounters {
+    /// Live event frames written (snapshots and replays not included).
+    pub deliveries: std::sync::atomic::AtomicU64,
+    /// Streams told to resync and closed.
+    pub resyncs: std::sync::atomic::AtomicU64,
+}
+
 /// State of one open stream.
 struct Conn {
     /// Frames to send before anything live: the snapshot or the replayed events.
@@ -359,6 +368,7 @@ struct Conn {
     timer: Pin<Box<Sleep>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     done: bool,
+    counters: Arc<SseCounters>,
     _slot: StreamSlot,
 }
 
@@ -391,11 +401,13 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Bytes, Infallible>> {
                     Ok(e) if e.seq <= c.last_sent => continue,
                     Ok(e) => {
                         c.last_sent = e.seq;
+                        c.counters.deliveries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         e.frame(&c.epoch)
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow: ask the client to resume from what it has, and let go.
                         c.done = true;
+                        c.counters.resyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let id = event_id(c.last_sent, &c.epoch);
                         frame::event("resync", Some(&id), &format!(r#"{{"last_event_id":"{id}"}}"#))
                     }
@@ -454,6 +466,7 @@ pub async fn events(
             (tokio::time::Instant::now() + keepalive).min(expires_at),
         )),
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+        counters: Arc::clone(&state.sse_counters),
         done: false,
         _slot: slot,
     };
