@@ -115,6 +115,10 @@ impl Application {
             )),
         ];
 
+        background.push(tokio::spawn(sample_rates(
+            Arc::clone(&progress),
+            cancel.clone(),
+        )));
         if let Some(snapshots) = config.snapshot.clone() {
             background.push(tokio::spawn(crate::snapshot::take_forever(
                 config.database.clone(),
@@ -328,6 +332,33 @@ async fn prune_samples_forever(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
+        }
+    }
+}
+
+/// Until shutdown: twice a second, each projection's rate of committed messages per second
+/// (smoothed over about two seconds) for `/ready`'s catch-up progress.
+async fn sample_rates(progress: Arc<[Progress]>, cancel: CancellationToken) {
+    use std::sync::atomic::Ordering;
+    let mut last: Vec<u64> = progress
+        .iter()
+        .map(|p| p.counters.messages.load(Ordering::Relaxed))
+        .collect();
+    let mut smoothed = vec![0f64; progress.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (i, p) in progress.iter().enumerate() {
+            let now = p.counters.messages.load(Ordering::Relaxed);
+            let per_sec = 2.0 * now.saturating_sub(last[i]) as f64;
+            last[i] = now;
+            smoothed[i] = 0.5 * smoothed[i] + 0.5 * per_sec;
+            p.counters
+                .rate
+                .store(smoothed[i].round() as u64, Ordering::Relaxed);
         }
     }
 }

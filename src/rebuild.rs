@@ -16,8 +16,26 @@ use crate::live::Hub;
 use crate::projections;
 use crate::projector::{AnyProjection, Outcome};
 
-/// Resets and replays `stream` (or every projected stream); returns messages replayed.
-pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u64> {
+/// Where a replay stands, for a progress display: reported after every batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// The stream being replayed.
+    pub stream: &'static str,
+    /// Last sequence projected.
+    pub checkpoint: u64,
+    /// The stream's last sequence when the replay began: done once `checkpoint` reaches it.
+    pub target: u64,
+    /// Messages replayed so far in this stream.
+    pub replayed: u64,
+}
+
+/// Resets and replays `stream` (or every projected stream), calling `progress` after each
+/// batch; returns messages replayed.
+pub async fn rebuild(
+    config: &Config,
+    stream: Option<&str>,
+    mut progress: impl FnMut(Replay),
+) -> anyhow::Result<u64> {
     // Nobody listens during a rebuild; the hub only satisfies the topology projection.
     let roster = projections::roster(config, Arc::new(Hub::new(1, 1, 0)));
     if let Some(s) = stream {
@@ -35,7 +53,7 @@ pub async fn rebuild(config: &Config, stream: Option<&str>) -> anyhow::Result<u6
     let mut total = 0;
     for projection in roster {
         if stream.is_none_or(|s| s == projection.stream().name) {
-            total += replay(projection, &js, &db.writer, config).await?;
+            total += replay(projection, &js, &db.writer, config, &mut progress).await?;
         }
     }
     db.close().await;
@@ -47,6 +65,7 @@ async fn replay(
     js: &jetstream::Context,
     writer: &sqlx::SqlitePool,
     config: &Config,
+    progress: &mut impl FnMut(Replay),
 ) -> anyhow::Result<u64> {
     let name = projection.stream().name;
     let target = js
@@ -72,7 +91,15 @@ async fn replay(
     let mut replayed = 0u64;
     while projector.checkpoint() < target {
         match projector.step(&cancel).await? {
-            Outcome::Applied { messages, .. } => replayed += messages as u64,
+            Outcome::Applied { messages, .. } => {
+                replayed += messages as u64;
+                progress(Replay {
+                    stream: name,
+                    checkpoint: projector.checkpoint(),
+                    target,
+                    replayed,
+                });
+            }
             Outcome::Started { .. } => {}
             // Messages at the end of the stream may have been deleted: nothing more to read.
             Outcome::Idle | Outcome::Stopped => break,

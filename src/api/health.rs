@@ -43,6 +43,12 @@ pub struct Lag {
     pub stream_first_seq: Option<u64>,
     /// Messages the stream holds after the checkpoint: what is left to project.
     pub lag: Option<u64>,
+    /// Messages projected per second lately (absent where not sampled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<u64>,
+    /// At that rate, seconds until the lag is 0 (absent when caught up or not moving).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
 }
 
 impl Lag {
@@ -57,7 +63,19 @@ impl Lag {
             // `unheld`), not lag, or a purged stream would keep /ready at 503 for ever.
             lag: bounds
                 .map(|(first, last)| last.saturating_sub(checkpoint.max(first.saturating_sub(1)))),
+            rate_per_sec: None,
+            eta_secs: None,
         }
+    }
+
+    /// Adds catch-up progress: the recent rate and, while behind, the time left at it.
+    fn with_rate(mut self, rate: u64) -> Self {
+        self.rate_per_sec = Some(rate);
+        self.eta_secs = match self.lag {
+            Some(lag) if lag > 0 && rate > 0 => Some(lag.div_ceil(rate)),
+            _ => None,
+        };
+        self
     }
 
     /// The range right after the checkpoint that the stream no longer holds, if any: the
@@ -92,7 +110,8 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
         .await
         .ok()
         .flatten();
-        Lag::new(p.stream.name, checkpoint, last)
+        let rate = p.counters.rate.load(std::sync::atomic::Ordering::Relaxed);
+        Lag::new(p.stream.name, checkpoint, last).with_rate(rate)
     });
     join_all(lookups).await
 }

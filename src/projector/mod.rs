@@ -149,6 +149,8 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Consumers reopened because they went silent with messages left in the stream.
     pub stalls: AtomicU64,
+    /// Messages committed per second, as last sampled (see `app`'s sampler).
+    pub rate: AtomicU64,
     /// Messages per committed batch.
     pub batch_sizes: Histogram,
     /// Seconds from a batch's transaction start to its commit.
@@ -163,6 +165,7 @@ impl Default for Counters {
             batches: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
             // 1, 2, 4 … 8192 messages (the largest batch size is 65536: the top bucket is +Inf).
             batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             // 0.1 ms … 3.3 s.

@@ -359,10 +359,20 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
     // `orrery rebuild` on the stopped daemon's database gives the same rows again.
     let (db_path, _dir) = app.stop().await;
     let config = settings(&nats.url(), &db_path).resolve().unwrap();
-    let replayed = orrery::rebuild::rebuild(&config, Some("RESULTS"))
+    let mut reports = Vec::new();
+    let replayed = orrery::rebuild::rebuild(&config, Some("RESULTS"), |r| reports.push(r))
         .await
         .unwrap();
     assert_eq!(replayed, 301);
+    // Progress came after every batch, rising to the stream's end.
+    let last = reports.last().expect("progress reports");
+    assert_eq!(
+        (last.stream, last.checkpoint, last.target, last.replayed),
+        ("RESULTS", 301, 301, 301)
+    );
+    assert!(reports
+        .windows(2)
+        .all(|w| w[0].checkpoint < w[1].checkpoint));
     assert_eq!(rows_before, dump_results(&db_path).await);
     let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
         .args(["digest", "--database"])

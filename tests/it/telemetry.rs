@@ -167,3 +167,84 @@ async fn a_scrape_parses_as_openmetrics_and_follows_what_happened() {
         "a raw path leaked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_shows_catch_up_progress_while_a_replica_is_behind() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    // The streams as the daemon makes them, filled before it starts.
+    orrery::bus::streams::provision(
+        &js,
+        orrery::bus::streams::Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(86_400),
+        },
+    )
+    .await
+    .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..60_000u64 {
+        let body =
+            json!({"id": format!("e{i}"), "data": {"result_id": format!("r{i}"), "exit_code": 0}});
+        acks.push(
+            publish_raw(
+                &js,
+                "result.traffic.a1",
+                &format!("e{i}"),
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await,
+        );
+        if acks.len() == 2048 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+
+    // Small batches: a catch-up long enough to watch.
+    let dir = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(
+        orrery::Settings {
+            batch_size: Some(32),
+            ..settings(&nats.url(), &dir.path().join("o.db"))
+        },
+        dir,
+    )
+    .await;
+    let mut seen_progress = None;
+    let started = std::time::Instant::now();
+    loop {
+        let ready: serde_json::Value = app.get("/ready", None).await.json().await.unwrap();
+        // Until the bus is connected, /ready lists no projection.
+        let Some(results) = ready["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["stream"] == "RESULTS")
+            .cloned()
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if results["lag"] == 0 {
+            break;
+        }
+        if results["rate_per_sec"].as_u64() > Some(0) && results["eta_secs"].is_u64() {
+            seen_progress.get_or_insert(results);
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "no catch-up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = seen_progress.expect("a rate and an ETA while behind");
+    // The ETA is the lag at that rate, rounded up.
+    let (lag, rate, eta) = (
+        p["lag"].as_u64().unwrap(),
+        p["rate_per_sec"].as_u64().unwrap(),
+        p["eta_secs"].as_u64().unwrap(),
+    );
+    assert_eq!(eta, lag.div_ceil(rate), "{p}");
+}

@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod progress;
 
 use std::process::ExitCode;
 
@@ -161,7 +162,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rebuild { stream, settings } => {
             let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
-            let n = orrery::rebuild::rebuild(&config, stream.as_deref()).await?;
+            let mut display = progress::ReplayDisplay::new();
+            let n =
+                orrery::rebuild::rebuild(&config, stream.as_deref(), |r| display.update(r)).await?;
+            display.finish();
             println!("replayed {n} messages into {}", config.database.display());
             Ok(())
         }

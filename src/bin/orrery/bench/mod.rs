@@ -345,8 +345,26 @@ async fn publish_with(
     mut make: impl FnMut(u64) -> (String, Vec<u8>),
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
+    // On a terminal a bar shows the load; elsewhere (CI, --json into a file) it stays hidden.
+    let bar = indicatif::ProgressBar::new(events);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "publishing [{bar:36}] {percent:>3}% {human_pos}/{human_len} {rate} ETA {eta}",
+        )
+        .expect("a valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> "),
+    );
     let mut inflight = std::collections::VecDeque::with_capacity(4096);
     for i in 0..events {
+        if i % 1024 == 0 {
+            bar.set_position(i);
+        }
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{run}-{i}").as_str());
         let (subject, body) = make(i);
@@ -362,5 +380,6 @@ async fn publish_with(
     for ack in inflight {
         ack.await?;
     }
+    bar.finish_and_clear();
     Ok(started.elapsed())
 }
