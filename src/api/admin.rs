@@ -10,6 +10,7 @@ use crate::api::AppState;
 
 /// `GET /api/v1/admin/digest`: per read model, the checkpoint and a hash of its rows (see
 /// [`crate::digest`]); replicas at the same checkpoints answer the same bytes.
+#[utoipa::path(get, path = "/admin/digest", operation_id = "get_admin_digest", tag = "admin", security(("bearer" = ["admin"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Digest), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn digest(_: AsAdmin, State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let options = state.db.readers.connect_options();
     let digest = crate::digest::digest(

@@ -27,6 +27,7 @@ fn agent_json(row: &SqliteRow, stale_cutoff: i64) -> Value {
 }
 
 /// `GET /api/v1/agents?stale=&limit=&cursor=`: agents by id; `next_cursor` pages on.
+#[utoipa::path(get, path = "/agents", operation_id = "get_agents", tag = "fleet", security(("bearer" = ["viewer"])), params(("stale" = Option<bool>, Query, description = "only stale (true) or active (false) agents"), ("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Agents), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
@@ -64,6 +65,7 @@ pub async fn list(
 }
 
 /// `GET /api/v1/agents/<id>`: one agent; 404 if it never reported.
+#[utoipa::path(get, path = "/agents/{id}", operation_id = "get_agents_id", tag = "fleet", security(("bearer" = ["viewer"])), params(("id" = String, Path, description = "agent id"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Agent), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn get(
     _: AsViewer,
     State(state): State<AppState>,

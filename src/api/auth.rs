@@ -54,6 +54,7 @@ struct LoginRequest {
 
 /// `POST /api/v1/auth/login`: body `{"login_token"}` from a sign-in link; answers
 /// `{"token","sub","role","expires_at"}` once per link.
+#[utoipa::path(post, path = "/auth/login", operation_id = "post_auth_login", tag = "auth", request_body = crate::api::schema::LoginRequest, responses((status = 200, description = "OK", body = crate::api::schema::Session), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Json<Value>> {
     let req: LoginRequest = json_body(&body, 8 * 1024, r#"{"login_token": string}"#)?;
     if !state.auth.enabled() {
@@ -85,6 +86,7 @@ pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Js
 
 /// `GET /api/v1/auth/whoami`: the caller's `sub`, `role` and expiry, and whether
 /// authentication is on (the dashboard shows only what the role may do).
+#[utoipa::path(get, path = "/auth/whoami", operation_id = "get_auth_whoami", tag = "auth", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::WhoAmI), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody)))]
 pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>) -> Json<Value> {
     let expires_at = (claims.exp != u64::MAX)
         .then(|| crate::window::format_unix_ms(claims.exp.saturating_mul(1000) as i64));

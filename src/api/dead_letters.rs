@@ -13,6 +13,7 @@ use crate::bus::streams;
 use crate::window::format_unix_ms;
 
 /// `GET /api/v1/dead-letters?stream=&limit=`: newest first, with the total for the filter.
+#[utoipa::path(get, path = "/dead-letters", operation_id = "get_dead_letters", tag = "admin", security(("bearer" = ["admin"])), params(("stream" = Option<String>, Query, description = "one stream's letters (RESULTS, TOPOLOGY, ALERTS, HEARTBEATS)"), ("limit" = Option<i64>, Query, description = "rows, 1–500 (default 50)", minimum = 1, maximum = 500), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::DeadLetters), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn list(
     _: AsAdmin,
     State(state): State<AppState>,

@@ -26,6 +26,7 @@ const RECENT_RESULTS_HOURS: i64 = 24;
 pub const BUS_VIEW_TTL: Duration = Duration::from_secs(1);
 
 /// `GET /health`: the process is up. Touches nothing else, so it never flaps with the bus.
+#[utoipa::path(get, path = "/health", operation_id = "get_health", tag = "health", responses((status = 200, description = "the process is up", body = crate::api::schema::Health)))]
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
@@ -118,6 +119,7 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
 
 /// `GET /ready`: 200 when the database answers, the bus is connected and every projection is
 /// within `ready_max_lag` of its stream; 503 naming the reason otherwise.
+#[utoipa::path(get, path = "/ready", operation_id = "get_ready", tag = "health", responses((status = 200, description = "ready", body = crate::api::schema::Ready), (status = 503, description = "not ready: the reasons say why", body = crate::api::schema::Ready)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if state.stopping.is_cancelled() {
@@ -262,6 +264,7 @@ impl BusView {
 
 /// `GET /api/v1/health/fleet`: one answer to "is the fleet healthy?" — 200 `ok` or
 /// `unknown` (no agent yet), 503 `degraded` naming nothing but counts and missing resources.
+#[utoipa::path(get, path = "/health/fleet", operation_id = "get_health_fleet", tag = "health", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "ok or unknown", body = crate::api::schema::Fleet), (status = 503, description = "degraded: the reasons say why", body = crate::api::schema::Fleet), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody)))]
 pub async fn fleet(_: AsViewer, State(state): State<AppState>) -> ApiResult<Response> {
     let now = now_ms();
     let f = &state.fleet;

@@ -16,6 +16,7 @@ use crate::telemetry::{status_class, HttpLabels, Scrape};
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `GET /metrics`: every metric the README lists.
+#[utoipa::path(get, path = "/metrics", operation_id = "get_metrics", tag = "health", responses((status = 200, description = "Prometheus metrics, OpenMetrics text format", content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let bus_connected = bus::is_connected(&state.nats);
     // Lags need the bus; without it they would only wait for the timeout.

@@ -11,7 +11,9 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod results;
+pub mod schema;
 pub mod sse;
 pub mod system;
 pub mod topologies;
@@ -24,7 +26,7 @@ use async_nats::jetstream::{self, publish::PublishAck};
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::http::{header, HeaderName, HeaderValue, Method};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -105,43 +107,45 @@ impl AppState {
 
 /// Builds the whole HTTP surface, with the CORS policy `cors`.
 pub fn router(state: AppState, cors: &Cors) -> Router {
-    let api = Router::new()
-        .route("/health/fleet", get(health::fleet))
-        .route("/results/stats", get(results::stats))
-        .route("/results/durations", get(results::durations))
-        .route("/dead-letters", get(dead_letters::list))
-        .route("/admin/digest", get(admin::digest))
-        .route("/topologies", get(topologies::list))
-        .route("/topologies/{tid}", get(topologies::get))
-        .route(
-            "/topologies/{tid}/mutations",
-            get(topologies::mutations).post(topologies::enqueue),
-        )
-        .route("/topologies/{tid}/events", get(sse::events))
-        .route("/auth/sse-ticket", post(sse::ticket))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/whoami", get(auth::whoami))
-        .route("/agents", get(agents::list))
-        .route("/agents/{id}", get(agents::get))
-        .route("/system/stats/history", get(system::history))
-        .route("/system/stats/top", get(system::top))
-        .route("/workloads", get(workloads::list))
-        .route("/workloads/{wid}/stats/history", get(workloads::history))
-        .route("/workloads/{wid}/deploys", get(workloads::deploys))
-        .route("/workloads/{wid}/rollback", post(workloads::rollback))
-        .route("/alerts/dossier", get(alerts::queries::dossier))
-        .route("/alerts/coverage", get(alerts::queries::coverage))
-        .route("/alerts/recurrence", get(alerts::queries::recurrence))
-        .route("/alerts/recent", get(alerts::queries::recent))
-        .route("/alerts/freshness", get(alerts::queries::freshness))
-        .route(
-            "/alerts/provider-heartbeat",
-            post(alerts::intake::provider_heartbeat),
-        )
-        .route(
-            "/alerts/webhook/alertmanager",
-            post(alerts::intake::alertmanager_webhook),
-        );
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let api = OpenApiRouter::<AppState>::new()
+        .routes(routes!(health::fleet))
+        .routes(routes!(results::stats))
+        .routes(routes!(results::durations))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(admin::digest))
+        .routes(routes!(topologies::list))
+        .routes(routes!(topologies::get))
+        .routes(routes!(topologies::mutations, topologies::enqueue))
+        .routes(routes!(sse::events))
+        .routes(routes!(sse::ticket))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::whoami))
+        .routes(routes!(agents::list))
+        .routes(routes!(agents::get))
+        .routes(routes!(system::history))
+        .routes(routes!(system::top))
+        .routes(routes!(workloads::list))
+        .routes(routes!(workloads::history))
+        .routes(routes!(workloads::deploys))
+        .routes(routes!(workloads::rollback))
+        .routes(routes!(alerts::queries::dossier))
+        .routes(routes!(alerts::queries::coverage))
+        .routes(routes!(alerts::queries::recurrence))
+        .routes(routes!(alerts::queries::recent))
+        .routes(routes!(alerts::queries::freshness))
+        .routes(routes!(alerts::intake::provider_heartbeat))
+        .routes(routes!(alerts::intake::alertmanager_webhook))
+        .routes(routes!(openapi::document));
+    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(metrics::metrics))
+        .nest("/api/v1", api)
+        .split_for_parts();
+    openapi::publish(&doc);
     let allow = match cors {
         Cors::Off => None,
         Cors::Any => Some(AllowOrigin::any()),
@@ -161,14 +165,12 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
                 HeaderName::from_static("last-event-id"),
             ])
     });
-    Router::new()
+    routes
+        // The live stream also answers outside /api/v1 (documented there).
         .route("/topologies/{tid}/events", get(sse::events))
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(metrics::metrics))
         .route("/", get(crate::dashboard::index))
+        .route("/api/docs", get(crate::dashboard::docs))
         .route("/assets/{*path}", get(crate::dashboard::asset))
-        .nest("/api/v1", api)
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -19,6 +19,7 @@ const SINCE_FORM: &str =
 
 /// `GET /api/v1/results/stats?since=1h&success=false&kind=traffic`: results recorded in the
 /// last `since`, optionally filtered by outcome and kind.
+#[utoipa::path(get, path = "/results/stats", operation_id = "get_results_stats", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "window: digits then s, m, h or d; > 0 and ≤ 7d (default 1h)", pattern = "^[0-9]+[smhd]$"), ("success" = Option<bool>, Query, description = "only successes (true) or failures (false)"), ("kind" = Option<String>, Query, description = "result kind (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::ResultStats), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn stats(
     _: AsViewer,
     State(state): State<AppState>,
@@ -44,6 +45,7 @@ pub async fn stats(
 
 /// `GET /api/v1/results/durations?since=<RFC3339>`: per `job_id`, duration statistics of the
 /// results finished since then (default 24 h ago), slowest p95 first.
+#[utoipa::path(get, path = "/results/durations", operation_id = "get_results_durations", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "RFC 3339 start (default 24 h ago)", format = DateTime), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Durations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn durations(
     _: AsViewer,
     State(state): State<AppState>,

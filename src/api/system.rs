@@ -15,6 +15,7 @@ use crate::token::Role;
 use crate::window::{format_unix_ms, now_ms};
 
 /// `GET /api/v1/system/stats/history?window=1h&agent=`: system samples, oldest first.
+#[utoipa::path(get, path = "/system/stats/history", operation_id = "get_system_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("agent" = Option<String>, Query, description = "one agent"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "samples, oldest first", body = Vec<crate::api::schema::SystemSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
@@ -52,6 +53,7 @@ pub async fn history(
 
 /// `GET /api/v1/system/stats/top?by=cpu|memory&limit=5`: the busiest containers by their
 /// latest recent sample. Container ids are shown to admins only.
+#[utoipa::path(get, path = "/system/stats/top", operation_id = "get_system_stats_top", tag = "fleet", security(("bearer" = ["viewer"])), params(("by" = Option<String>, Query, description = "cpu (default) or memory"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 5)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Top), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn top(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,

@@ -95,6 +95,7 @@ fn topology_id(tid: &str) -> ApiResult<()> {
 }
 
 /// `GET /api/v1/topologies?limit=`: every topology with its status and in-flight count.
+#[utoipa::path(get, path = "/topologies", operation_id = "get_topologies", tag = "topologies", security(("bearer" = ["viewer"])), params(("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 100)", minimum = 1, maximum = 1000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Topologies), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
@@ -127,6 +128,7 @@ pub async fn list(
 }
 
 /// `GET /api/v1/topologies/<tid>`: the topology with its in-flight mutations.
+#[utoipa::path(get, path = "/topologies/{tid}", operation_id = "get_topologies_tid", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Topology), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn get(
     _: AsViewer,
     State(state): State<AppState>,
@@ -143,6 +145,7 @@ pub async fn get(
 }
 
 /// `GET /api/v1/topologies/<tid>/mutations?state=&limit=`: newest first.
+#[utoipa::path(get, path = "/topologies/{tid}/mutations", operation_id = "get_topologies_tid_mutations", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id"), ("state" = Option<String>, Query, description = "enqueued, applying, applied or failed"), ("limit" = Option<i64>, Query, description = "rows, 1–500 (default 100)", minimum = 1, maximum = 500), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Mutations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn mutations(
     _: AsViewer,
     State(state): State<AppState>,
@@ -188,6 +191,7 @@ struct NewMutation<'a> {
 /// `topology.<tid>.mutation.enqueued` and answers 202 `{"mutation_id","seq"}` after the
 /// publish ack. `Idempotency-Key` makes retries return the same mutation; `?wait=true`
 /// answers once the local projection has reached the event (bounded by a timeout).
+#[utoipa::path(post, path = "/topologies/{tid}/mutations", operation_id = "post_topologies_tid_mutations", tag = "topologies", security(("bearer" = ["operator"])), request_body = crate::api::schema::EnqueueRequest, params(("tid" = String, Path, description = "topology id (a subject token)"), ("wait" = Option<bool>, Query, description = "answer once the mutation is projected (at most --mutation-wait-ms)"), ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the same mutation")), responses((status = 202, description = "published on the bus", body = crate::api::schema::Enqueued), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn enqueue(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,

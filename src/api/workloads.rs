@@ -21,6 +21,7 @@ use crate::window::{format_unix_ms, now_ms};
 
 /// `GET /api/v1/workloads?limit=`: every workload seen (in a heartbeat's containers or a
 /// deploy), by id, with its latest deploy if any.
+#[utoipa::path(get, path = "/workloads", operation_id = "get_workloads", tag = "deploys", security(("bearer" = ["viewer"])), params(("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 200)", minimum = 1, maximum = 1000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Workloads), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
@@ -61,6 +62,7 @@ async fn workload_known(state: &AppState, wid: &str) -> ApiResult<()> {
 
 /// `GET /api/v1/workloads/<wid>/stats/history?window=1h`: one point per timestamp across the
 /// workload's containers (CPU and memory summed, limit the largest).
+#[utoipa::path(get, path = "/workloads/{wid}/stats/history", operation_id = "get_workloads_wid_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id"), ("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "points, oldest first", body = Vec<crate::api::schema::WorkloadSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
@@ -110,6 +112,7 @@ fn deploy_json(r: &SqliteRow) -> Value {
 }
 
 /// `GET /api/v1/workloads/<wid>/deploys?limit=&offset=`: the ledger, newest first.
+#[utoipa::path(get, path = "/workloads/{wid}/deploys", operation_id = "get_workloads_wid_deploys", tag = "deploys", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 50)", minimum = 1, maximum = 200), ("offset" = Option<i64>, Query, description = "rows to skip, 0–1000000", minimum = 0, maximum = 1000000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Deploys), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn deploys(
     _: AsViewer,
     State(state): State<AppState>,
@@ -151,6 +154,7 @@ pub fn is_pinned(reference: &str) -> bool {
 
 /// `POST /api/v1/workloads/<wid>/rollback` `{"deploy_id"}`: asks the deployer to go back to
 /// a successful, pinned deploy of this workload by publishing `command.deploy.<wid>`.
+#[utoipa::path(post, path = "/workloads/{wid}/rollback", operation_id = "post_workloads_wid_rollback", tag = "deploys", security(("bearer" = ["admin"])), request_body = crate::api::schema::RollbackRequest, params(("wid" = String, Path, description = "workload id")), responses((status = 202, description = "command.deploy published", body = crate::api::schema::RolledBack), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflicts with the current state", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn rollback(
     Authorized(claims): AsAdmin,
     State(state): State<AppState>,

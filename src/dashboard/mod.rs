@@ -2,6 +2,9 @@
 //! crate needs no Node toolchain), served with a strict Content-Security-Policy — no inline
 //! script or style, nothing from another origin — and revalidated by ETag.
 //!
+//! `/api/docs` is the API reference: Swagger UI, vendored, over the generated OpenAPI
+//! document, under the same policy.
+//!
 //! The page talks to the same API as everyone else, with the caller's token; it shows only
 //! what the token's role may do (`GET /api/v1/auth/whoami`).
 
@@ -13,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
 /// Every asset: path under `/assets/`, media type, bytes.
-static ASSETS: [(&str, &str, &[u8]); 7] = [
+static ASSETS: [(&str, &str, &[u8]); 11] = [
     ("app.js", "text/javascript", include_bytes!("assets/app.js")),
     ("api.js", "text/javascript", include_bytes!("assets/api.js")),
     (
@@ -33,12 +36,30 @@ static ASSETS: [(&str, &str, &[u8]); 7] = [
         include_bytes!("assets/vendor/uplot.min.css"),
     ),
     (
+        "docs.js",
+        "text/javascript",
+        include_bytes!("assets/docs.js"),
+    ),
+    ("docs.css", "text/css", include_bytes!("assets/docs.css")),
+    (
+        "vendor/swagger-ui-bundle.js",
+        "text/javascript",
+        include_bytes!("assets/vendor/swagger-ui-bundle.js"),
+    ),
+    (
+        "vendor/swagger-ui.css",
+        "text/css",
+        include_bytes!("assets/vendor/swagger-ui.css"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_bytes!("assets/favicon.svg"),
     ),
 ];
 const INDEX: &[u8] = include_bytes!("assets/index.html");
+/// The API reference page (Swagger UI over `/api/v1/openapi.json`).
+const DOCS: &[u8] = include_bytes!("assets/docs.html");
 
 /// The page may run its own scripts and styles, call its own origin, and nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -52,7 +73,7 @@ fn etag(path: &str) -> HeaderValue {
         ASSETS
             .iter()
             .map(|(p, _, b)| (*p, *b))
-            .chain([("", INDEX)])
+            .chain([("", INDEX), ("docs", DOCS)])
             .map(|(p, b)| {
                 let sum = Sha256::digest(b);
                 let hex: String = sum[..12].iter().map(|x| format!("{x:02x}")).collect();
@@ -102,6 +123,11 @@ pub async fn index(request: HeaderMap) -> Response {
     serve(&request, "", "text/html; charset=utf-8", INDEX)
 }
 
+/// `GET /api/docs`: the API reference, offline (Swagger UI is embedded).
+pub async fn docs(request: HeaderMap) -> Response {
+    serve(&request, "docs", "text/html; charset=utf-8", DOCS)
+}
+
 /// `GET /assets/{*path}`: one embedded asset; 404 for anything else.
 pub async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -118,6 +144,7 @@ mod tests {
     fn every_asset_has_its_own_tag() {
         let mut tags: Vec<_> = ASSETS.iter().map(|(p, _, _)| etag(p)).collect();
         tags.push(etag(""));
+        tags.push(etag("docs"));
         let n = tags.len();
         tags.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         tags.dedup();

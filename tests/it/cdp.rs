@@ -110,6 +110,15 @@ impl Browser {
         }
     }
 
+    /// Runs `script` in every document the page loads from now on, before its own scripts.
+    pub async fn on_new_document(&mut self, script: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({"source": script}),
+        )
+        .await;
+    }
+
     /// Opens `url` in the page.
     pub async fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url})).await;

@@ -58,6 +58,10 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy_and_revalidated
         "/assets/vendor/uplot.esm.js",
         "/assets/vendor/uplot.min.css",
         "/assets/favicon.svg",
+        "/assets/docs.js",
+        "/assets/docs.css",
+        "/assets/vendor/swagger-ui-bundle.js",
+        "/assets/vendor/swagger-ui.css",
     ];
     for referenced in html.split('"').filter(|s| s.starts_with("/assets/")) {
         assert!(
@@ -214,6 +218,14 @@ async fn seed(app: &TestApp, js: &async_nats::jetstream::Context) {
         json!({"result_id": "r-1", "success": false, "finished_at": ago(Duration::from_secs(30))}),
     )
     .await;
+    publish_at(
+        js,
+        "alert.sentry.shop",
+        &ago(Duration::from_secs(20)),
+        json!({"provider_event_id": "s-1", "stage": "firing", "alertname": "Boom",
+               "content": "login failed: password=hunter2"}),
+    )
+    .await;
     app.wait_caught_up().await;
 }
 
@@ -276,6 +288,19 @@ async fn a_viewer_signs_in_by_link_sees_the_overview_and_no_operator_controls() 
     assert_eq!(
         b.eval("!!document.querySelector('[data-testid=enqueue-form]')")
             .await,
+        false
+    );
+
+    // Alerts, redacted.
+    b.goto(&format!("{}/#/alerts", app.address)).await;
+    b.wait_for(
+        "document.body.innerText.includes('password=[REDACTED]')",
+        "the redacted alert",
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        b.eval("document.body.innerText.includes('hunter2')").await,
         false
     );
 
@@ -446,4 +471,35 @@ async fn an_expired_token_sends_the_user_back_to_sign_in() {
         .await;
     assert!(why.as_str().unwrap().contains("expired"), "{why}");
     assert_eq!(b.eval("document.getElementById('top').hidden").await, true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_reference_renders_every_operation_offline_under_the_policy() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let res = app.get("/api/docs", None).await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    let mut b = Browser::start().await;
+    // Anything the policy blocks is recorded before the page's own scripts run.
+    b.on_new_document(
+        "window.__blocked = []; document.addEventListener('securitypolicyviolation', \
+         (e) => window.__blocked.push(e.violatedDirective + ' ' + e.blockedURI));",
+    )
+    .await;
+    b.goto(&format!("{}/api/docs", app.address)).await;
+    let operations = b
+        .wait_for(
+            "document.querySelectorAll('.opblock').length >= 32 && \
+             document.querySelectorAll('.opblock').length",
+            "every operation rendered",
+            WAIT,
+        )
+        .await;
+    assert_eq!(operations, 32);
+    assert_eq!(b.eval("window.__blocked").await, json!([]));
+    b.screenshot(&screenshots().join("api-docs.png")).await;
 }

@@ -13,6 +13,7 @@ mod engine;
 mod fleet;
 mod helpers;
 mod live;
+mod openapi;
 mod results;
 mod snapshot;
 mod telemetry;

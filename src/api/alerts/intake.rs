@@ -39,6 +39,7 @@ struct HeartbeatRequest {
 
 /// `POST /api/v1/alerts/provider-heartbeat`: publishes one synthetic `heartbeat` alert per
 /// provider, so freshness can tell a quiet provider from a dead feed.
+#[utoipa::path(post, path = "/alerts/provider-heartbeat", operation_id = "post_alerts_provider_heartbeat", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::HeartbeatRequest, responses((status = 202, description = "published on the bus", body = crate::api::schema::HeartbeatsSent), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn provider_heartbeat(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
@@ -194,6 +195,7 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
 /// `POST /api/v1/alerts/webhook/alertmanager?project_id=`: Alertmanager's webhook (v4);
 /// one alert event per alert on `alert.alertmanager.<project_id>`. Everything is validated
 /// before anything is published.
+#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)")), responses((status = 202, description = "one event per alert published", body = crate::api::schema::WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn alertmanager_webhook(
     _: AsOperator,
     State(state): State<AppState>,

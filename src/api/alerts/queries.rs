@@ -123,6 +123,7 @@ impl<'a> Filters<'a> {
 
 /// `GET /api/v1/alerts/dossier?project_id=&provider_event_id=&limit=`: events newest first
 /// and a summary of them.
+#[utoipa::path(get, path = "/alerts/dossier", operation_id = "get_alerts_dossier", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("provider_event_id" = Option<String>, Query, description = "one provider event"), ("limit" = Option<i64>, Query, description = "rows, 1–50 (default 20)", minimum = 1, maximum = 50), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Dossier), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn dossier(
     _: AsViewer,
     State(state): State<AppState>,
@@ -213,6 +214,7 @@ impl Coverage {
 
 /// `GET /api/v1/alerts/coverage?project_id=&provider=&limit=`: over the newest `limit`
 /// events, what each provider contributed.
+#[utoipa::path(get, path = "/alerts/coverage", operation_id = "get_alerts_coverage", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("provider" = Option<String>, Query, description = "one provider"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 100)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Coverage), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn coverage(
     _: AsViewer,
     State(state): State<AppState>,
@@ -252,6 +254,7 @@ pub async fn coverage(
 
 /// `GET /api/v1/alerts/recurrence?project_id=&provider=&limit=`: recurrence groups, latest
 /// first, with the fields of each group's latest event. Synthetic heartbeats never count.
+#[utoipa::path(get, path = "/alerts/recurrence", operation_id = "get_alerts_recurrence", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("provider" = Option<String>, Query, description = "one provider"), ("limit" = Option<i64>, Query, description = "rows, 1–300 (default 100)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Recurrence), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn recurrence(
     _: AsViewer,
     State(state): State<AppState>,
@@ -292,6 +295,7 @@ pub async fn recurrence(
 }
 
 /// `GET /api/v1/alerts/recent?project_id=&provider_prefix=&limit=`: newest events first.
+#[utoipa::path(get, path = "/alerts/recent", operation_id = "get_alerts_recent", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("provider_prefix" = Option<String>, Query, description = "providers starting with this"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 20)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Recent), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn recent(
     _: AsViewer,
     State(state): State<AppState>,
@@ -323,6 +327,7 @@ pub async fn recent(
 
 /// `GET /api/v1/alerts/freshness?project_id=`: per provider, the last event (heartbeats
 /// included) and whether it is older than the configured threshold.
+#[utoipa::path(get, path = "/alerts/freshness", operation_id = "get_alerts_freshness", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::Freshness), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn freshness(
     _: AsViewer,
     State(state): State<AppState>,

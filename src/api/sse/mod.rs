@@ -59,6 +59,7 @@ const SHUTDOWN_RETRY_SPREAD: Duration = Duration::from_secs(5);
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
 
 /// `POST /api/v1/auth/sse-ticket`: a single-use ticket for `?ticket=` on an EventSource URL.
+#[utoipa::path(post, path = "/auth/sse-ticket", operation_id = "post_auth_sse_ticket", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 200, description = "OK", body = crate::api::schema::Ticket), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn ticket(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
@@ -423,6 +424,7 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Bytes, Infallible>> {
 }
 
 /// `GET /topologies/<tid>/events` (and under `/api/v1`).
+#[utoipa::path(get, path = "/topologies/{tid}/events", operation_id = "get_topologies_tid_events", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id"), ("ticket" = Option<String>, Query, description = "single-use credential from /auth/sse-ticket (EventSource cannot send headers)"), ("token" = Option<String>, Query, description = "an API token, when no header or ticket"), ("last_event_id" = Option<String>, Query, description = "resume after this id (<seq>.<epoch>) on a first connect; the Last-Event-ID header wins"), ("min_seq" = Option<String>, Query, description = "STREAM:seq[,…]: start once this replica has projected that far"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this id"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "Server-Sent Events: `snapshot` {topology_id, name, status, in_flight, seq} (reset: true after a gap), then `status` and `mutation.<state>` frames {topic, type, ts, seq, payload} with id <seq>.<epoch>; `resync` {last_event_id} when too slow; `expired`; `error`", content_type = "text/event-stream", body = String), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 429, description = "too many streams for this user", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(tid): Path<String>,

@@ -462,7 +462,7 @@ export function alerts(el, ctx) {
             ["provider", (x) => x.provider],
             ["stage", (x) => badge(x.stage ?? "—", x.stage === "resolved" ? "ok" : "warn")],
             ["alert", (x) => x.alertname ?? ""],
-            ["content", (x) => h("span", { class: "mono" }, (x.content ?? "").slice(0, 160))],
+            ["content", (x) => h("span", { class: "mono" }, (x.content_redacted ?? "").slice(0, 160))],
             ["", (x) => (x.has_redacted_content ? badge("redacted", "warn") : "")],
           ], d.items, "no alert yet")];
       }, 10000),
