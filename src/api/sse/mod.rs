@@ -59,7 +59,7 @@ const SHUTDOWN_RETRY_SPREAD: Duration = Duration::from_secs(5);
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
 
 /// `POST /api/v1/auth/sse-ticket`: a single-use ticket for `?ticket=` on an EventSource URL.
-#[utoipa::path(post, path = "/auth/sse-ticket", operation_id = "post_auth_sse_ticket", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 200, description = "OK", body = crate::api::schema::Ticket), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/auth/sse-ticket", operation_id = "post_auth_sse_ticket", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 200, description = "OK", body = crate::api::schema::Ticket), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn ticket(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
