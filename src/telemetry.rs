@@ -204,6 +204,16 @@ impl Collector for Projections {
         )?;
         family(
             &mut e,
+            "orrery_projection_rate",
+            "Messages projected per second lately (sampled twice a second): with the lag, catch-up progress.",
+            MetricType::Gauge,
+            self.0.iter().map(|p| {
+                let rate = p.counters.rate.load(Ordering::Relaxed);
+                (p.stream.name, ConstGauge::new(rate as i64))
+            }),
+        )?;
+        family(
+            &mut e,
             "orrery_projection_batch_size",
             "Messages per committed batch.",
             MetricType::Histogram,

@@ -41,7 +41,7 @@ fn value(x: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Every family the README's metrics table lists.
-const FAMILIES: [&str; 22] = [
+const FAMILIES: [&str; 23] = [
     "orrery_projected_messages",
     "orrery_dead_letters",
     "orrery_projection_batches",
@@ -50,6 +50,7 @@ const FAMILIES: [&str; 22] = [
     "orrery_projection_checkpoint",
     "orrery_projection_lag",
     "orrery_projection_missing_events",
+    "orrery_projection_rate",
     "orrery_projection_batch_size",
     "orrery_projection_commit_seconds",
     "orrery_http_request_duration_seconds",
