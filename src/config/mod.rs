@@ -399,11 +399,14 @@ impl Settings {
             nats: self.nats()?,
             stream_replicas,
             stream_max_age,
-            database: self
-                .database
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("./orrery.db")),
-            readers: self.readers.unwrap_or(4).max(1),
+            database: match &self.database {
+                None => PathBuf::from("./orrery.db"),
+                Some(p) if p.as_os_str().is_empty() => {
+                    bail!("--database: accepts the path of a SQLite file, not an empty one")
+                }
+                Some(p) => p.clone(),
+            },
+            readers: bounded("readers", self.readers, 4, 1, 256)?,
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -411,14 +414,24 @@ impl Settings {
             batch_size,
             batch_wait,
             ready_max_lag,
-            sse: self.sse(),
+            sse: self.sse()?,
             cors: self.cors()?,
-            mutation_wait: Duration::from_millis(self.mutation_wait_ms.unwrap_or(5_000)),
+            mutation_wait: Duration::from_millis(bounded(
+                "mutation-wait-ms",
+                self.mutation_wait_ms,
+                5_000,
+                1,
+                60_000,
+            )?),
             drain_delay: self.drain_delay()?,
             snapshot: self.snapshot(stream_replicas)?,
-            alert_stale_after: Duration::from_secs(
-                self.alert_stale_after_secs.unwrap_or(3_600).max(1),
-            ),
+            alert_stale_after: Duration::from_secs(bounded(
+                "alert-stale-after-secs",
+                self.alert_stale_after_secs,
+                3_600,
+                1,
+                MONTH_SECS,
+            )?),
             fleet: self.fleet()?,
             log_json: self.log_json()?,
         })
@@ -428,6 +441,48 @@ impl Settings {
     fn nats(&self) -> anyhow::Result<NatsConfig> {
         if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
             bail!("--nats-tls-cert and --nats-tls-key go together");
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            bail!("--nats-user and --nats-password go together");
+        }
+        let url = self.nats_url.as_deref().unwrap_or("nats://127.0.0.1:4222");
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+        if servers
+            .iter()
+            .any(|s| s.is_empty() || s.parse::<async_nats::ServerAddr>().is_err())
+        {
+            bail!(
+                "--nats-url `{}`: accepts NATS URLs separated by commas, e.g. \
+                 nats://10.0.0.1:4222,nats://10.0.0.2:4222",
+                url.escape_debug()
+            );
+        }
+        if self
+            .nats_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            bail!("--nats-token: accepts a non-empty token");
+        }
+        // An NKey user seed is base32 and starts with `SU`.
+        if let Some(seed) = &self.nats_nkey {
+            let base32 = |c: char| c.is_ascii_uppercase() || ('2'..='7').contains(&c);
+            if !seed.starts_with("SU") || seed.len() < 32 || !seed.chars().all(base32) {
+                bail!("--nats-nkey: accepts an NKey user seed (base32, starting with SU)");
+            }
+        }
+        for (flag, file) in [
+            ("nats-creds", &self.nats_creds),
+            ("nats-tls-ca", &self.nats_tls_ca),
+            ("nats-tls-cert", &self.nats_tls_cert),
+            ("nats-tls-key", &self.nats_tls_key),
+        ] {
+            if let Some(path) = file.as_ref().filter(|p| !p.is_file()) {
+                bail!(
+                    "--{flag} {}: accepts the path of a readable file",
+                    path.display()
+                );
+            }
         }
         Ok(NatsConfig {
             url: self
@@ -452,7 +507,16 @@ impl Settings {
             Some(s) => crate::window::parse_duration(s)
                 .with_context(|| format!("--stream-max-age `{s}`"))?,
         };
-        Ok((self.stream_replicas.unwrap_or(1), max_age))
+        // JetStream keeps max_age in nanoseconds (an i64): ten years is far from its limit.
+        if max_age.is_zero() || max_age > Duration::from_secs(3_650 * 86_400) {
+            bail!(
+                "--stream-max-age {}: accepts a duration from 1s to 3650d, e.g. 7d",
+                self.stream_max_age.as_deref().unwrap_or_default()
+            );
+        }
+        // JetStream's own limit on replicas.
+        let replicas = bounded("stream-replicas", self.stream_replicas, 1, 1, 5)?;
+        Ok((replicas, max_age))
     }
 
     /// The API's token secret: `None` only with auth disabled (or for commands that serve no
@@ -488,15 +552,17 @@ impl Settings {
 
     /// The projector's batches and the readiness lag: (batch size, batch wait, max lag).
     fn projector(&self) -> anyhow::Result<(usize, Duration, u64)> {
-        let batch_size = self.batch_size.unwrap_or(4096);
-        if batch_size == 0 || batch_size > 100_000 {
-            bail!("--batch-size must be between 1 and 100000");
-        }
-        Ok((
-            batch_size,
-            Duration::from_millis(self.batch_wait_ms.unwrap_or(0)),
-            self.ready_max_lag.unwrap_or(10_000),
-        ))
+        let batch_size = bounded("batch-size", self.batch_size, 4096, 1, 100_000)?;
+        // 0 is meaningful for both: no linger, and a replica ready only when fully caught up.
+        let batch_wait = bounded("batch-wait-ms", self.batch_wait_ms, 0, 0, 10_000)?;
+        let max_lag = bounded(
+            "ready-max-lag",
+            self.ready_max_lag,
+            10_000,
+            0,
+            1_000_000_000,
+        )?;
+        Ok((batch_size, Duration::from_millis(batch_wait), max_lag))
     }
 
     /// CORS: `*` alone for any origin, else a list of `scheme://host[:port]` origins.
@@ -524,36 +590,92 @@ impl Settings {
     }
 
     /// The live stream's limits and timing.
-    fn sse(&self) -> SseConfig {
-        SseConfig {
-            keepalive: Duration::from_secs(self.sse_keepalive_secs.unwrap_or(15).max(1)),
-            max_per_user: self.sse_max_streams_per_user.unwrap_or(5).max(1),
-            max_connections: self.sse_max_connections.unwrap_or(10_000).max(1),
-            client_queue: self.sse_client_queue.unwrap_or(1024).max(1),
-            replay_events: self.sse_replay_events.unwrap_or(1000).max(1),
-        }
+    fn sse(&self) -> anyhow::Result<SseConfig> {
+        Ok(SseConfig {
+            keepalive: Duration::from_secs(bounded(
+                "sse-keepalive-secs",
+                self.sse_keepalive_secs,
+                15,
+                1,
+                3_600,
+            )?),
+            max_per_user: bounded(
+                "sse-max-streams-per-user",
+                self.sse_max_streams_per_user,
+                5,
+                1,
+                1_000_000,
+            )?,
+            max_connections: bounded(
+                "sse-max-connections",
+                self.sse_max_connections,
+                10_000,
+                1,
+                1_000_000,
+            )?,
+            client_queue: bounded(
+                "sse-client-queue",
+                self.sse_client_queue,
+                1024,
+                1,
+                1_000_000,
+            )?,
+            replay_events: bounded(
+                "sse-replay-events",
+                self.sse_replay_events,
+                1000,
+                1,
+                1_000_000,
+            )?,
+        })
     }
 
     /// What fleet health expects and when it calls the fleet degraded.
     fn fleet(&self) -> anyhow::Result<FleetConfig> {
-        let stale_share = self.fleet_stale_share.unwrap_or(1.0);
-        if !(0.0..=1.0).contains(&stale_share) {
-            bail!("--fleet-stale-share must be between 0 and 1, got {stale_share}");
-        }
+        let stale_share = bounded("fleet-stale-share", self.fleet_stale_share, 1.0, 0.0, 1.0)?;
         Ok(FleetConfig {
-            stale_after: Duration::from_secs(self.agent_stale_after_secs.unwrap_or(120).max(1)),
+            stale_after: Duration::from_secs(bounded(
+                "agent-stale-after-secs",
+                self.agent_stale_after_secs,
+                120,
+                1,
+                MONTH_SECS,
+            )?),
             stale_share,
-            max_lag: self.fleet_max_lag.unwrap_or(10_000),
-            expect_streams: list(self.expect_streams.as_deref()),
-            expect_kv: list(self.expect_kv.as_deref()),
-            expect_object_stores: list(self.expect_object_stores.as_deref()),
-            heartbeat_interval: Duration::from_secs(
-                self.heartbeat_interval_secs.unwrap_or(10).max(1),
-            ),
-            sample_retention: Duration::from_secs(
-                self.sample_retention_secs.unwrap_or(86_400).max(60),
-            ),
-            deploy_history_keep: self.deploy_history_keep.unwrap_or(50).max(1),
+            max_lag: bounded(
+                "fleet-max-lag",
+                self.fleet_max_lag,
+                10_000,
+                0,
+                1_000_000_000,
+            )?,
+            expect_streams: names("expect-streams", self.expect_streams.as_deref())?,
+            expect_kv: names("expect-kv", self.expect_kv.as_deref())?,
+            expect_object_stores: names(
+                "expect-object-stores",
+                self.expect_object_stores.as_deref(),
+            )?,
+            heartbeat_interval: Duration::from_secs(bounded(
+                "heartbeat-interval-secs",
+                self.heartbeat_interval_secs,
+                10,
+                1,
+                86_400,
+            )?),
+            sample_retention: Duration::from_secs(bounded(
+                "sample-retention-secs",
+                self.sample_retention_secs,
+                86_400,
+                60,
+                MONTH_SECS,
+            )?),
+            deploy_history_keep: bounded(
+                "deploy-history-keep",
+                self.deploy_history_keep,
+                50,
+                1,
+                100_000,
+            )?,
         })
     }
 
@@ -566,6 +688,37 @@ impl Settings {
         }
     }
 }
+
+/// `value` (or `default` when absent) when it lies in `lo..=hi`; otherwise the one-line error
+/// naming `--flag` and what it accepts. Nothing is silently raised to a minimum.
+fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &str,
+    value: Option<T>,
+    default: T,
+    lo: T,
+    hi: T,
+) -> anyhow::Result<T> {
+    match value.unwrap_or(default) {
+        v if v >= lo && v <= hi => Ok(v),
+        v => bail!("--{flag} {v}: accepts {lo} to {hi}"),
+    }
+}
+
+/// A comma-separated list of JetStream stream or bucket names (letters, digits, `_`, `-`).
+fn names(flag: &str, s: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let all = list(s);
+    if let Some(bad) = all.iter().find(|n| !crate::bus::subjects::is_token(n)) {
+        bail!(
+            "--{flag} `{}`: accepts names separated by commas, each {}",
+            bad.escape_debug(),
+            crate::bus::subjects::TOKEN_FORM
+        );
+    }
+    Ok(all)
+}
+
+/// Thirty days, the upper bound of the staleness and retention settings.
+const MONTH_SECS: u64 = 30 * 86_400;
 
 /// Whether `s` is a browser origin as the `Origin` header carries it: `http` or `https`,
 /// `://`, a host, an optional port, and nothing after.

@@ -15,5 +15,6 @@ mod helpers;
 mod live;
 mod openapi;
 mod results;
+mod settings;
 mod snapshot;
 mod telemetry;

@@ -128,9 +128,16 @@ async fn connect_now(config: &orrery::Config) -> anyhow::Result<async_nats::Clie
     Ok(nats)
 }
 
-/// A setting that cannot be used is the operator's to fix: exit code 2, one line.
+/// A setting that cannot be used is the operator's to fix: exit code 2, one line (a TOML
+/// parser's multi-line report is folded onto it).
 fn refused(error: anyhow::Error) -> anyhow::Error {
-    Refusal(format!("{error:#}")).into()
+    let text = format!("{error:#}");
+    let line: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Refusal(line.join(" ")).into()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -281,7 +288,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap wants; a bad argument is one line and exit 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: bad arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,0 +1,170 @@
+//! Every setting, given a malformed, empty, out-of-range or conflicting value, stops
+//! `orrery serve` with exit code 2 and one line naming it — never a panic.
+
+use std::process::Command;
+
+use crate::helpers::SECRET;
+
+/// Bad values for every flag of `orrery serve --help`.
+const BAD: &[(&str, &[&str])] = &[
+    ("config", &["/nonexistent/orrery.toml"]),
+    (
+        "nats-url",
+        &[
+            "",
+            " ",
+            "not a url",
+            "nats://127.0.0.1:4222,,",
+            "nats://h:99999999",
+        ],
+    ),
+    ("nats-user", &["alice"]),
+    ("nats-password", &["secret"]),
+    ("nats-token", &["", "   "]),
+    ("nats-creds", &["/nonexistent/user.creds"]),
+    (
+        "nats-nkey",
+        &[
+            "",
+            "UABC",
+            "SUshort",
+            "SU!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ],
+    ),
+    ("nats-tls-ca", &["/nonexistent/ca.pem"]),
+    ("nats-tls-cert", &["/nonexistent/cert.pem"]),
+    ("nats-tls-key", &["/nonexistent/key.pem"]),
+    ("stream-replicas", &["0", "6", "-1", "three", ""]),
+    ("stream-max-age", &["0s", "3651d", "soon", "", "-1d"]),
+    ("snapshot-bucket", &["", "a.b", "snaps>", "has space"]),
+    ("snapshot-interval-secs", &["0", "604801", "x"]),
+    ("snapshot-keep", &["0", "101", "-3"]),
+    ("database", &[""]),
+    ("readers", &["0", "257", "many", "-1"]),
+    ("listen", &["", "nowhere", "127.0.0.1:99999", "127.0.0.1"]),
+    ("jwt-secret", &["", "short"]),
+    ("jwt-secret-file", &["/nonexistent/secret"]),
+    ("insecure-no-auth", &["maybe", "2"]),
+    ("batch-size", &["0", "100001", "big"]),
+    ("batch-wait-ms", &["10001", "-5", "soon"]),
+    ("ready-max-lag", &["1000000001", "-1", "x"]),
+    ("sse-keepalive-secs", &["0", "3601", "x"]),
+    ("sse-max-streams-per-user", &["0", "1000001", "x"]),
+    ("sse-max-connections", &["0", "1000001", "x"]),
+    ("sse-client-queue", &["0", "1000001", "x"]),
+    ("sse-replay-events", &["0", "1000001", "x"]),
+    (
+        "cors-origins",
+        &[
+            "*,https://a.example",
+            "ftp://a.example",
+            "https://a.example/app",
+        ],
+    ),
+    ("mutation-wait-ms", &["0", "60001", "x"]),
+    ("drain-delay-ms", &["300001", "-1", "x"]),
+    ("alert-stale-after-secs", &["0", "2592001", "x"]),
+    ("agent-stale-after-secs", &["0", "2592001", "x"]),
+    ("fleet-stale-share", &["-0.1", "1.5", "NaN", "inf", "x"]),
+    ("fleet-max-lag", &["1000000001", "-1", "x"]),
+    ("expect-streams", &["a.b", "has space", "RESULTS,>"]),
+    ("expect-kv", &["a/b", "*"]),
+    ("expect-object-stores", &["a.b"]),
+    ("heartbeat-interval-secs", &["0", "86401", "x"]),
+    ("sample-retention-secs", &["59", "0", "2592001", "x"]),
+    ("deploy-history-keep", &["0", "100001", "x"]),
+    ("log-format", &["xml", ""]),
+];
+
+/// Runs `orrery serve` with `--flag=value` (or the `ORRERY_…` variable) on top of settings
+/// that would otherwise get as far as opening a database that cannot exist.
+fn serve(flag: &str, value: &str, by_env: bool) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orrery"));
+    cmd.arg("serve")
+        .env_remove("ORRERY_CONFIG")
+        .env("RUST_LOG", "off");
+    if !flag.starts_with("jwt-secret") {
+        cmd.args(["--jwt-secret", SECRET]);
+    }
+    if flag != "database" {
+        cmd.args(["--database", "/nonexistent/dir/never-opened.db"]);
+    }
+    if by_env {
+        cmd.env(
+            format!("ORRERY_{}", flag.to_uppercase().replace('-', "_")),
+            value,
+        );
+    } else {
+        cmd.arg(format!("--{flag}={value}"));
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn every_setting_refuses_bad_values_with_exit_code_2_and_one_line_naming_it() {
+    // The table covers every flag there is.
+    let help = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '=']).next().unwrap())
+        .filter(|f| *f != "help")
+        .collect();
+    assert!(flags.len() >= 40, "{flags:?}");
+    for flag in &flags {
+        assert!(
+            BAD.iter().any(|(f, _)| f == flag),
+            "--{flag} has no bad values in the table"
+        );
+    }
+
+    let mut checked = 0;
+    for (flag, values) in BAD {
+        for value in *values {
+            // Environment variables cannot hold an empty value that means anything else.
+            for by_env in [false, true] {
+                if by_env && *flag == "config" {
+                    continue;
+                }
+                let out = serve(flag, value, by_env);
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let how = if by_env { "env" } else { "flag" };
+                assert_eq!(
+                    out.status.code(),
+                    Some(2),
+                    "--{flag}={value:?} ({how}): {stderr}"
+                );
+                assert!(!stderr.contains("panicked"), "--{flag}={value:?}: {stderr}");
+                assert_eq!(
+                    stderr.trim().lines().count(),
+                    1,
+                    "--{flag}={value:?} ({how}): not one line: {stderr}"
+                );
+                let named = match *flag {
+                    "config" => stderr.contains("config file"),
+                    "nats-user" | "nats-password" => {
+                        stderr.contains("--nats-user and --nats-password")
+                    }
+                    "nats-tls-cert" | "nats-tls-key" => {
+                        stderr.contains("--nats-tls-cert and --nats-tls-key")
+                    }
+                    "jwt-secret" | "jwt-secret-file" => stderr.contains("JWT secret"),
+                    _ => {
+                        stderr.contains(&format!("--{flag}"))
+                            || stderr.contains(&format!("'--{flag}"))
+                    }
+                };
+                assert!(
+                    named,
+                    "--{flag}={value:?} ({how}): does not name it: {stderr}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 200, "{checked}");
+}
