@@ -165,7 +165,7 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
                 HeaderName::from_static("last-event-id"),
             ])
     });
-    routes
+    let router = routes
         // The live stream also answers outside /api/v1 (documented there).
         .route("/topologies/{tid}/events", get(sse::events))
         .route("/", get(crate::dashboard::index))
@@ -192,5 +192,66 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         .layer(tower::util::option_layer(cors))
-        .with_state(state)
+        .with_state(state);
+    guard_panics(router)
+}
+
+/// A handler that panics answers 500 with the usual error body (and a log line) instead of
+/// dropping the connection; the server and every other request carry on.
+fn guard_panics(router: Router) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        |panic: Box<dyn std::any::Any + Send>| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = what, "a request handler panicked");
+            axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!(
+                "handler panicked"
+            )))
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_next_request_works() {
+        let app = guard_panics(
+            Router::new()
+                .route(
+                    "/boom",
+                    get(|| async {
+                        if true {
+                            panic!("a handler bug");
+                        }
+                        "unreachable"
+                    }),
+                )
+                .route("/fine", get(|| async { "fine" })),
+        );
+        let res = app
+            .clone()
+            .oneshot(Request::get("/boom").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "internal");
+        let res = app
+            .oneshot(Request::get("/fine").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
 }

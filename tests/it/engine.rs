@@ -109,3 +109,97 @@ async fn messages_that_arrive_while_a_batch_commits_form_the_next_batch() {
     assert_eq!((projector.checkpoint(), messages), (201, 201));
     assert!(commits <= 20, "201 messages took {commits} commits");
 }
+
+/// The results read model, with a decoder that panics on one payload: a stand-in for a
+/// decoder bug meeting the message that triggers it.
+struct Panicky(ResultsProjection);
+
+impl orrery::projector::Projection for Panicky {
+    type Event = <ResultsProjection as orrery::projector::Projection>::Event;
+
+    fn stream(&self) -> orrery::bus::streams::StreamSpec {
+        self.0.stream()
+    }
+
+    fn decode(&self, msg: &orrery::projector::Message<'_>) -> Result<Self::Event, String> {
+        if msg.payload.windows(5).any(|w| w == b"PANIC") {
+            panic!("a decoder bug");
+        }
+        self.0.decode(msg)
+    }
+
+    fn apply(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        events: &[Self::Event],
+    ) -> impl std::future::Future<Output = sqlx::Result<()>> + Send {
+        self.0.apply(conn, events)
+    }
+
+    fn tables(&self) -> &'static [orrery::projector::Table] {
+        self.0.tables()
+    }
+
+    fn reset(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+    ) -> impl std::future::Future<Output = sqlx::Result<()>> + Send {
+        self.0.reset(conn)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(3_600),
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = orrery::db::open(&dir.path().join("engine.db"), 1)
+        .await
+        .unwrap();
+    let mut projector = Projector::new(
+        Panicky(ResultsProjection::default()),
+        js.clone(),
+        db.writer.clone(),
+        4096,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    result(&js, 1).await;
+    publish_result(
+        &js,
+        "result.job.a1",
+        json!({"result_id": "PANIC", "success": true}),
+    )
+    .await;
+    result(&js, 3).await;
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    while projector.checkpoint() < 3 {
+        projector.project_next_batch(&cancel).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "stuck");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.writer)
+        .await
+        .unwrap();
+    let dead: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
+            .fetch_all(&db.writer)
+            .await
+            .unwrap();
+    assert_eq!(rows, 2, "the messages around it are projected");
+    assert_eq!(
+        dead,
+        vec![(2, "the decoder panicked on this message".to_owned())]
+    );
+}
