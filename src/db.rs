@@ -48,6 +48,7 @@ pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
         .max_connections(1)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(120))
+        .after_release(|conn, _| Box::pin(still_clean(conn)))
         .connect_with(
             options(path)?
                 .create_if_missing(true)
@@ -67,6 +68,31 @@ pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
         .await
         .context("opening read-only database pool")?;
     Ok(Db { writer, readers })
+}
+
+/// Whether the writer connection may be reused: no transaction open, neither as sqlx counts
+/// them nor as SQLite has them.
+///
+/// Why: when SQLite rolls a transaction back by itself (SQLITE_FULL, SQLITE_IOERR…), sqlx's
+/// later ROLLBACK fails and its depth counter stays at 1; its next `begin()` then opens a
+/// SAVEPOINT, and a failure inside that one leaves SQLite holding an orphan transaction into
+/// which every later "commit" (a RELEASE of an inner savepoint) silently goes — reported as
+/// success, never durable. Measured on a full tmpfs: checkpoints advanced in memory while the
+/// file stayed behind. A connection that fails this check is closed; the pool opens a fresh
+/// one, and the projector retries from the checkpoint on disk.
+async fn still_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::{Connection, Executor};
+    if conn.is_in_transaction() {
+        tracing::warn!("the writer connection is left inside a transaction; reopening it");
+        return Ok(false);
+    }
+    // BEGIN fails inside an open transaction; otherwise it costs next to nothing.
+    if conn.execute("BEGIN").await.is_err() {
+        tracing::warn!("SQLite holds a transaction sqlx lost track of; reopening the writer");
+        return Ok(false);
+    }
+    conn.execute("ROLLBACK").await?;
+    Ok(true)
 }
 
 impl Db {

@@ -142,6 +142,23 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             .iter()
             .filter_map(|p| p.reason(state.ready_max_lag)),
     );
+    // A projection that cannot commit (a full disk, a read-only file) is not ready, whatever
+    // its lag says: it is retrying from its checkpoint and will say so until a batch commits.
+    for p in state.projections.iter() {
+        let failure = p
+            .counters
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(error) = failure {
+            reasons.push(format!(
+                "projection {} is failing and retrying from checkpoint {}: {error}",
+                p.stream.name,
+                *p.checkpoint.borrow()
+            ));
+        }
+    }
     // A gap is reported, not a reason to refuse traffic: with a retention limit every
     // replica that starts from nothing after the limit has passed has one, and would
     // otherwise never be ready. Operators alert on it (orrery_projection_missing_events).

@@ -151,6 +151,8 @@ pub struct Counters {
     pub stalls: AtomicU64,
     /// Messages committed per second, as last sampled (see `app`'s sampler).
     pub rate: AtomicU64,
+    /// Why the last step failed, until a batch commits again (`/ready` reports it).
+    pub failure: std::sync::Mutex<Option<String>>,
     /// Messages per committed batch.
     pub batch_sizes: Histogram,
     /// Seconds from a batch's transaction start to its commit.
@@ -166,6 +168,7 @@ impl Default for Counters {
             errors: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             rate: AtomicU64::new(0),
+            failure: std::sync::Mutex::new(None),
             // 1, 2, 4 … 8192 messages (the largest batch size is 65536: the top bucket is +Inf).
             batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             // 0.1 ms … 3.3 s.
@@ -336,9 +339,17 @@ impl<P: Projection> Projector<P> {
         loop {
             match self.project_next_batch(&cancel).await {
                 Ok(Outcome::Stopped) => break,
-                Ok(_) => failures = 0,
+                Ok(outcome) => {
+                    failures = 0;
+                    // A commit, or a consumer with nothing left to give, proves the fault
+                    // gone; a step that merely started a commit says nothing about the disk.
+                    if matches!(outcome, Outcome::Applied { .. } | Outcome::Idle) {
+                        self.set_failure(None);
+                    }
+                }
                 Err(error) => {
                     self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.set_failure(Some(error.to_string()));
                     let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
                     failures = failures.saturating_add(1);
                     tracing::warn!(stream, %error, retry_in_ms = delay.as_millis() as u64,
@@ -351,6 +362,17 @@ impl<P: Projection> Projector<P> {
             }
         }
         tracing::info!(stream, checkpoint = self.checkpoint, "projector stopped");
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        // A poisoned lock only means a panic elsewhere mid-write: the value is still usable.
+        let mut slot = self
+            .shared
+            .counters
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *slot = failure;
     }
 
     async fn open_consumer(&mut self) -> Result<&mut consumer::pull::Ordered, ProjectorError> {

@@ -621,3 +621,108 @@ async fn serve_refuses_a_nats_server_older_than_2_11_with_exit_code_2() {
         .unwrap();
     assert!(names.is_empty(), "streams created: {names:?}");
 }
+
+/// A tmpfs of `size` mounted on a fresh directory; unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount(8)");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN), as on the CI machine"
+        );
+        Self { dir }
+    }
+
+    fn resize(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazy: detached at once even while a daemon of a failed test still holds files.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_projection_visibly_and_it_resumes_exactly_once_freed() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let disk = SmallDisk::mount("1200k");
+    let db = disk.dir.path().join("orrery.db");
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    wait_for_streams(&js).await;
+    // Far more than 1.2 MB of rows and indexes.
+    publish_range(&js, 0..20_000, &ago(Duration::from_secs(60))).await;
+
+    let http = reqwest::Client::new();
+    let reason = loop_until_some(Duration::from_secs(60), || async {
+        let r: Value = http
+            .get(format!("{}/ready", app.address))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        r["reasons"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|s| s.contains("projection RESULTS is failing"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(reason.contains("full"), "{reason}");
+    let stuck = app.count("since=1h").await;
+    assert!(stuck < 20_000, "{stuck}");
+
+    // Room again: projection carries on from its checkpoint, every event exactly once.
+    disk.resize("64m");
+    app.wait_caught_up().await;
+    assert_eq!(app.count("since=1h").await, 20_000);
+    let r: Value = http
+        .get(format!("{}/ready", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "ready", "{r}");
+    app.stop().await;
+}
+
+/// Polls `check` every 100 ms until it returns `Some`; panics after `limit`.
+async fn loop_until_some<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(started.elapsed() < limit, "timed out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
