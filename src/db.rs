@@ -41,9 +41,45 @@ fn options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
         .pragma("temp_store", "memory"))
 }
 
-/// Opens (creating if needed) and migrates the database.
-#[tracing::instrument(skip_all, fields(path = %path.display()))]
+/// The database file is damaged (SQLite says CORRUPT or NOTADB): `orrery rebuild` sets it
+/// aside and rebuilds it from the bus.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database file {path} is damaged ({detail}); the bus holds every event: run \
+     `orrery rebuild` (it keeps the damaged file beside the new one)"
+)]
+pub struct Corrupt {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// SQLite's words.
+    pub detail: String,
+}
+
+/// Whether an error chain holds SQLite's CORRUPT (11) or NOTADB (26).
+fn corruption(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|e| {
+        let db = e.downcast_ref::<sqlx::Error>()?.as_database_error()?;
+        let code = db.code()?.parse::<i32>().ok()? & 0xff;
+        matches!(code, 11 | 26).then(|| db.message().to_owned())
+    })
+}
+
+/// Opens (creating if needed) and migrates the database; a damaged file is a [`Corrupt`].
 pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
+    open_checked(path, readers)
+        .await
+        .map_err(|e| match corruption(&e) {
+            Some(detail) => Corrupt {
+                path: path.to_owned(),
+                detail,
+            }
+            .into(),
+            None => e,
+        })
+}
+
+#[tracing::instrument(skip_all, fields(path = %path.display()))]
+async fn open_checked(path: &Path, readers: u32) -> anyhow::Result<Db> {
     let writer = SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
@@ -61,6 +97,8 @@ pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
         .run(&writer)
         .await
         .context("running database migrations")?;
+    // No full integrity check here: it reads the whole file at every start. A damaged header
+    // or schema fails above; damage deeper in is found by the query that meets it.
     let readers = SqlitePoolOptions::new()
         .max_connections(readers)
         .acquire_timeout(Duration::from_secs(5))
@@ -93,6 +131,24 @@ async fn still_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Er
     }
     conn.execute("ROLLBACK").await?;
     Ok(true)
+}
+
+/// Moves a damaged database (and its WAL and shared-memory files) aside to
+/// `<file>.damaged-<unix seconds>`; returns the new name of the main file.
+pub fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let stamp = crate::window::now_ms() / 1000;
+    let mut moved = None;
+    for suffix in ["", "-wal", "-shm"] {
+        let from = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to =
+                std::path::PathBuf::from(format!("{}.damaged-{stamp}{suffix}", path.display()));
+            std::fs::rename(&from, &to)
+                .with_context(|| format!("moving {} aside", from.display()))?;
+            moved.get_or_insert(to);
+        }
+    }
+    moved.with_context(|| format!("{} does not exist", path.display()))
 }
 
 impl Db {

@@ -30,7 +30,8 @@ pub struct Replay {
 }
 
 /// Resets and replays `stream` (or every projected stream), calling `progress` after each
-/// batch; returns messages replayed.
+/// batch; returns messages replayed. A damaged database file is set aside and every stream
+/// replayed into a new one.
 pub async fn rebuild(
     config: &Config,
     stream: Option<&str>,
@@ -47,7 +48,19 @@ pub async fn rebuild(
             );
         }
     }
-    let db = db::open(&config.database, 1).await?;
+    let mut stream = stream;
+    let db = match db::open(&config.database, 1).await {
+        Ok(db) => db,
+        Err(e) if e.downcast_ref::<db::Corrupt>().is_some() => {
+            let aside = db::set_aside(&config.database)?;
+            tracing::warn!(damaged = %aside.display(),
+                "the database was damaged: set aside; rebuilding every read model from the bus");
+            // A new file holds nothing: every stream is replayed, whatever --stream said.
+            stream = None;
+            db::open(&config.database, 1).await?
+        }
+        Err(e) => return Err(e),
+    };
     let nats = bus::connect(&config.nats).await?;
     let js = jetstream::new(nats);
     let mut total = 0;

@@ -726,3 +726,77 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+fn digest_of(db: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["digest", "--database"])
+        .arg(db)
+        .env_remove("ORRERY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_identically() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orrery.db");
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    wait_for_streams(&js).await;
+    publish_range(&js, 0..500, &ago(Duration::from_secs(60))).await;
+    publish_topology(&js, "t", "status", json!({"status": "active"})).await;
+    app.wait_caught_up().await;
+    app.stop().await;
+    let before = digest_of(&db);
+
+    // Damage the header while nothing runs.
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..64].copy_from_slice(&[0x5a; 64]);
+    std::fs::write(&db, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("serve")
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_NATS_URL", nats.url())
+        .env("ORRERY_DATABASE", &db)
+        .env("ORRERY_LISTEN", "127.0.0.1:0")
+        .env("ORRERY_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("damaged") && stderr.contains("orrery rebuild"),
+        "{stderr}"
+    );
+
+    // The operator does as told: the damaged file is kept aside, the new one is the same.
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["rebuild", "--database"])
+        .arg(&db)
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_NATS_URL", nats.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("orrery.db.damaged-"))
+        .collect();
+    assert!(!aside.is_empty(), "the damaged file was not kept");
+    assert_eq!(digest_of(&db), before);
+}

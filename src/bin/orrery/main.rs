@@ -303,7 +303,9 @@ async fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             // 2 as clap uses for a bad argument: what the operator must change, not a crash.
-            if e.downcast_ref::<Refusal>().is_some() {
+            if e.downcast_ref::<Refusal>().is_some()
+                || e.downcast_ref::<orrery::db::Corrupt>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
