@@ -263,13 +263,7 @@ pub async fn restore(
     // a reason to replay everything.
     match js.get_stream(format!("OBJ_{bucket_name}")).await {
         Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
+        Err(e) if crate::bus::streams::is_not_found(&e) => {
             tracing::info!(bucket = bucket_name, "no snapshot bucket yet");
             return Ok(None);
         }

@@ -108,6 +108,15 @@ pub fn drift(want: &stream::Config, have: &stream::Config) -> Vec<String> {
     out
 }
 
+/// Whether looking a stream up failed because it does not exist (not a timeout).
+pub fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(ref js)
+            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
 /// Creates each missing stream; a stream that exists with another config is reported and left
 /// as it is, because rewriting an operator's stream could drop data.
 #[tracing::instrument(skip_all)]
@@ -129,13 +138,7 @@ pub async fn provision(
                     );
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    jetstream::context::GetStreamErrorKind::JetStream(ref js)
-                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-                ) =>
-            {
+            Err(e) if is_not_found(&e) => {
                 js.create_stream(want).await?;
                 tracing::info!(stream = spec.name, subject = spec.subject, "created stream");
             }

@@ -194,6 +194,17 @@ async fn a_sign_in_link_works_once_and_is_no_api_credential() {
     assert_eq!(exchange("x".repeat(20_000)).await.status(), 413);
 }
 
+/// Opens topology `tid`'s live view and waits until its stream is live.
+async fn open_live_topology(b: &mut Browser, app: &TestApp, tid: &str) {
+    b.goto(&format!("{}/#/topologies/{tid}", app.address)).await;
+    b.wait_for(
+        "document.querySelector('[data-testid=live-state]')?.innerText === 'live'",
+        "the live stream",
+        WAIT,
+    )
+    .await;
+}
+
 /// Publishes a topology, a pinned successful deploy and a result, and waits for them.
 async fn seed(app: &TestApp, js: &async_nats::jetstream::Context) {
     wait_for_streams(js).await;
@@ -278,13 +289,7 @@ async fn a_viewer_signs_in_by_link_sees_the_overview_and_no_operator_controls() 
         .await;
 
     // A live topology, but no enqueue form.
-    b.goto(&format!("{}/#/topologies/lab", app.address)).await;
-    b.wait_for(
-        "document.querySelector('[data-testid=live-state]')?.innerText === 'live'",
-        "the live stream",
-        WAIT,
-    )
-    .await;
+    open_live_topology(&mut b, &app, "lab").await;
     assert_eq!(
         b.eval("!!document.querySelector('[data-testid=enqueue-form]')")
             .await,
@@ -354,13 +359,7 @@ async fn an_admin_sees_mutations_appear_live_and_can_enqueue_and_roll_back() {
     )
     .await;
 
-    b.goto(&format!("{}/#/topologies/lab", app.address)).await;
-    b.wait_for(
-        "document.querySelector('[data-testid=live-state]')?.innerText === 'live'",
-        "the live stream",
-        WAIT,
-    )
-    .await;
+    open_live_topology(&mut b, &app, "lab").await;
     // A mutation published on the bus appears without a reload, then moves on.
     publish_topology(
         &js,

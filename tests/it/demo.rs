@@ -11,27 +11,11 @@ use crate::helpers::*;
 async fn demo_traffic_fills_every_read_model_within_the_contract() {
     let nats = NatsServer::start().unwrap();
     let app = spawn_app(&nats).await;
-    let out = tokio::task::spawn_blocking({
-        let url = nats.url();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_orrery"))
-                .args([
-                    "demo",
-                    "--rate",
-                    "300",
-                    "--duration",
-                    "6s",
-                    "--agents",
-                    "12",
-                ])
-                .env("ORRERY_NATS_URL", url)
-                .env("RUST_LOG", "warn")
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = run_demo(
+        &nats.url(),
+        &["--rate", "300", "--duration", "6s", "--agents", "12"],
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let sent: u64 = stderr

@@ -392,6 +392,31 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
     );
 }
 
+/// Waits for `/ready`, then publishes topology `tid`'s status and waits until it is projected.
+async fn ready_with_topology(
+    daemon: &Daemon,
+    http: &reqwest::Client,
+    js: &jetstream::Context,
+    tid: &str,
+) {
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon to be ready",
+        || async {
+            http.get(format!("{}/ready", daemon.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let seq = publish_topology(js, tid, "status", json!({"status": "active"})).await;
+    wait_until(Duration::from_secs(20), "the topology", || async {
+        daemon.metric_of(http, "TOPOLOGY").await == Some(seq)
+    })
+    .await;
+}
+
 /// Sends SIGTERM once `/health` answers and expects exit status 0 (5 s is a hang detector).
 async fn sigterm_and_expect_clean_exit(mut daemon: Daemon, ready_path: &str) {
     let http = reqwest::Client::new();
@@ -450,22 +475,7 @@ async fn sigterm_with_100_open_streams_ends_them_and_exits_promptly() {
     );
     let http = reqwest::Client::new();
     let js = jetstream(&nats).await;
-    wait_until(
-        Duration::from_secs(20),
-        "the daemon to be ready",
-        || async {
-            http.get(format!("{}/ready", daemon.address))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
-    let seq = publish_topology(&js, "t", "status", json!({"status": "active"})).await;
-    wait_until(Duration::from_secs(20), "the topology", || async {
-        daemon.metric_of(&http, "TOPOLOGY").await == Some(seq)
-    })
-    .await;
+    ready_with_topology(&daemon, &http, &js, "t").await;
     let mut streams = Vec::new();
     for _ in 0..100 {
         let res = open_stream(&http, &daemon.address, "t", "many", None).await;
@@ -509,22 +519,7 @@ async fn sigterm_with_a_drain_delay_turns_ready_503_while_streams_and_queries_ca
     );
     let http = reqwest::Client::new();
     let js = jetstream(&nats).await;
-    wait_until(
-        Duration::from_secs(20),
-        "the daemon to be ready",
-        || async {
-            http.get(format!("{}/ready", daemon.address))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
-    let seq = publish_topology(&js, "t", "status", json!({"status": "active"})).await;
-    wait_until(Duration::from_secs(20), "the topology", || async {
-        daemon.metric_of(&http, "TOPOLOGY").await == Some(seq)
-    })
-    .await;
+    ready_with_topology(&daemon, &http, &js, "t").await;
     let mut sse = SseClient::new(open_stream(&http, &daemon.address, "t", "drain", None).await);
     assert_eq!(
         sse.next(Duration::from_secs(10)).await.unwrap().event,

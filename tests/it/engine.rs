@@ -18,6 +18,21 @@ async fn engine(
     Projector<ResultsProjection>,
     tempfile::TempDir,
 ) {
+    let (js, projector, _db, dir) = engine_of(nats, ResultsProjection::default()).await;
+    (js, projector, dir)
+}
+
+/// Streams provisioned and a projector of `projection` over a fresh database, with the
+/// daemon's default of no extra wait once a batch's first message is in.
+async fn engine_of<P: orrery::projector::Projection>(
+    nats: &NatsServer,
+    projection: P,
+) -> (
+    async_nats::jetstream::Context,
+    Projector<P>,
+    orrery::db::Db,
+    tempfile::TempDir,
+) {
     let js = jetstream(nats).await;
     streams::provision(
         &js,
@@ -32,9 +47,8 @@ async fn engine(
     let db = orrery::db::open(&dir.path().join("engine.db"), 1)
         .await
         .unwrap();
-    // The daemon's default: no extra wait once a batch's first message is in.
     let projector = Projector::new(
-        ResultsProjection::default(),
+        projection,
         js.clone(),
         db.writer.clone(),
         4096,
@@ -42,7 +56,7 @@ async fn engine(
     )
     .await
     .unwrap();
-    (js, projector, dir)
+    (js, projector, db, dir)
 }
 
 async fn result(js: &async_nats::jetstream::Context, i: u64) {
@@ -151,29 +165,8 @@ impl orrery::projector::Projection for Panicky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
     let nats = NatsServer::start().unwrap();
-    let js = jetstream(&nats).await;
-    streams::provision(
-        &js,
-        Provisioning {
-            replicas: 1,
-            max_age: Duration::from_secs(3_600),
-        },
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = orrery::db::open(&dir.path().join("engine.db"), 1)
-        .await
-        .unwrap();
-    let mut projector = Projector::new(
-        Panicky(ResultsProjection::default()),
-        js.clone(),
-        db.writer.clone(),
-        4096,
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
+    let (js, mut projector, db, _dir) =
+        engine_of(&nats, Panicky(ResultsProjection::default())).await;
     result(&js, 1).await;
     publish_result(
         &js,

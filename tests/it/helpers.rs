@@ -392,3 +392,20 @@ pub async fn publish_topology(
     .unwrap()
     .sequence
 }
+
+/// Runs `orrery demo` with `args` against `nats_url` to its end; returns its output.
+pub async fn run_demo(nats_url: &str, args: &[&str]) -> std::process::Output {
+    let url = nats_url.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .arg("demo")
+            .args(&args)
+            .env("ORRERY_NATS_URL", url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}

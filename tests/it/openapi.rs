@@ -2,8 +2,6 @@
 //! Schema), complete, and true — every read endpoint's real answers, after demo traffic,
 //! match the schema the document gives for their status.
 
-use std::process::Command;
-
 use orrery::natsd::NatsServer;
 use orrery::token::Role;
 use serde_json::{json, Value};
@@ -142,17 +140,11 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
     let nats = NatsServer::start().unwrap();
     let app = spawn_app(&nats).await;
     // Traffic on every subject, from the demo, so that no list is empty.
-    let url = nats.url();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["demo", "--rate", "300", "--duration", "5s", "--agents", "6"])
-            .env("ORRERY_NATS_URL", url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = run_demo(
+        &nats.url(),
+        &["--rate", "300", "--duration", "5s", "--agents", "6"],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",

@@ -45,6 +45,22 @@ fn with_bucket(nats: &NatsServer, db: &std::path::Path) -> orrery::Settings {
     }
 }
 
+/// A bus, a scratch directory and replica `a` with the snapshot bucket (`extra` settings on
+/// top), its streams provisioned.
+async fn replica_a(
+    extra: orrery::Settings,
+) -> (NatsServer, jetstream::Context, tempfile::TempDir, TestApp) {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = with_bucket(&nats, &dir.path().join("a.db"));
+    settings.snapshot_interval_secs = extra.snapshot_interval_secs;
+    settings.snapshot_keep = extra.snapshot_keep;
+    let a = spawn_app_with(settings, tempfile::tempdir().unwrap()).await;
+    wait_for_streams(&js).await;
+    (nats, js, dir, a)
+}
+
 async fn digest(app: &TestApp) -> Value {
     app.get_json("/api/v1/admin/digest", Role::Admin).await
 }
@@ -81,15 +97,7 @@ fn snapshot_command(nats: &NatsServer, db: &std::path::Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_replica_restores_a_verified_snapshot_and_catches_up_past_retention() {
-    let nats = NatsServer::start().unwrap();
-    let js = jetstream(&nats).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = spawn_app_with(
-        with_bucket(&nats, &dir.path().join("a.db")),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
-    wait_for_streams(&js).await;
+    let (nats, js, dir, a) = replica_a(orrery::Settings::default()).await;
     publish_results(&js, 0..300).await;
     publish_topology(&js, "t1", "status", json!({"status": "active"})).await;
     a.wait_caught_up().await;
@@ -154,15 +162,7 @@ async fn a_fresh_replica_restores_a_verified_snapshot_and_catches_up_past_retent
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_fails_verification_is_skipped_for_an_older_good_one() {
-    let nats = NatsServer::start().unwrap();
-    let js = jetstream(&nats).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = spawn_app_with(
-        with_bucket(&nats, &dir.path().join("a.db")),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
-    wait_for_streams(&js).await;
+    let (nats, js, dir, a) = replica_a(orrery::Settings::default()).await;
     publish_results(&js, 0..50).await;
     a.wait_caught_up().await;
     let good = snapshot_command(&nats, &a.db_path);
@@ -229,19 +229,12 @@ async fn a_snapshot_that_fails_verification_is_skipped_for_an_older_good_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_serving_daemon_writes_snapshots_on_its_interval_and_keeps_the_newest() {
-    let nats = NatsServer::start().unwrap();
-    let js = jetstream(&nats).await;
-    let dir = tempfile::tempdir().unwrap();
-    let a = spawn_app_with(
-        orrery::Settings {
-            snapshot_interval_secs: Some(1),
-            snapshot_keep: Some(2),
-            ..with_bucket(&nats, &dir.path().join("a.db"))
-        },
-        tempfile::tempdir().unwrap(),
-    )
+    let (_nats, js, _dir, a) = replica_a(orrery::Settings {
+        snapshot_interval_secs: Some(1),
+        snapshot_keep: Some(2),
+        ..Default::default()
+    })
     .await;
-    wait_for_streams(&js).await;
     publish_results(&js, 0..20).await;
     a.wait_caught_up().await;
     // Every name ever listed: four distinct ones prove the interval runs.

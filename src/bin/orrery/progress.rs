@@ -10,6 +10,19 @@ use orrery::rebuild::Replay;
 /// How often the plain display logs.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
+/// A bar of `template`, where `{rate}` is events per second without decimals.
+pub fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("a valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> ")
+}
+
 /// Renders `orrery rebuild`'s progress.
 pub struct ReplayDisplay {
     terminal: bool,
@@ -33,20 +46,9 @@ impl ReplayDisplay {
             self.finish();
             let bar = self.terminal.then(|| {
                 let bar = ProgressBar::new(r.target);
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix:>10} [{bar:36}] {percent:>3}% {human_pos}/{human_len} \
-                         {rate} ETA {eta}",
-                    )
-                    .expect("a valid template")
-                    .with_key(
-                        "rate",
-                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                            let _ = write!(w, "{:.0}/s", state.per_sec());
-                        },
-                    )
-                    .progress_chars("=> "),
-                );
+                bar.set_style(bar_style(
+                    "{prefix:>10} [{bar:36}] {percent:>3}% {human_pos}/{human_len} {rate} ETA {eta}",
+                ));
                 bar.set_prefix(r.stream);
                 bar
             });

@@ -347,19 +347,9 @@ async fn publish_with(
     let started = Instant::now();
     // On a terminal a bar shows the load; elsewhere (CI, --json into a file) it stays hidden.
     let bar = indicatif::ProgressBar::new(events);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "publishing [{bar:36}] {percent:>3}% {human_pos}/{human_len} {rate} ETA {eta}",
-        )
-        .expect("a valid template")
-        .with_key(
-            "rate",
-            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0}/s", state.per_sec());
-            },
-        )
-        .progress_chars("=> "),
-    );
+    bar.set_style(crate::progress::bar_style(
+        "publishing [{bar:36}] {percent:>3}% {human_pos}/{human_len} {rate} ETA {eta}",
+    ));
     let mut inflight = std::collections::VecDeque::with_capacity(4096);
     for i in 0..events {
         if i % 1024 == 0 {
