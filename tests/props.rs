@@ -70,8 +70,58 @@ fn message<'a>(subject: &'a str, payload: &'a [u8]) -> Message<'a> {
     }
 }
 
+/// Alertmanager webhook bodies: mostly well-formed, with statuses, labels, times and ids
+/// from the edges of what Alertmanager sends.
+fn webhook() -> impl Strategy<Value = Vec<u8>> {
+    let labels = proptest::collection::btree_map("[a-z_]{1,12}", ".{0,24}", 0..6);
+    let alert = (
+        prop_oneof![
+            Just("firing".to_owned()),
+            Just("resolved".to_owned()),
+            "[a-z]{0,8}"
+        ],
+        labels.clone(),
+        labels,
+        prop_oneof![
+            Just("2026-11-30T10:00:00Z".to_owned()),
+            Just("2026-11-30T10:00:00.123456789+09:00".to_owned()),
+            ".{0,30}"
+        ],
+        proptest::option::of("[a-f0-9]{16}"),
+        proptest::option::of("https://am\\.example/[a-z]{0,10}"),
+    )
+        .prop_map(|(status, mut labels, annotations, starts, fp, url)| {
+            labels.insert("alertname".into(), "Disk".into());
+            serde_json::json!({"status": status, "labels": labels, "annotations": annotations,
+                               "startsAt": starts, "fingerprint": fp, "generatorURL": url})
+        });
+    (
+        prop_oneof![Just("4".to_owned()), Just("3".to_owned()), "[0-9]{0,2}"],
+        proptest::collection::vec(alert, 0..5),
+    )
+        .prop_map(|(version, alerts)| {
+            serde_json::to_vec(&serde_json::json!({"version": version, "alerts": alerts})).unwrap()
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Webhooks: never a panic; every alert of an accepted body becomes an event that the
+    /// ALERTS decoder accepts, so nothing the API took in is dead-lettered later.
+    #[test]
+    fn accepted_webhook_alerts_are_events_the_decoder_accepts(body in webhook(), junk in payload()) {
+        let _ = orrery::api::alerts::intake::parse_webhook(&junk);
+        if let Ok(events) = orrery::api::alerts::intake::parse_webhook(&body) {
+            prop_assert!(!events.is_empty() && events.len() <= 1000);
+            for (id, data) in events {
+                let body = orrery::bus::envelope::encode(&id, "alert", "alertmanager",
+                    "2026-11-30T10:00:00Z", &data);
+                let decoded = AlertsProjection.decode(&message("alert.alertmanager.shop", &body));
+                prop_assert!(decoded.is_ok(), "{:?} for {}", decoded.err(), data);
+            }
+        }
+    }
 
     /// Every stream's decoder takes any subject and any bytes without panicking; what it
     /// refuses it refuses with a reason (a dead letter's text).

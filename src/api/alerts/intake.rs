@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::extract::{json_body, AsOperator, Authorized, Params, RawBody};
+use crate::api::extract::{
+    body_bytes, json_body, parse_json, AsOperator, Authorized, Params, RawBody,
+};
 use crate::api::{AppState, MAX_BODY_BYTES};
 use crate::bus::publish::Outgoing;
 use crate::bus::{envelope, streams, subjects};
@@ -138,6 +140,31 @@ struct AmWebhook {
     alerts: Vec<AmAlert>,
 }
 
+/// Validates an Alertmanager webhook body (version 4, 1 to 1000 alerts) and turns each
+/// alert into its provider event id and the `data` of its alert event; any fault is a 400
+/// naming the alert, and then nothing is published.
+pub fn parse_webhook(body: &[u8]) -> ApiResult<Vec<(String, Value)>> {
+    let hook: AmWebhook = parse_json(body, "an Alertmanager webhook payload (version 4)")?;
+    if hook.version != "4" {
+        return Err(ApiError::BadRequest(format!(
+            "webhook version {:?} is not supported; expected \"4\"",
+            hook.version
+        )));
+    }
+    if hook.alerts.is_empty() || hook.alerts.len() > MAX_WEBHOOK_ALERTS {
+        return Err(ApiError::BadRequest(format!(
+            "alerts must hold 1 to {MAX_WEBHOOK_ALERTS} alerts"
+        )));
+    }
+    hook.alerts
+        .iter()
+        .enumerate()
+        .map(|(i, alert)| {
+            alertmanager_event(alert).map_err(|e| ApiError::BadRequest(format!("alerts[{i}]: {e}")))
+        })
+        .collect()
+}
+
 /// Turns one Alertmanager alert into the `data` of an alert event.
 fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
     if a.status != "firing" && a.status != "resolved" {
@@ -205,27 +232,10 @@ pub async fn alertmanager_webhook(
     let project = params
         .token("project_id")?
         .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;
-    let hook: AmWebhook = json_body(
-        &body,
-        MAX_BODY_BYTES,
-        "an Alertmanager webhook payload (version 4)",
-    )?;
-    if hook.version != "4" {
-        return Err(ApiError::BadRequest(format!(
-            "webhook version {:?} is not supported; expected \"4\"",
-            hook.version
-        )));
-    }
-    if hook.alerts.is_empty() || hook.alerts.len() > MAX_WEBHOOK_ALERTS {
-        return Err(ApiError::BadRequest(format!(
-            "alerts must hold 1 to {MAX_WEBHOOK_ALERTS} alerts"
-        )));
-    }
+    let events = parse_webhook(body_bytes(&body, MAX_BODY_BYTES)?)?;
     let now = format_unix_ms(now_ms());
-    let mut outgoing = Vec::with_capacity(hook.alerts.len());
-    for (i, alert) in hook.alerts.iter().enumerate() {
-        let (provider_event_id, data) = alertmanager_event(alert)
-            .map_err(|e| ApiError::BadRequest(format!("alerts[{i}]: {e}")))?;
+    let mut outgoing = Vec::with_capacity(events.len());
+    for (provider_event_id, data) in events {
         // Alertmanager retries a failed delivery: the same alert instance keeps its id, so
         // JetStream drops the retry within its duplicate window.
         let id = uuid::Uuid::new_v5(
