@@ -795,3 +795,111 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
     assert!(!aside.is_empty(), "the damaged file was not kept");
     assert_eq!(digest_of(&db), before);
 }
+
+/// Resident memory of a process, in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exact() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Batches of 8 make projection slow enough for publishers to outrun it many times over.
+    let daemon = Daemon::spawn_with(
+        &nats.url(),
+        &dir.path().join("o.db"),
+        8,
+        &[("ORRERY_READY_MAX_LAG", "2000")],
+    );
+    let http = reqwest::Client::new();
+    let js = jetstream(&nats).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the daemon to be ready",
+        || async {
+            http.get(format!("{}/ready", daemon.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let baseline = rss_bytes(daemon.child.id());
+    let flood = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            publish_range(&js, 0..150_000, &ago(Duration::from_secs(60))).await;
+        })
+    };
+
+    // While it lasts: readiness says how far behind, queries keep answering promptly.
+    let mut saw_lag = false;
+    let mut peak_rss = baseline;
+    let mut slowest = Duration::ZERO;
+    while !flood.is_finished() {
+        let res = http
+            .get(format!("{}/ready", daemon.address))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 503 {
+            let body: Value = res.json().await.unwrap();
+            saw_lag |= body["reasons"].to_string().contains("lags by");
+        }
+        let asked = Instant::now();
+        let stats = http
+            .get(format!("{}/api/v1/results/stats?since=1h", daemon.address))
+            .bearer_auth(token(orrery::token::Role::Viewer))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stats.status(), 200);
+        slowest = slowest.max(asked.elapsed());
+        peak_rss = peak_rss.max(rss_bytes(daemon.child.id()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    flood.await.unwrap();
+    let behind = stream_state(&js, "RESULTS").await.0
+        - daemon
+            .metric(&http, "orrery_projection_checkpoint")
+            .await
+            .unwrap_or(0);
+    eprintln!(
+        "flood over: {behind} behind, RSS {baseline} → {peak_rss}, slowest query {slowest:?}"
+    );
+    assert!(saw_lag, "/ready never said the projection lagged");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a query took {slowest:?} during the flood"
+    );
+    // The backlog waits in JetStream, not in the daemon: memory stays near its baseline.
+    assert!(
+        peak_rss < baseline + 150 * 1024 * 1024,
+        "RSS grew from {baseline} to {peak_rss}"
+    );
+
+    // And it catches up, every event once.
+    let seq = stream_state(&js, "RESULTS").await.0;
+    wait_until(Duration::from_secs(120), "the backlog to drain", || async {
+        daemon.metric(&http, "orrery_projection_checkpoint").await == Some(seq)
+    })
+    .await;
+    let count: Value = http
+        .get(format!("{}/api/v1/results/stats?since=1h", daemon.address))
+        .bearer_auth(token(orrery::token::Role::Viewer))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["count"], 150_000);
+}
