@@ -695,7 +695,13 @@ async fn commit<P: Projection>(
     batch: &mut Batch<P::Event>,
 ) -> Result<(), ProjectorError> {
     let mut tx = writer.begin().await?;
-    match projection.apply(&mut tx, &batch.events).await {
+    // A panic in `apply` (a bug meeting its event) is caught like a refusal: isolated to the
+    // event that causes it, which is dead-lettered, instead of failing the step for ever.
+    let applied = std::panic::AssertUnwindSafe(projection.apply(&mut tx, &batch.events))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(sqlx::Error::Protocol("applying the batch panicked".into())));
+    match applied {
         Ok(()) => {}
         Err(e) if error::is_transient(&e) => return Err(e.into()),
         Err(e) => {
@@ -707,7 +713,13 @@ async fn commit<P: Projection>(
             let mut applied = Vec::with_capacity(batch.events.len());
             for (ev, &i) in batch.events.iter().zip(&batch.origins) {
                 let mut sp = sqlx::Connection::begin(&mut *tx).await?;
-                match projection.apply(&mut sp, std::slice::from_ref(ev)).await {
+                let one = std::panic::AssertUnwindSafe(
+                    projection.apply(&mut sp, std::slice::from_ref(ev)),
+                )
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(sqlx::Error::Protocol("applying it panicked".into())));
+                match one {
                     Ok(()) => {
                         sp.commit().await?;
                         applied.push(true);

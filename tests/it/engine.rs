@@ -196,3 +196,82 @@ async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
         vec![(2, "the decoder panicked on this message".to_owned())]
     );
 }
+
+/// The results read model with an `apply` that panics on one event: a stand-in for a bug in
+/// a read model's SQL code meeting the event that triggers it.
+struct PanickyApply(ResultsProjection);
+
+impl orrery::projector::Projection for PanickyApply {
+    /// The inner event, and whether applying it panics.
+    type Event = (
+        bool,
+        <ResultsProjection as orrery::projector::Projection>::Event,
+    );
+
+    fn stream(&self) -> orrery::bus::streams::StreamSpec {
+        self.0.stream()
+    }
+
+    fn decode(&self, msg: &orrery::projector::Message<'_>) -> Result<Self::Event, String> {
+        let boom = msg.payload.windows(4).any(|w| w == b"BOOM");
+        Ok((boom, self.0.decode(msg)?))
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        events: &[Self::Event],
+    ) -> sqlx::Result<()> {
+        for (boom, event) in events {
+            assert!(!boom, "an apply bug");
+            self.0.apply(conn, std::slice::from_ref(event)).await?;
+        }
+        Ok(())
+    }
+
+    fn tables(&self) -> &'static [orrery::projector::Table] {
+        self.0.tables()
+    }
+
+    fn reset(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+    ) -> impl std::future::Future<Output = sqlx::Result<()>> + Send {
+        self.0.reset(conn)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_panics_costs_one_dead_letter_and_nothing_else() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, db, _dir) =
+        engine_of(&nats, PanickyApply(ResultsProjection::default())).await;
+    result(&js, 1).await;
+    publish_result(
+        &js,
+        "result.job.a1",
+        json!({"result_id": "BOOM", "success": true}),
+    )
+    .await;
+    result(&js, 3).await;
+    let cancel = CancellationToken::new();
+    let started = std::time::Instant::now();
+    while projector.checkpoint() < 3 {
+        projector.project_next_batch(&cancel).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(20), "stuck");
+    }
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT result_id FROM execution_results ORDER BY result_id")
+            .fetch_all(&db.writer)
+            .await
+            .unwrap();
+    let dead: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
+            .fetch_all(&db.writer)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec!["r1".to_owned(), "r3".to_owned()]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, 2);
+    assert!(dead[0].1.contains("panicked"), "{dead:?}");
+}
