@@ -250,11 +250,7 @@ async fn restore_snapshot(
     js: &jetstream::Context,
     bucket: &str,
 ) {
-    let deadline = tokio::time::Instant::now() + crate::snapshot::RESTORE_WAIT;
-    while !bus::is_connected(nats) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if !bus::is_connected(nats) {
+    if !bus::wait_connected(nats, crate::snapshot::RESTORE_WAIT).await {
         tracing::warn!(
             bucket,
             "the bus did not answer in time: no snapshot restored; \

@@ -21,6 +21,7 @@
 //! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
 //! - [`redact`]: secret redaction for alert text.
 //! - [`snapshot`]: database snapshots in a JetStream object store, for fresh replicas.
+//! - [`sync`]: locks that outlive a panic elsewhere.
 //! - [`telemetry`]: Prometheus metrics (OpenMetrics text) without touching the hot path.
 //! - [`token`]: roles, claims, minting and verifying API tokens.
 //! - [`window`]: times and durations: parsing, formatting, Unix milliseconds.
@@ -39,6 +40,7 @@ pub mod projector;
 pub mod rebuild;
 pub mod redact;
 pub mod snapshot;
+pub mod sync;
 pub mod telemetry;
 pub mod token;
 pub mod window;

@@ -284,6 +284,24 @@ impl Collector for Scrape {
     }
 }
 
+/// A `<key> <n> kB` line of a `/proc/<pid>/status` text, in bytes.
+fn status_bytes(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+/// Resident memory of process `pid` in bytes (Linux; 0 where unknown): for benchmarks and
+/// tests that watch a daemon they started.
+pub fn resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| status_bytes(&s, "VmRSS:"))
+        .unwrap_or(0)
+}
+
 /// Process metrics from `/proc/self` (Linux); absent elsewhere.
 #[derive(Debug)]
 struct Process;
@@ -294,13 +312,7 @@ const TICKS: f64 = 100.0;
 impl Collector for Process {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let kib = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-                .map(|k| k * 1024)
-        };
+        let kib = |key: &str| status_bytes(&status, key).map(|b| b as i64);
         if let Some(rss) = kib("VmRSS:") {
             single(
                 &mut e,

@@ -30,8 +30,7 @@ pub struct UsedLogins {
 impl UsedLogins {
     /// Marks `jti` used; `Ok(false)` when it already was.
     fn claim(&self, jti: &str, exp: u64, now: u64) -> ApiResult<bool> {
-        // A poisoned lock only means another request panicked mid-insert: the map is fine.
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let mut used = crate::sync::lock(&self.used);
         if used.len() >= MAX_USED_LOGINS / 2 {
             used.retain(|_, exp| *exp >= now);
         }

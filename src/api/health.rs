@@ -145,12 +145,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     // A projection that cannot commit (a full disk, a read-only file) is not ready, whatever
     // its lag says: it is retrying from its checkpoint and will say so until a batch commits.
     for p in state.projections.iter() {
-        let failure = p
-            .counters
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let failure = crate::sync::lock(&p.counters.failure).clone();
         if let Some(error) = failure {
             reasons.push(format!(
                 "projection {} is failing and retrying from checkpoint {}: {error}",

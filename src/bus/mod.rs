@@ -87,6 +87,18 @@ pub async fn connect_counting(
         .context("configuring the NATS connection")
 }
 
+/// Waits up to `limit` for the client's first (or next) connection; `true` once connected.
+pub async fn wait_connected(client: &Client, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !is_connected(client) {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// `true` while the client holds a live connection to a server.
 pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected

@@ -197,7 +197,7 @@ impl Hub {
     /// Publishes committed events of one topology, in order.
     pub fn publish(&self, tid: &str, event: LiveEvent) {
         let event = Arc::new(event);
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         let topic = self.topic(&mut topics, tid);
         if topic.ring.len() == self.replay {
             if let Some(old) = topic.ring.pop_front() {
@@ -211,14 +211,14 @@ impl Hub {
 
     /// Subscribes to a topology's live events (before reading its snapshot).
     pub fn subscribe(&self, tid: &str) -> broadcast::Receiver<Arc<LiveEvent>> {
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         self.topic(&mut topics, tid).tx.subscribe()
     }
 
     /// Subscribes and takes the topology's view with the retained events after it,
     /// atomically; or says the view must be loaded first.
     pub fn join(&self, tid: &str) -> Join {
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         let topic = self.topic(&mut topics, tid);
         let Some(view) = topic.view.clone() else {
             return Join::Load(topic.load.clone());
@@ -245,13 +245,13 @@ impl Hub {
     /// The lock held by the one connect that loads the topology's view or reads its events
     /// back from the stream.
     pub fn load_lock(&self, tid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         self.topic(&mut topics, tid).load.clone()
     }
 
     /// Whether a view of the topology is held (it exists, then).
     pub fn has_view(&self, tid: &str) -> bool {
-        let topics = self.topics.lock().expect("hub lock");
+        let topics = crate::sync::lock(&self.topics);
         topics.get(tid).is_some_and(|t| t.view.is_some())
     }
 
@@ -259,7 +259,7 @@ impl Hub {
     /// one is already held.
     pub fn install(&self, tid: &str, view: View) {
         self.view_loads.fetch_add(1, Ordering::Relaxed);
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         let topic = self.topic(&mut topics, tid);
         if topic.view.as_ref().is_none_or(|v| v.seq < view.seq) {
             topic.view = Some(Arc::new(view));
@@ -268,7 +268,7 @@ impl Hub {
 
     /// Subscribes and collects the retained events after `last_id`, atomically.
     pub fn resume(&self, tid: &str, last_id: u64) -> Resume {
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         let topic = self.topic(&mut topics, tid);
         let rx = topic.tx.subscribe();
         if last_id < topic.held_from {
@@ -288,7 +288,7 @@ impl Hub {
     /// ring starts, in order. Afterwards resumes from `from` on are served from memory (as
     /// far as the ring's size allows).
     pub fn backfill(&self, tid: &str, from: u64, events: Vec<Arc<LiveEvent>>) {
-        let mut topics = self.topics.lock().expect("hub lock");
+        let mut topics = crate::sync::lock(&self.topics);
         let topic = self.topic(&mut topics, tid);
         if from >= topic.held_from {
             return;

@@ -365,14 +365,7 @@ impl<P: Projection> Projector<P> {
     }
 
     fn set_failure(&self, failure: Option<String>) {
-        // A poisoned lock only means a panic elsewhere mid-write: the value is still usable.
-        let mut slot = self
-            .shared
-            .counters
-            .failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *slot = failure;
+        *crate::sync::lock(&self.shared.counters.failure) = failure;
     }
 
     async fn open_consumer(&mut self) -> Result<&mut consumer::pull::Ordered, ProjectorError> {

@@ -194,6 +194,17 @@ async fn a_sign_in_link_works_once_and_is_no_api_credential() {
     assert_eq!(exchange("x".repeat(20_000)).await.status(), 413);
 }
 
+/// Opens the dashboard without credentials and waits for its sign-in form.
+async fn open_sign_in(b: &mut Browser, app: &TestApp) {
+    b.goto(&format!("{}/", app.address)).await;
+    b.wait_for(
+        "!document.getElementById('signin').hidden",
+        "the sign-in form",
+        WAIT,
+    )
+    .await;
+}
+
 /// Opens topology `tid`'s live view and waits until its stream is live.
 async fn open_live_topology(b: &mut Browser, app: &TestApp, tid: &str) {
     b.goto(&format!("{}/#/topologies/{tid}", app.address)).await;
@@ -333,13 +344,7 @@ async fn an_admin_sees_mutations_appear_live_and_can_enqueue_and_roll_back() {
 
     // Sign in by pasting a token.
     let mut b = Browser::start().await;
-    b.goto(&format!("{}/", app.address)).await;
-    b.wait_for(
-        "!document.getElementById('signin').hidden",
-        "the sign-in form",
-        WAIT,
-    )
-    .await;
+    open_sign_in(&mut b, &app).await;
     b.eval(&format!(
         "document.getElementById('token').value = '{}'; \
          document.getElementById('signin-form').requestSubmit(); true",
@@ -450,13 +455,7 @@ async fn an_expired_token_sends_the_user_back_to_sign_in() {
     )
     .unwrap();
     let mut b = Browser::start().await;
-    b.goto(&format!("{}/", app.address)).await;
-    b.wait_for(
-        "!document.getElementById('signin').hidden",
-        "the sign-in form",
-        WAIT,
-    )
-    .await;
+    open_sign_in(&mut b, &app).await;
     b.eval(&format!(
         "sessionStorage.setItem('orrery.token', '{expired}'); location.reload(); true"
     ))

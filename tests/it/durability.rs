@@ -43,6 +43,17 @@ impl Daemon {
         }
     }
 
+    /// Waits until `path` (`/health`, `/ready`) answers 200.
+    async fn wait_for(&self, http: &reqwest::Client, path: &str) {
+        wait_until(Duration::from_secs(20), path, || async {
+            http.get(format!("{}{path}", self.address))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+    }
+
     async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
         self.metric_for(http, name, "RESULTS").await
     }
@@ -399,17 +410,7 @@ async fn ready_with_topology(
     js: &jetstream::Context,
     tid: &str,
 ) {
-    wait_until(
-        Duration::from_secs(20),
-        "the daemon to be ready",
-        || async {
-            http.get(format!("{}/ready", daemon.address))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
+    daemon.wait_for(http, "/ready").await;
     let seq = publish_topology(js, tid, "status", json!({"status": "active"})).await;
     wait_until(Duration::from_secs(20), "the topology", || async {
         daemon.metric_of(http, "TOPOLOGY").await == Some(seq)
@@ -420,13 +421,7 @@ async fn ready_with_topology(
 /// Sends SIGTERM once `/health` answers and expects exit status 0 (5 s is a hang detector).
 async fn sigterm_and_expect_clean_exit(mut daemon: Daemon, ready_path: &str) {
     let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(20), "the daemon to answer", || async {
-        http.get(format!("{}{ready_path}", daemon.address))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
+    daemon.wait_for(&http, ready_path).await;
     let started = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &daemon.child.id().to_string()])
@@ -796,18 +791,6 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
     assert_eq!(digest_of(&db), before);
 }
 
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exact() {
     let nats = NatsServer::start().unwrap();
@@ -821,18 +804,8 @@ async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exac
     );
     let http = reqwest::Client::new();
     let js = jetstream(&nats).await;
-    wait_until(
-        Duration::from_secs(20),
-        "the daemon to be ready",
-        || async {
-            http.get(format!("{}/ready", daemon.address))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        },
-    )
-    .await;
-    let baseline = rss_bytes(daemon.child.id());
+    daemon.wait_for(&http, "/ready").await;
+    let baseline = orrery::telemetry::resident_bytes(daemon.child.id());
     let flood = {
         let js = js.clone();
         tokio::spawn(async move {
@@ -863,7 +836,7 @@ async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exac
             .unwrap();
         assert_eq!(stats.status(), 200);
         slowest = slowest.max(asked.elapsed());
-        peak_rss = peak_rss.max(rss_bytes(daemon.child.id()));
+        peak_rss = peak_rss.max(orrery::telemetry::resident_bytes(daemon.child.id()));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     flood.await.unwrap();

@@ -124,46 +124,19 @@ async fn messages_that_arrive_while_a_batch_commits_form_the_next_batch() {
     assert!(commits <= 20, "201 messages took {commits} commits");
 }
 
-/// The results read model, with a decoder that panics on one payload: a stand-in for a
-/// decoder bug meeting the message that triggers it.
-struct Panicky(ResultsProjection);
-
-impl orrery::projector::Projection for Panicky {
-    type Event = <ResultsProjection as orrery::projector::Projection>::Event;
-
-    fn stream(&self) -> orrery::bus::streams::StreamSpec {
-        self.0.stream()
-    }
-
-    fn decode(&self, msg: &orrery::projector::Message<'_>) -> Result<Self::Event, String> {
-        if msg.payload.windows(5).any(|w| w == b"PANIC") {
-            panic!("a decoder bug");
-        }
-        self.0.decode(msg)
-    }
-
-    fn apply(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        events: &[Self::Event],
-    ) -> impl std::future::Future<Output = sqlx::Result<()>> + Send {
-        self.0.apply(conn, events)
-    }
-
-    fn tables(&self) -> &'static [orrery::projector::Table] {
-        self.0.tables()
-    }
-
-    fn reset(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-    ) -> impl std::future::Future<Output = sqlx::Result<()>> + Send {
-        self.0.reset(conn)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
+    let (rows, dead) = project_around("PANIC").await;
+    assert_eq!(rows.len(), 2, "the messages around it are projected");
+    assert_eq!(
+        dead,
+        vec![(2, "the decoder panicked on this message".to_owned())]
+    );
+}
+
+/// Projects results r1, `middle` and r3 through [`Panicky`]; returns the result ids stored
+/// and the dead letters (seq, reason).
+async fn project_around(middle: &str) -> (Vec<String>, Vec<(i64, String)>) {
     let nats = NatsServer::start().unwrap();
     let (js, mut projector, db, _dir) =
         engine_of(&nats, Panicky(ResultsProjection::default())).await;
@@ -171,7 +144,7 @@ async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
     publish_result(
         &js,
         "result.job.a1",
-        json!({"result_id": "PANIC", "success": true}),
+        json!({"result_id": middle, "success": true}),
     )
     .await;
     result(&js, 3).await;
@@ -181,27 +154,25 @@ async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
         projector.project_next_batch(&cancel).await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(20), "stuck");
     }
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
-        .fetch_one(&db.writer)
-        .await
-        .unwrap();
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT result_id FROM execution_results ORDER BY result_id")
+            .fetch_all(&db.writer)
+            .await
+            .unwrap();
     let dead: Vec<(i64, String)> =
         sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
             .fetch_all(&db.writer)
             .await
             .unwrap();
-    assert_eq!(rows, 2, "the messages around it are projected");
-    assert_eq!(
-        dead,
-        vec![(2, "the decoder panicked on this message".to_owned())]
-    );
+    (rows, dead)
 }
 
-/// The results read model with an `apply` that panics on one event: a stand-in for a bug in
-/// a read model's SQL code meeting the event that triggers it.
-struct PanickyApply(ResultsProjection);
+/// The results read model with two planted bugs: its decoder panics on a payload holding
+/// `PANIC`, its `apply` on an event whose payload held `BOOM` — stand-ins for a bug meeting
+/// the message that triggers it.
+struct Panicky(ResultsProjection);
 
-impl orrery::projector::Projection for PanickyApply {
+impl orrery::projector::Projection for Panicky {
     /// The inner event, and whether applying it panics.
     type Event = (
         bool,
@@ -213,8 +184,11 @@ impl orrery::projector::Projection for PanickyApply {
     }
 
     fn decode(&self, msg: &orrery::projector::Message<'_>) -> Result<Self::Event, String> {
-        let boom = msg.payload.windows(4).any(|w| w == b"BOOM");
-        Ok((boom, self.0.decode(msg)?))
+        let holds = |word: &[u8]| msg.payload.windows(word.len()).any(|w| w == word);
+        if holds(b"PANIC") {
+            panic!("a decoder bug");
+        }
+        Ok((holds(b"BOOM"), self.0.decode(msg)?))
     }
 
     async fn apply(
@@ -243,33 +217,7 @@ impl orrery::projector::Projection for PanickyApply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_that_panics_costs_one_dead_letter_and_nothing_else() {
-    let nats = NatsServer::start().unwrap();
-    let (js, mut projector, db, _dir) =
-        engine_of(&nats, PanickyApply(ResultsProjection::default())).await;
-    result(&js, 1).await;
-    publish_result(
-        &js,
-        "result.job.a1",
-        json!({"result_id": "BOOM", "success": true}),
-    )
-    .await;
-    result(&js, 3).await;
-    let cancel = CancellationToken::new();
-    let started = std::time::Instant::now();
-    while projector.checkpoint() < 3 {
-        projector.project_next_batch(&cancel).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(20), "stuck");
-    }
-    let rows: Vec<String> =
-        sqlx::query_scalar("SELECT result_id FROM execution_results ORDER BY result_id")
-            .fetch_all(&db.writer)
-            .await
-            .unwrap();
-    let dead: Vec<(i64, String)> =
-        sqlx::query_as("SELECT seq, reason FROM dead_letters ORDER BY seq")
-            .fetch_all(&db.writer)
-            .await
-            .unwrap();
+    let (rows, dead) = project_around("BOOM").await;
     assert_eq!(rows, vec!["r1".to_owned(), "r3".to_owned()]);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, 2);

@@ -36,7 +36,7 @@ impl Tickets {
 
     /// Issues a ticket standing for `claims`.
     pub fn issue(&self, claims: Claims) -> ApiResult<String> {
-        let mut issued = self.issued.lock().expect("tickets lock");
+        let mut issued = crate::sync::lock(&self.issued);
         let now = Instant::now();
         let ttl = self.ttl;
         issued.retain(|_, (_, at)| now.duration_since(*at) < ttl);
@@ -54,7 +54,7 @@ impl Tickets {
 
     /// Redeems a ticket once; `None` when unknown, used or expired.
     pub fn redeem(&self, ticket: &str) -> Option<Claims> {
-        let (claims, at) = self.issued.lock().expect("tickets lock").remove(ticket)?;
+        let (claims, at) = crate::sync::lock(&self.issued).remove(ticket)?;
         (at.elapsed() < self.ttl).then_some(claims)
     }
 }
@@ -84,7 +84,7 @@ impl StreamLimits {
 
     /// Takes a place for `user`: 429 past the user's cap, 503 past the total.
     pub fn acquire(self: &Arc<Self>, user: &str) -> ApiResult<StreamSlot> {
-        let mut open = self.open.lock().expect("limits lock");
+        let mut open = crate::sync::lock(&self.open);
         if open.0 >= self.total {
             return Err(ApiError::Busy(
                 "the server holds as many streams as it is allowed".into(),
@@ -107,13 +107,13 @@ impl StreamLimits {
 
     /// Streams open now.
     pub fn open(&self) -> usize {
-        self.open.lock().expect("limits lock").0
+        crate::sync::lock(&self.open).0
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut open = self.limits.open.lock().expect("limits lock");
+        let mut open = crate::sync::lock(&self.limits.open);
         open.0 -= 1;
         if let Some(n) = open.1.get_mut(&self.user) {
             *n -= 1;

@@ -115,16 +115,12 @@ async fn shutdown_signal() {
 /// now, unlike `serve`, which starts without it).
 async fn connect_now(config: &orrery::Config) -> anyhow::Result<async_nats::Client> {
     let nats = orrery::bus::connect(&config.nats).await?;
-    let deadline = std::time::Instant::now() + orrery::snapshot::RESTORE_WAIT;
-    while !orrery::bus::is_connected(&nats) {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "NATS at {} did not answer within {:?}",
-            config.nats.url,
-            orrery::snapshot::RESTORE_WAIT
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let wait = orrery::snapshot::RESTORE_WAIT;
+    anyhow::ensure!(
+        orrery::bus::wait_connected(&nats, wait).await,
+        "NATS at {} did not answer within {wait:?}",
+        config.nats.url
+    );
     Ok(nats)
 }
 

@@ -68,17 +68,6 @@ pub struct FanoutReport {
     pub rss_per_connection: u64,
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -259,7 +248,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     }
 
     let pid = daemon.child.id();
-    let rss_before = rss_bytes(pid);
+    let rss_before = orrery::telemetry::resident_bytes(pid);
     let connected = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
@@ -290,7 +279,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     let storm_time = storm.elapsed();
     let connected_n = connected.load(Ordering::Relaxed) as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_connected = rss_bytes(pid);
+    let rss_connected = orrery::telemetry::resident_bytes(pid);
 
     // Publish at a steady rate: a tick every 10 ms with rate/100 events, or under 100 events/s
     // one event a tick, every 1/rate s.
