@@ -72,7 +72,11 @@ impl Application {
             config.sse.client_queue,
             topology_start,
         ));
-        let roster = projections::roster(&config, hub.clone());
+        let listeners = projections::Listeners {
+            hub: hub.clone(),
+            durations: Arc::default(),
+        };
+        let roster = projections::roster(&config, &listeners);
         let read_models: Arc<[ReadModel]> =
             roster.iter().map(|p| (p.stream(), p.tables())).collect();
         let mut projectors = Vec::new();
@@ -141,6 +145,7 @@ impl Application {
             ready_max_lag: config.ready_max_lag,
             bus_timeout: Duration::from_secs(5),
             hub,
+            durations: listeners.durations,
             tickets: Arc::default(),
             limits: Arc::new(StreamLimits::new(
                 config.sse.max_per_user,

@@ -3,8 +3,6 @@
 //! The bus is the truth, so this is always safe; run it with the daemon stopped, since a
 //! running daemon keeps its own checkpoint in memory.
 
-use std::sync::Arc;
-
 use anyhow::{bail, Context};
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use crate::bus;
 use crate::config::Config;
 use crate::db;
-use crate::live::Hub;
 use crate::projections;
 use crate::projector::{AnyProjection, Outcome};
 
@@ -37,8 +34,8 @@ pub async fn rebuild(
     stream: Option<&str>,
     mut progress: impl FnMut(Replay),
 ) -> anyhow::Result<u64> {
-    // Nobody listens during a rebuild; the hub only satisfies the topology projection.
-    let roster = projections::roster(config, Arc::new(Hub::new(1, 1, 0)));
+    // Nobody listens during a rebuild.
+    let roster = projections::roster(config, &projections::Listeners::unheard());
     if let Some(s) = stream {
         if !roster.iter().any(|p| p.stream().name == s) {
             let names: Vec<&str> = roster.iter().map(|p| p.stream().name).collect();

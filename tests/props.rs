@@ -1,5 +1,6 @@
-//! Property tests for every parser that reads input from outside: they never panic, they
-//! refuse what the contract refuses, and what they accept round-trips. Bounded (256 cases
+//! Property tests for every parser that reads input from outside (they never panic, they
+//! refuse what the contract refuses, and what they accept round-trips), for SSE tickets, and
+//! for the percentile selection behind `/results/durations`. Bounded (256 cases
 //! per property by default, `PROPTEST_CASES` to change) so the suite stays fast; no bus and
 //! no database needed.
 
@@ -7,14 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orrery::api::extract::Params;
+use orrery::api::sse::Tickets;
 use orrery::config::Secret;
 use orrery::live::{event_id, parse_event_id, Hub};
 use orrery::projections::alerts::AlertsProjection;
 use orrery::projections::heartbeats::HeartbeatsProjection;
+use orrery::projections::results::durations::rank::{nearest_rank, rank_index, select_sorted};
 use orrery::projections::results::ResultsProjection;
 use orrery::projections::topology::TopologyProjection;
 use orrery::projector::{Message, Projection};
-use orrery::token::{mint, Authenticator, Role};
+use orrery::token::{mint, Authenticator, Claims, Role};
 use orrery::window::{format_unix_ms, parse_duration, parse_rfc3339_ms, parse_single_unit};
 use proptest::prelude::*;
 
@@ -238,6 +241,54 @@ proptest! {
         // A changed base64 padding bit can decode to the same bytes; any other change fails.
         if let Ok(c) = auth.verify(&tampered) {
             prop_assert_eq!(c.sub, sub);
+        }
+    }
+
+    /// SSE tickets: each redeems exactly once, to the claims it was issued for; no other
+    /// string (a near miss included) ever redeems, and none panics.
+    #[test]
+    fn tickets_redeem_once_and_only_as_issued(subs in proptest::collection::vec("[a-z]{1,12}", 1..20),
+                                              junk in ".{0,100}", flip in any::<prop::sample::Index>()) {
+        let tickets = Tickets::default();
+        let issued: Vec<(String, String)> = subs
+            .iter()
+            .map(|sub| (tickets.issue(Claims::new(sub, Role::Viewer, u64::MAX)).unwrap(), sub.clone()))
+            .collect();
+        prop_assert!(tickets.redeem(&junk).is_none());
+        let (first, _) = &issued[0];
+        let mut near = first.clone().into_bytes();
+        let i = flip.index(near.len());
+        near[i] = if near[i] == b'0' { b'1' } else { b'0' };
+        prop_assert!(tickets.redeem(std::str::from_utf8(&near).unwrap()).is_none());
+        for (ticket, sub) in &issued {
+            let claims = tickets.redeem(ticket);
+            prop_assert_eq!(claims.map(|c| c.sub), Some(sub.clone()));
+            prop_assert!(tickets.redeem(ticket).is_none(), "a second redemption");
+        }
+    }
+
+    /// Percentiles across sorted blocks are the values one sort of everything gives, at
+    /// every rank, with ties, empty blocks and extreme values.
+    #[test]
+    fn ranks_across_sorted_blocks_match_one_sort(
+        mut blocks in proptest::collection::vec(proptest::collection::vec(-5i64..60, 0..50), 0..10),
+        wide in proptest::collection::vec(any::<i64>(), 0..10),
+    ) {
+        blocks.push(wide);
+        for b in &mut blocks {
+            b.sort_unstable();
+        }
+        let mut all = blocks.concat();
+        all.sort_unstable();
+        let slices: Vec<&[i64]> = blocks.iter().map(Vec::as_slice).collect();
+        for r in 0..=all.len() {
+            prop_assert_eq!(select_sorted(&slices, r), all.get(r).copied(), "rank {}", r);
+        }
+        if !all.is_empty() {
+            for p in [0.5, 0.95, 0.99] {
+                let r = rank_index(all.len(), p);
+                prop_assert_eq!(select_sorted(&slices, r), Some(nearest_rank(&all, p)));
+            }
         }
     }
 

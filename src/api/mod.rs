@@ -64,6 +64,8 @@ pub struct AppState {
     pub bus_timeout: Duration,
     /// Live fan-out of committed topology events.
     pub hub: Arc<crate::live::Hub>,
+    /// Durations of whole hours, kept between `/results/durations` requests.
+    pub durations: Arc<crate::projections::results::durations::DurationCache>,
     /// SSE tickets.
     pub tickets: Arc<sse::Tickets>,
     /// SSE stream caps.

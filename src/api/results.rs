@@ -57,7 +57,7 @@ pub async fn durations(
             ApiError::invalid("since", "an RFC 3339 time such as 2026-11-22T10:00:00Z")
         })?,
     };
-    let items: Vec<Value> = job_durations(&state.db.readers, since)
+    let items: Vec<Value> = job_durations(&state.db.readers, &state.durations, since, now_ms())
         .await?
         .into_iter()
         .map(|j| {

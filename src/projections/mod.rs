@@ -10,7 +10,7 @@ mod roster;
 pub mod topology;
 pub mod workloads;
 
-pub use roster::{read_models, roster};
+pub use roster::{read_models, roster, Listeners};
 
 /// Empties `tables` (for a projection's `reset`); names come from code, never from input.
 pub(crate) async fn delete_all(

@@ -9,28 +9,49 @@ use crate::digest::ReadModel;
 use crate::live::Hub;
 use crate::projector::AnyProjection;
 
+use super::results::durations::DurationCache;
+
 use super::alerts::AlertsProjection;
 use super::heartbeats::HeartbeatsProjection;
 use super::results::ResultsProjection;
 use super::topology::TopologyProjection;
 
-/// The read models, one per stream, in the order `/ready` and `/metrics` list them. `hub`
-/// receives committed topology events for the live stream.
-pub fn roster(config: &Config, hub: Arc<Hub>) -> Vec<Box<dyn AnyProjection>> {
+/// What the read models tell, in memory, about the batches they commit.
+#[derive(Clone)]
+pub struct Listeners {
+    /// Receives committed topology events for the live stream.
+    pub hub: Arc<Hub>,
+    /// Forgets the hours of committed results.
+    pub durations: Arc<DurationCache>,
+}
+
+impl Listeners {
+    /// Listeners nobody asks (rebuild, digest, benchmarks).
+    pub fn unheard() -> Self {
+        Self {
+            hub: Arc::new(Hub::new(1, 1, 0)),
+            durations: Arc::default(),
+        }
+    }
+}
+
+/// The read models, one per stream, in the order `/ready` and `/metrics` list them.
+pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjection>> {
     vec![
         Box::new(ResultsProjection {
             deploy_keep: config.fleet.deploy_history_keep,
+            durations: Arc::clone(&listeners.durations),
         }),
-        Box::new(TopologyProjection::new(hub)),
+        Box::new(TopologyProjection::new(Arc::clone(&listeners.hub))),
         Box::new(AlertsProjection),
         Box::new(HeartbeatsProjection),
     ]
 }
 
 /// The read models' streams and tables, for commands that only read them (`orrery digest`,
-/// snapshots): the roster with a hub nobody listens to.
+/// snapshots): the roster with nobody listening.
 pub fn read_models(config: &Config) -> Vec<ReadModel> {
-    roster(config, Arc::new(Hub::new(1, 1, 0)))
+    roster(config, &Listeners::unheard())
         .iter()
         .map(|p| (p.stream(), p.tables()))
         .collect()

@@ -268,6 +268,108 @@ async fn durations_are_nearest_rank_per_job_slowest_first() {
     assert_eq!(merged["items"], v["items"]);
 }
 
+/// A run the durations test publishes: job, result id, finish (Unix ms), duration.
+type Run = (String, String, i64, i64);
+
+/// `/results/durations` computed the plain way: every run of the window, sorted.
+fn durations_by_sorting(runs: &[Run], since: i64) -> Value {
+    let mut jobs: std::collections::BTreeMap<&str, Vec<(i64, &str)>> = Default::default();
+    for (job, id, finished, ms) in runs {
+        if *finished >= since {
+            jobs.entry(job).or_default().push((*ms, id));
+        }
+    }
+    let mut items: Vec<(i64, Value)> = jobs
+        .into_iter()
+        .map(|(job, mut v)| {
+            v.sort();
+            let n = v.len();
+            let rank = |percent: usize| v[(percent * n).div_ceil(100).clamp(1, n) - 1].0;
+            let sum: i64 = v.iter().map(|(ms, _)| ms).sum();
+            let (max_ms, max_id) = *v.last().unwrap();
+            let item = json!({"job_id": job, "count": n, "min_ms": v[0].0, "p50_ms": rank(50),
+                "p95_ms": rank(95), "p99_ms": rank(99), "max_ms": max_ms,
+                "mean_ms": sum as f64 / n as f64, "max_result_id": max_id});
+            (rank(95), item)
+        })
+        .collect();
+    items.sort_by_key(|(p95, _)| std::cmp::Reverse(*p95));
+    Value::Array(items.into_iter().map(|(_, item)| item).collect())
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+        .replace('+', "%2B")
+}
+
+#[tokio::test]
+async fn durations_stay_exact_as_late_runs_land_in_hours_already_read() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    let now = orrery::window::now_ms();
+    let mut runs: Vec<Run> = Vec::new();
+    let publish = |runs: &mut Vec<Run>, i: i64, finished: i64| {
+        // Three jobs, durations with many ties (the ranks and the longest run's id matter).
+        let run = (
+            format!("job-{}", i % 3),
+            format!("r-{i:04}"),
+            finished,
+            (i * 7_919) % 450,
+        );
+        let (job, id, f, ms) = run.clone();
+        runs.push(run);
+        let js = js.clone();
+        async move {
+            publish_result(&js, "result.job.a1", json!({"result_id": id, "job_id": job, "success": true,
+                "started_at": rfc3339_ms(f - ms).replace("%2B", "+"), "finished_at": rfc3339_ms(f).replace("%2B", "+")})).await;
+        }
+    };
+    // 300 runs over the last five hours, one every 61 s.
+    for i in 0..300 {
+        publish(&mut runs, i, now - i * 61_000).await;
+    }
+    app.wait_caught_up().await;
+    let windows = [
+        now - 4 * 3_600_000 - 1_234_567,
+        now - 2 * 3_600_000 - 600_000,
+        now - 3_000_000,
+    ];
+    let check = |runs: Vec<Run>| {
+        let app = &app;
+        async move {
+            for since in windows {
+                let path = format!("/api/v1/results/durations?since={}", rfc3339_ms(since));
+                // Twice: the second answer comes from what the first kept.
+                for _ in 0..2 {
+                    let v = app.get_json(&path, Role::Viewer).await;
+                    assert_eq!(
+                        v["items"],
+                        durations_by_sorting(&runs, since),
+                        "since {since}"
+                    );
+                }
+            }
+        }
+    };
+    check(runs.clone()).await;
+    // Late runs: into the hours each window cuts, hours wholly inside them, the open hour,
+    // and before every window; then the same answers as sorting everything.
+    let mut i = 300;
+    for window in windows {
+        for at in [window + 1, window - 1, window + 3_600_000, now - 1] {
+            publish(&mut runs, i, at).await;
+            i += 1;
+        }
+    }
+    app.wait_caught_up().await;
+    check(runs.clone()).await;
+}
+
 #[tokio::test]
 async fn resource_metrics_aggregate_per_timestamp_and_hide_ids_from_non_admins() {
     let nats = NatsServer::start().unwrap();

@@ -9,6 +9,8 @@ pub mod counts;
 pub mod deploys;
 pub mod durations;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -20,7 +22,7 @@ use crate::projector::{Message, Projection, Table};
 use crate::window::UnixMs;
 pub use counts::count_results;
 pub use deploys::{scrub_error, Deploy, DEPLOY_ERROR_MARKER};
-pub use durations::compact_duration_blocks;
+pub use durations::{compact_duration_blocks, DurationCache};
 
 /// Longest `result_id` / `job_id` accepted.
 pub const MAX_ID_LEN: usize = 256;
@@ -159,15 +161,20 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
 }
 
 /// The RESULTS stream's projection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ResultsProjection {
     /// Deploy ledger entries kept per workload.
     pub deploy_keep: u32,
+    /// Told the hours of committed runs.
+    pub durations: Arc<DurationCache>,
 }
 
 impl Default for ResultsProjection {
     fn default() -> Self {
-        Self { deploy_keep: 50 }
+        Self {
+            deploy_keep: 50,
+            durations: Arc::default(),
+        }
     }
 }
 
@@ -207,6 +214,20 @@ impl Projection for ResultsProjection {
             durations::insert_blocks_from_rows(conn, rowid_before).await?;
         }
         deploys::apply(conn, events, self.deploy_keep).await
+    }
+
+    fn committed(&self, events: &[ResultEvent]) {
+        let mut hours: Vec<i64> = events
+            .iter()
+            .filter(|e| e.job_id.is_some() && e.started_at.is_some())
+            .filter_map(|e| e.finished_at)
+            .flat_map(durations::hours_of)
+            .collect();
+        if !hours.is_empty() {
+            hours.sort_unstable();
+            hours.dedup();
+            self.durations.changed(hours);
+        }
     }
 
     fn tables(&self) -> &'static [Table] {

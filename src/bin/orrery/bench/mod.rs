@@ -9,7 +9,6 @@ pub mod ingest;
 pub mod load;
 pub mod query;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -20,7 +19,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use orrery::bus::streams::{self, Provisioning, StreamSpec};
-use orrery::live::Hub;
 use orrery::natsd::NatsServer;
 use orrery::projector::Outcome;
 use orrery::{db, projections, Settings};
@@ -316,7 +314,7 @@ async fn catch_up(
         ..Default::default()
     }
     .resolve()?;
-    let projection = projections::roster(&config, Arc::new(Hub::new(1, 1, 0)))
+    let projection = projections::roster(&config, &projections::Listeners::unheard())
         .into_iter()
         .find(|p| p.stream() == stream)
         .with_context(|| format!("no read model consumes {}", stream.name))?;
