@@ -17,6 +17,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Variables one statement may bind: SQLite's limit is 32,766; stay a little under it.
 const MAX_BOUND_VARIABLES: usize = 32_000;
 
+/// WAL pages (4 KiB) after which a commit checkpoints.
+const WAL_CHECKPOINT_PAGES: u32 = 32_768;
+
 /// How many rows of `columns` bound values each fit one multi-row statement.
 pub const fn rows_per_statement(columns: usize) -> usize {
     MAX_BOUND_VARIABLES / columns
@@ -89,7 +92,12 @@ async fn open_checked(path: &Path, readers: u32) -> anyhow::Result<Db> {
             options(path)?
                 .create_if_missing(true)
                 // A large page cache keeps the indexes of the hot tables in memory.
-                .pragma("cache_size", "-131072"),
+                .pragma("cache_size", "-131072")
+                // Checkpoint the WAL every 128 MiB instead of SQLite's 4 MiB: a batch of
+                // heartbeats dirties pages all over the per-agent index, and a checkpoint
+                // writes each page once however many commits changed it. Measured with
+                // `bench query` (1M heartbeats, 10,000 agents): 75–78k → 100–106k events/s.
+                .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string()),
         )
         .await
         .with_context(|| format!("opening database {}", path.display()))?;

@@ -231,7 +231,10 @@ impl Projection for HeartbeatsProjection {
                 })
                 .or_insert(e);
         }
-        let agents: Vec<&Heartbeat> = newest.into_values().collect();
+        // In key order, here and below: consecutive inserts then land on the same B-tree
+        // pages, which SQLite finds warm in its cache.
+        let mut agents: Vec<&Heartbeat> = newest.into_values().collect();
+        agents.sort_unstable_by(|a, b| a.agent_id.cmp(&b.agent_id));
         for chunk in agents.chunks(rows_per_statement(6)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT INTO agents (agent_id, hostname, version, labels, last_heartbeat, last_seq) ",
@@ -254,10 +257,11 @@ impl Projection for HeartbeatsProjection {
             q.build().execute(&mut *conn).await?;
         }
 
-        let system: Vec<(&Heartbeat, SystemStats)> = events
+        let mut system: Vec<(&Heartbeat, SystemStats)> = events
             .iter()
             .filter_map(|e| e.stats.map(|s| (e, s)))
             .collect();
+        system.sort_unstable_by(|(a, _), (b, _)| (&a.agent_id, a.at).cmp(&(&b.agent_id, b.at)));
         for chunk in system.chunks(rows_per_statement(6)) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
                 "INSERT OR IGNORE INTO system_stats_samples \
