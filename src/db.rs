@@ -58,27 +58,45 @@ pub struct Corrupt {
     pub detail: String,
 }
 
-/// Whether an error chain holds SQLite's CORRUPT (11) or NOTADB (26).
-fn corruption(error: &anyhow::Error) -> Option<String> {
+/// The database file cannot be written (read-only file, directory or filesystem): nothing
+/// could be projected, so the daemon refuses to start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database file {path} cannot be written ({detail}): make the file, its -wal and \
+     -shm files and its directory writable by this user, on a filesystem mounted read-write"
+)]
+pub struct Unwritable {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// SQLite's words.
+    pub detail: String,
+}
+
+/// The message of the first SQLite error in a chain whose primary code is one of `codes`.
+fn sqlite_error(error: &anyhow::Error, codes: &[i32]) -> Option<String> {
     error.chain().find_map(|e| {
         let db = e.downcast_ref::<sqlx::Error>()?.as_database_error()?;
         let code = db.code()?.parse::<i32>().ok()? & 0xff;
-        matches!(code, 11 | 26).then(|| db.message().to_owned())
+        codes.contains(&code).then(|| db.message().to_owned())
     })
 }
 
-/// Opens (creating if needed) and migrates the database; a damaged file is a [`Corrupt`].
+/// Opens (creating if needed) and migrates the database; a damaged file is a [`Corrupt`],
+/// one that cannot be written an [`Unwritable`].
 pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
-    open_checked(path, readers)
-        .await
-        .map_err(|e| match corruption(&e) {
-            Some(detail) => Corrupt {
-                path: path.to_owned(),
-                detail,
-            }
-            .into(),
-            None => e,
-        })
+    let e = match open_checked(path, readers).await {
+        Ok(db) => return Ok(db),
+        Err(e) => e,
+    };
+    let path = path.to_owned();
+    // CORRUPT, NOTADB; READONLY, IOERR (a write refused by the filesystem).
+    if let Some(detail) = sqlite_error(&e, &[11, 26]) {
+        return Err(Corrupt { path, detail }.into());
+    }
+    if let Some(detail) = sqlite_error(&e, &[8, 10]) {
+        return Err(Unwritable { path, detail }.into());
+    }
+    Err(e)
 }
 
 #[tracing::instrument(skip_all, fields(path = %path.display()))]
@@ -105,6 +123,15 @@ async fn open_checked(path: &Path, readers: u32) -> anyhow::Result<Db> {
         .run(&writer)
         .await
         .context("running database migrations")?;
+    // With nothing to migrate, a read-only file opens and reads fine and fails at the first
+    // commit: write its header once (the same value) so that it fails here, by name.
+    let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+        .fetch_one(&writer)
+        .await?;
+    sqlx::query(&format!("PRAGMA user_version = {version}"))
+        .execute(&writer)
+        .await
+        .context("writing to the database")?;
     // No full integrity check here: it reads the whole file at every start. A damaged header
     // or schema fails above; damage deeper in is found by the query that meets it.
     let readers = SqlitePoolOptions::new()

@@ -16,7 +16,7 @@ pub enum ProjectorError {
     #[error("bus: the consumer stream ended")]
     ConsumerEnded,
     /// SQLite failed (busy, I/O, full disk…).
-    #[error("database: {0}")]
+    #[error("database: {0}{hint}", hint = hint(.0))]
     Database(#[from] sqlx::Error),
 }
 
@@ -30,17 +30,40 @@ impl ProjectorError {
     }
 }
 
+/// The primary SQLite result code of a database error.
+fn primary_code(e: &sqlx::Error) -> Option<i32> {
+    let db = e.as_database_error()?;
+    Some(db.code()?.parse::<i32>().ok()? & 0xff)
+}
+
+/// What an operator can do about a fault of the file or the disk, appended to its error
+/// (SQLite's own words, "disk I/O error", do not say where to look).
+fn hint(e: &sqlx::Error) -> &'static str {
+    match primary_code(e) {
+        Some(8) => " — the database is read-only: make the file and its directory writable",
+        Some(10) => {
+            " — the database file could not be written: check that the file and its directory \
+             are writable (permissions, an immutable attribute, a filesystem remounted \
+             read-only) and that the disk is healthy"
+        }
+        Some(13) => " — the disk is full: free space or give the database a larger volume",
+        Some(14) => {
+            " — the database file cannot be opened: check its directory exists and is writable"
+        }
+        _ => "",
+    }
+}
+
 /// `true` for database errors that say nothing about the data: busy, locked, out of memory,
 /// I/O, full disk, pool trouble. Those are retried; others point at the event being applied.
 pub fn is_transient(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Database(db) => {
-            let primary = db
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map(|c| c & 0xff);
-            // SQLITE_BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL
-            matches!(primary, Some(5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15) | None)
+        // SQLITE_BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL
+        sqlx::Error::Database(_) => {
+            matches!(
+                primary_code(e),
+                Some(5 | 6 | 7 | 8 | 10 | 11 | 13 | 14 | 15) | None
+            )
         }
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut

@@ -701,6 +701,117 @@ async fn a_full_disk_stops_projection_visibly_and_it_resumes_exactly_once_freed(
     app.stop().await;
 }
 
+/// Files made immutable (`chattr +i`: refused even to root and to descriptors already open
+/// for writing, as a filesystem remounted read-only after an I/O error refuses them); made
+/// writable again when dropped.
+struct ReadOnly(Vec<std::path::PathBuf>);
+
+impl ReadOnly {
+    fn set(files: &[std::path::PathBuf], flag: &str) {
+        let status = Command::new("chattr")
+            .arg(flag)
+            .args(files)
+            .status()
+            .expect("chattr(1)");
+        assert!(
+            status.success(),
+            "chattr {flag} needs root (CAP_LINUX_IMMUTABLE) and ext4-like files, as on the CI machine"
+        );
+    }
+
+    fn make(files: Vec<std::path::PathBuf>) -> Self {
+        Self::set(&files, "+i");
+        Self(files)
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").args(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_turned_read_only_stops_projection_visibly_and_it_resumes_exactly() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orrery.db");
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    wait_for_streams(&js).await;
+    let finished = ago(Duration::from_secs(60));
+    publish_range(&js, 0..200, &finished).await;
+    app.wait_caught_up().await;
+    let wal = dir.path().join("orrery.db-wal");
+    let read_only = ReadOnly::make(vec![db.clone(), wal]);
+
+    publish_range(&js, 200..2_200, &finished).await;
+    let http = reqwest::Client::new();
+    let reason = loop_until_some(Duration::from_secs(60), || async {
+        let r: Value = http
+            .get(format!("{}/ready", app.address))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        r["reasons"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|s| s.contains("projection RESULTS is failing"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(reason.contains("writ"), "names the cause: {reason}");
+    let r = http
+        .get(format!("{}/ready", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // Queries still answer from what was committed, and nothing past it was skipped.
+    assert_eq!(app.count("since=1h").await, 200);
+
+    drop(read_only);
+    app.wait_caught_up().await;
+    assert_eq!(app.count("since=1h").await, 2_200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_read_only_database_by_name_with_exit_code_2() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orrery.db");
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    app.wait_caught_up().await;
+    app.stop().await;
+    let read_only = ReadOnly::make(vec![db.clone()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("serve")
+        .env("ORRERY_NATS_URL", nats.url())
+        .env("ORRERY_DATABASE", &db)
+        .env("ORRERY_LISTEN", "127.0.0.1:0")
+        .env("ORRERY_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&db.display().to_string()) && stderr.contains("cannot be written"),
+        "{stderr}"
+    );
+    // Writable again: it starts on the same file.
+    drop(read_only);
+    let daemon = Daemon::spawn(&nats.url(), &db, 64);
+    daemon.wait_for(&reqwest::Client::new(), "/ready").await;
+}
+
 /// Polls `check` every 100 ms until it returns `Some`; panics after `limit`.
 async fn loop_until_some<T, F, Fut>(limit: Duration, mut check: F) -> T
 where

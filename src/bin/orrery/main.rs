@@ -301,6 +301,7 @@ async fn main() -> ExitCode {
             // 2 as clap uses for a bad argument: what the operator must change, not a crash.
             if e.downcast_ref::<Refusal>().is_some()
                 || e.downcast_ref::<orrery::db::Corrupt>().is_some()
+                || e.downcast_ref::<orrery::db::Unwritable>().is_some()
             {
                 ExitCode::from(2)
             } else {
