@@ -150,3 +150,45 @@ fn demo_refuses_bad_bounds_with_exit_code_2() {
         assert!(stderr.contains(args[0]), "{args:?}: {stderr}");
     }
 }
+
+/// `orrery bench soak` runs the daemon as its own process under demo traffic, live clients
+/// and queries, and reports each interval what it names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_reports_memory_files_lag_and_latency_every_interval() {
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(env!("CARGO_BIN_EXE_orrery"))
+            .args(["bench", "soak", "--duration", "4s", "--every", "1s"])
+            .args([
+                "--rate",
+                "200",
+                "--sse-clients",
+                "6",
+                "--query-clients",
+                "2",
+                "--json",
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["intervals"].as_array().unwrap();
+    assert!(rows.len() >= 3, "{report}");
+    for row in rows {
+        assert!(row["rss_bytes"].as_u64().unwrap() > 1_000_000, "{row}");
+        assert!(row["fds"].as_u64().unwrap() > 3, "{row}");
+        assert!(row["queries"].as_u64().unwrap() > 0, "{row}");
+        assert_eq!(row["query_errors"], 0, "{row}");
+        assert_eq!(row["sse_errors"], 0, "{row}");
+        assert!(row["lag"].as_u64().unwrap() < 10_000, "{row}");
+    }
+    let total = |k: &str| rows.iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+    assert!(total("sse_sessions") >= 6, "{report}");
+    assert!(total("sse_deliveries") > 0, "{report}");
+    assert!(report["published"].as_u64().unwrap() > 300, "{report}");
+    assert_eq!(report["final_lag"], 0, "{report}");
+}

@@ -75,10 +75,33 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-struct Daemon {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
+/// A daemon started as its own process on a temporary database; killed on drop.
+pub(super) struct Daemon {
+    pub(super) child: Child,
+    pub(super) base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Its database file.
+    pub(super) fn database(&self) -> std::path::PathBuf {
+        self.dir.path().join("fanout.db")
+    }
+
+    /// Waits (≤ 30 s) until `/ready` says 200.
+    pub(super) async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let ready = http.get(format!("{}/ready", self.base)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the daemon did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 impl Drop for Daemon {
@@ -88,7 +111,8 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<Daemon> {
+/// Starts `orrery serve` with room for `clients` live streams of one user.
+pub(super) fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<Daemon> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let child = Command::new(std::env::current_exe()?)
@@ -107,7 +131,7 @@ fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<
     Ok(Daemon {
         child,
         base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
+        dir,
     })
 }
 
@@ -196,17 +220,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
-    let started = Instant::now();
-    loop {
-        let ready = http.get(format!("{}/ready", daemon.base)).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the daemon did not become ready");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    daemon.wait_ready(&http).await?;
 
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();

@@ -8,6 +8,7 @@ pub mod fanout;
 pub mod ingest;
 pub mod load;
 pub mod query;
+pub mod soak;
 
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,32 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon as its own process under mixed traffic for a long time: demo events on
+    /// every stream, live clients joining and leaving, queries; prints its memory, open
+    /// files, lag and query latency at every interval.
+    Soak {
+        /// How long, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        duration: String,
+        /// Reporting interval, e.g. 1m.
+        #[arg(long, default_value = "1m")]
+        every: String,
+        /// Demo events per second, all streams together.
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        /// Live-stream clients, each reconnecting every 2–20 s.
+        #[arg(long, default_value_t = 100)]
+        sse_clients: usize,
+        /// Query clients, each asking every 50 ms.
+        #[arg(long, default_value_t = 4)]
+        query_clients: usize,
+        /// NATS to use; by default a private nats-server is started on a free port.
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold many SSE streams over many topologies under a publish rate; report deliveries,
     /// latency and the daemon's memory per connection.
     Fanout {
@@ -185,6 +212,29 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 requests,
             };
             print_report(&query::run(&url, load).await?, json)
+        }
+        Bench::Soak {
+            duration,
+            every,
+            rate,
+            sse_clients,
+            query_clients,
+            nats_url,
+            json,
+        } => {
+            let parse = |flag: &str, v: &str| {
+                orrery::window::parse_duration(v)
+                    .map_err(|e| anyhow::anyhow!("--{flag} `{v}`: {e}"))
+            };
+            let opts = soak::SoakOptions {
+                duration: parse("duration", &duration)?,
+                every: parse("every", &every)?,
+                rate,
+                sse_clients,
+                query_clients,
+            };
+            let (_nats, url) = bench_nats(nats_url)?;
+            print_report(&soak::run(&url, opts).await?, json)
         }
         Bench::Fanout {
             clients,
