@@ -650,6 +650,80 @@ pub struct RecurrenceGroup {
     fingerprint: Option<String>,
     /// The latest event.
     latest: AlertEvent,
+    /// Runs linked to the group (by one of its events or by its key).
+    linked_run_total: i64,
+    /// Linked runs per state.
+    run_state_counts: RunStateCounts,
+    /// The newest linked run.
+    latest_run_id: Option<String>,
+    /// Its state.
+    latest_run_state: Option<String>,
+    /// Its agent.
+    latest_agent_id: Option<String>,
+    /// Its incident.
+    latest_incident_id: Option<String>,
+    /// Incidents of the linked runs, sorted.
+    incident_ids: Vec<String>,
+    /// Linked runs per repair kind.
+    repair_summary: RepairSummary,
+    /// What the group still needs (groups with two or more occurrences).
+    work_item: Option<WorkItemRef>,
+}
+
+/// Linked runs per state.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunStateCounts {
+    /// Running.
+    running: i64,
+    /// Succeeded.
+    succeeded: i64,
+    /// Failed.
+    failed: i64,
+    /// Waiting for approval.
+    needs_approval: i64,
+}
+
+/// Linked runs per repair kind.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairSummary {
+    /// Automatic repairs.
+    auto: i64,
+    /// Manual repairs.
+    manual: i64,
+    /// Runs that repaired nothing.
+    none: i64,
+    /// Verified runs.
+    verified: i64,
+    /// The newest repair (auto or manual).
+    latest_repair: Option<LatestRepair>,
+}
+
+/// The newest repair of a group.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatestRepair {
+    /// Its result id.
+    result_id: String,
+    /// auto or manual.
+    repair: String,
+    /// Its state.
+    run_state: String,
+    /// Whether it was verified.
+    verified: bool,
+}
+
+/// A group's work item.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItemRef {
+    /// Stable id (the same on every replica).
+    id: String,
+    /// verified, failed_repair, manual_gate, automation_gap or open.
+    classification: String,
+    /// Everything but verified.
+    open: bool,
 }
 
 /// Recurrence summary.
@@ -662,6 +736,22 @@ pub struct RecurrenceSummary {
     recurrent_groups: i64,
     /// Duplicates in them.
     duplicate_events: i64,
+    /// Runs linked to the groups.
+    linked_run_total: i64,
+    /// Occurrences of groups with no linked run.
+    unlinked_event_total: i64,
+    /// Linked automatic repairs.
+    auto_repair_linked_total: i64,
+    /// Recurrent groups whose latest repair is verified.
+    verified_repair_group_total: i64,
+    /// Recurrent groups whose work item is open.
+    open_work_item_group_total: i64,
+    /// Recurrent groups waiting on a person.
+    manual_gate_group_total: i64,
+    /// Recurrent groups with no automatic repair.
+    automation_gap_group_total: i64,
+    /// Recurrent groups whose latest repair failed.
+    failed_repair_group_total: i64,
 }
 
 /// `/api/v1/alerts/recurrence`.

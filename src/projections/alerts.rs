@@ -333,6 +333,20 @@ impl Projection for AlertsProjection {
         let duplicate = mark_duplicates(conn, events).await?;
         let rows: Vec<(&AlertEvent, bool)> = events.iter().zip(duplicate).collect();
         insert_events(conn, &rows).await?;
+        // Runs that named these alerts before they were projected get their group now.
+        let sightings: Vec<(&str, &str, &str, &str)> = rows
+            .iter()
+            .filter(|(_, dup)| !dup)
+            .filter_map(|(e, _)| {
+                Some((
+                    e.provider.as_str(),
+                    e.provider_event_id.as_str(),
+                    e.project_id.as_str(),
+                    e.recurrence_key.as_deref()?,
+                ))
+            })
+            .collect();
+        super::results::runs::resolve_for_alerts(conn, &sightings).await?;
         fold_recurrence(conn, &rows).await?;
         update_freshness(conn, events).await
     }
@@ -348,6 +362,7 @@ impl Projection for AlertsProjection {
     }
 
     async fn reset(&self, conn: &mut SqliteConnection) -> sqlx::Result<()> {
+        super::results::runs::unresolve(conn).await?;
         super::delete_all(
             conn,
             &[

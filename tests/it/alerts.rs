@@ -247,7 +247,11 @@ async fn duplicates_recurrence_and_coverage_follow_the_events() {
     assert_eq!(r["groups"][2]["severity"], "critical", "the latest event's");
     assert_eq!(
         r["summary"],
-        json!({"groups": 3, "recurrent_groups": 2, "duplicate_events": 1})
+        json!({"groups": 3, "recurrent_groups": 2, "duplicate_events": 1,
+               "linked_run_total": 0, "unlinked_event_total": 6, "auto_repair_linked_total": 0,
+               "verified_repair_group_total": 0, "open_work_item_group_total": 2,
+               "manual_gate_group_total": 0, "automation_gap_group_total": 2,
+               "failed_repair_group_total": 0})
     );
     let only_sentry = app
         .get_json(

@@ -18,3 +18,4 @@ mod results;
 mod settings;
 mod snapshot;
 mod telemetry;
+mod work_items;

@@ -1,6 +1,8 @@
 //! `/api/v1/alerts/…`: the alert dossier. [`queries`] reads what the ALERTS projection
-//! stored; [`intake`] turns provider heartbeats and Alertmanager webhooks into alert events
+//! stored; [`work_items`] adds the runs linked to each recurring group and what it still
+//! needs; [`intake`] turns provider heartbeats and Alertmanager webhooks into alert events
 //! on the bus.
 
 pub mod intake;
 pub mod queries;
+pub mod work_items;

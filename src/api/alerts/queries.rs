@@ -14,6 +14,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
+
+use super::work_items;
 use crate::bus::subjects;
 use crate::projections::alerts::MAX_FIELD_LEN;
 use crate::window::{format_unix_ms, now_ms};
@@ -263,7 +265,8 @@ pub async fn recurrence(
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 100)?;
     let mut q = QueryBuilder::new(format!(
-        "SELECT r.occurrence_total, r.duplicate_total, json_object(\
+        "SELECT r.project_id, r.recurrence_key, r.occurrence_total, r.duplicate_total, \
+         json_object(\
          'recurrence_key', r.recurrence_key, 'occurrence_total', r.occurrence_total, \
          'duplicate_total', r.duplicate_total, \
          'first_received_at', {first}, 'latest_received_at', {latest}, \
@@ -278,20 +281,76 @@ pub async fn recurrence(
     q.push(" ORDER BY r.latest_seq DESC LIMIT ")
         .push_bind(limit);
     let rows = q.build().fetch_all(&state.db.readers).await?;
-    let (mut recurrent, mut duplicates) = (0i64, 0i64);
+    let mut keys: Vec<&str> = rows.iter().map(|r| r.get("recurrence_key")).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let runs = work_items::runs_of(&state.db.readers, &keys).await?;
+    let mut s = Summary::default();
+    let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
-        recurrent += i64::from(r.get::<i64, _>("occurrence_total") > 1);
-        duplicates += r.get::<i64, _>("duplicate_total");
+        let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
+        let occurrences: i64 = r.get("occurrence_total");
+        let recurrent = occurrences > 1;
+        let g = work_items::group_runs(&runs, project, key);
+        s.add(&g, occurrences, recurrent, r.get("duplicate_total"));
+        // The SQL-rendered object, with the run fields added before its closing brace.
+        let item: &str = r.get("item");
+        items.push(format!(
+            "{},{}}}",
+            &item[..item.len() - 1],
+            g.fields(project, key, recurrent)
+        ));
     }
     let summary = json!({
         "groups": rows.len(),
-        "recurrent_groups": recurrent,
-        "duplicate_events": duplicates,
+        "recurrent_groups": s.recurrent,
+        "duplicate_events": s.duplicates,
+        "linked_run_total": s.linked_runs,
+        "unlinked_event_total": s.unlinked_events,
+        "auto_repair_linked_total": s.auto_repairs,
+        "verified_repair_group_total": s.by_class("verified"),
+        "open_work_item_group_total": s.open,
+        "manual_gate_group_total": s.by_class("manual_gate"),
+        "automation_gap_group_total": s.by_class("automation_gap"),
+        "failed_repair_group_total": s.by_class("failed_repair"),
     });
-    let groups = json_array(rows.iter().map(|r| r.get::<&str, _>("item")));
+    let groups = json_array(items.iter().map(String::as_str));
     Ok(json_body(format!(
         r#"{{"summary":{summary},"groups":{groups}}}"#
     )))
+}
+
+/// The `summary` of `/alerts/recurrence`, over the groups of the page.
+#[derive(Default)]
+struct Summary {
+    recurrent: i64,
+    duplicates: i64,
+    linked_runs: i64,
+    unlinked_events: i64,
+    auto_repairs: i64,
+    open: i64,
+    classes: BTreeMap<&'static str, i64>,
+}
+
+impl Summary {
+    fn add(&mut self, g: &work_items::GroupRuns, occurrences: i64, recurrent: bool, dups: i64) {
+        self.duplicates += dups;
+        self.linked_runs += g.total;
+        self.auto_repairs += g.repairs[0];
+        if g.total == 0 {
+            self.unlinked_events += occurrences;
+        }
+        if recurrent {
+            self.recurrent += 1;
+            let class = g.classification();
+            *self.classes.entry(class).or_default() += 1;
+            self.open += i64::from(class != "verified");
+        }
+    }
+
+    fn by_class(&self, class: &str) -> i64 {
+        self.classes.get(class).copied().unwrap_or(0)
+    }
 }
 
 /// `GET /api/v1/alerts/recent?project_id=&provider_prefix=&limit=`: newest events first.

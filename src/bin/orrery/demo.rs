@@ -7,6 +7,8 @@
 //! - topology mutations moving through enqueued → applying → applied (some failing);
 //! - alerts from Alertmanager, Sentry and SigNoz that recur, resolve, send provider
 //!   heartbeats, and now and then carry a secret for redaction to catch;
+//! - runs answering those alerts (repairs that succeed, fail, wait for approval…), linked
+//!   by recurrence key, so that work items show every classification;
 //! - deploys of three workloads, pinned references, one failing now and then.
 //!
 //! Bounded by `--rate` (events/s) and `--duration`; Ctrl-C stops it.
@@ -226,6 +228,39 @@ impl Demo {
         (format!("result.{kind}.{agent}"), data)
     }
 
+    /// A run answering one of the recurring alerts, linked by its recurrence key. Each alert
+    /// has its own habit, so that the work items show every classification.
+    fn repair(&mut self) -> (String, Value) {
+        let agent = self.agent();
+        let r = &mut self.rng;
+        self.next_result += 1;
+        let i = r.usize(0..ALERTS.len());
+        let (provider, _, name, _, ns, resource) = ALERTS[i];
+        let fingerprint = (provider == "sentry").then(|| format!("sentry:{resource}:{name}"));
+        let key = orrery::projections::alerts::recurrence_key(
+            provider,
+            fingerprint.as_deref(),
+            Some(name),
+            Some(ns),
+            Some(resource),
+        );
+        let (state, repair, verified) = match i % 5 {
+            0 => ("succeeded", "auto", true),
+            1 if r.bool() => ("succeeded", "auto", true),
+            1 => ("failed", "auto", false),
+            2 => ("needs_approval", "none", false),
+            3 => ("succeeded", "none", false),
+            _ => ("running", "auto", false),
+        };
+        let took = r.i64(2_000..30_000);
+        let data = json!({"result_id": format!("demo-{}-{}", now_ms(), self.next_result),
+                          "job_id": "alert-repair", "success": state != "failed",
+                          "started_at": Self::ago(took), "finished_at": Self::ago(0),
+                          "links": {"recurrence_key": key, "incident_id": format!("INC-{}", 100 + i)},
+                          "run_state": state, "repair": repair, "verified": verified});
+        (format!("result.job.{agent}"), data)
+    }
+
     fn deploy(&mut self) -> (String, Value) {
         let agent = self.agent();
         let r = &mut self.rng;
@@ -396,7 +431,8 @@ pub async fn run(
         let events = match demo.rng.u8(0..100) {
             0..=69 => vec![demo.result()],
             70..=84 => demo.mutation(),
-            85..=96 => vec![demo.alert()],
+            85..=93 => vec![demo.alert()],
+            94..=96 => vec![demo.repair()],
             _ => vec![demo.deploy()],
         };
         for (subject, data) in events {

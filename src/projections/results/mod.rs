@@ -8,6 +8,7 @@
 pub mod counts;
 pub mod deploys;
 pub mod durations;
+pub mod runs;
 
 use std::sync::Arc;
 
@@ -50,6 +51,15 @@ struct ResultData {
     /// Read only to log it: deploy errors can carry registry credentials.
     #[serde(default)]
     error: Option<serde_json::Value>,
+    /// The alert a run answered ([`runs`]).
+    #[serde(default)]
+    links: Option<runs::LinksData>,
+    #[serde(default)]
+    run_state: Option<String>,
+    #[serde(default)]
+    repair: Option<String>,
+    #[serde(default)]
+    verified: Option<bool>,
 }
 
 /// Longest image reference accepted.
@@ -80,6 +90,8 @@ pub struct ResultEvent {
     pub seq: u64,
     /// Ledger fields, for `deploy` results.
     pub deploy: Option<Deploy>,
+    /// The alert it answered, for runs linked to one.
+    pub run: Option<runs::Run>,
 }
 
 /// Validates one result message.
@@ -143,6 +155,7 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
     } else {
         None
     };
+    let run = runs::decode(d.links, d.run_state, d.repair, d.verified)?;
     let started_at = d.started_at.map(|t| t.0);
     let finished_at = d.finished_at.map(|t| t.0);
     Ok(ResultEvent {
@@ -157,6 +170,7 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
         recorded_at: finished_at.or(env.time_ms).unwrap_or(msg.published_ms),
         seq: msg.seq,
         deploy,
+        run,
     })
 }
 
@@ -213,6 +227,19 @@ impl Projection for ResultsProjection {
             counts::add_rows_since(conn, rowid_before).await?;
             durations::insert_blocks_from_rows(conn, rowid_before).await?;
         }
+        let linked: Vec<runs::NewRun<'_>> = events
+            .iter()
+            .filter_map(|e| {
+                Some(runs::NewRun {
+                    result_id: &e.result_id,
+                    seq: e.seq,
+                    agent_id: &e.agent_id,
+                    recorded_at: e.recorded_at,
+                    run: e.run.as_ref()?,
+                })
+            })
+            .collect();
+        runs::insert(conn, &linked).await?;
         deploys::apply(conn, events, self.deploy_keep).await
     }
 
@@ -238,6 +265,7 @@ impl Projection for ResultsProjection {
             Table::keyed("result_kinds", "kind"),
             Table::keyed("result_counts", "kind, success, minute"),
             Table::keyed("deploy_history", "deploy_id"),
+            Table::keyed("alert_runs", "result_id"),
         ];
         TABLES
     }
@@ -251,6 +279,7 @@ impl Projection for ResultsProjection {
                 "result_counts",
                 "duration_blocks",
                 "deploy_history",
+                "alert_runs",
             ],
         )
         .await

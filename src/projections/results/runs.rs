@@ -1,0 +1,260 @@
+//! Runs linked to alerts: a result whose `data.links` names the alert it answered, with the
+//! run's state, repair kind and verification, kept in `alert_runs`.
+//!
+//! A run and its alert arrive on different streams with their own checkpoints, so either may
+//! be projected first. The run's group — the `(project_id, recurrence_key)` of its alert — is
+//! filled by whichever projection comes second: here when the alert is already known, and by
+//! the alerts projection ([`resolve_for_alerts`]) when the alert arrives later. A run linked
+//! by `recurrence_key` has its key at once and belongs to that key's groups in every project.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::bus::subjects;
+use crate::db::rows_per_statement;
+
+/// Longest `provider_event_id`, `recurrence_key` or `incident_id` accepted.
+pub const MAX_LINK_LEN: usize = 512;
+
+/// The run states a linked result may report.
+pub const RUN_STATES: [&str; 4] = ["running", "succeeded", "failed", "needs_approval"];
+/// The repair kinds a linked result may report.
+pub const REPAIRS: [&str; 3] = ["auto", "manual", "none"];
+
+/// `data.links` as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LinksData {
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    provider_event_id: Option<String>,
+    #[serde(default)]
+    recurrence_key: Option<String>,
+    #[serde(default)]
+    incident_id: Option<String>,
+}
+
+/// What a run names: one alert event, or a whole recurrence key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// `{"provider", "provider_event_id"}`.
+    Event {
+        /// The alert's provider.
+        provider: String,
+        /// The provider's id of the alert event.
+        provider_event_id: String,
+    },
+    /// `{"recurrence_key"}`.
+    Key(String),
+}
+
+/// A result that answered an alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// What it answered.
+    pub link: Link,
+    /// The incident it belongs to, if any.
+    pub incident_id: Option<String>,
+    /// One of [`RUN_STATES`].
+    pub run_state: String,
+    /// One of [`REPAIRS`].
+    pub repair: String,
+    /// Whether the repair was verified to have worked.
+    pub verified: bool,
+}
+
+fn bounded(name: &str, v: Option<String>) -> Result<Option<String>, String> {
+    match v {
+        Some(s) if s.is_empty() || s.len() > MAX_LINK_LEN => Err(format!(
+            "data.links.{name} must be 1 to {MAX_LINK_LEN} bytes"
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Validates the run fields of a result: `None` when it has no `links`.
+pub(super) fn decode(
+    links: Option<LinksData>,
+    run_state: Option<String>,
+    repair: Option<String>,
+    verified: Option<bool>,
+) -> Result<Option<Run>, String> {
+    let Some(l) = links else {
+        if run_state.is_some() || repair.is_some() || verified.is_some() {
+            return Err("data.run_state, data.repair and data.verified need data.links".into());
+        }
+        return Ok(None);
+    };
+    let incident_id = bounded("incident_id", l.incident_id)?;
+    let link = match (
+        bounded("provider", l.provider)?,
+        bounded("provider_event_id", l.provider_event_id)?,
+        bounded("recurrence_key", l.recurrence_key)?,
+    ) {
+        (Some(provider), Some(provider_event_id), None) => {
+            if !subjects::is_token(&provider) {
+                return Err(format!(
+                    "data.links.provider must be {}",
+                    subjects::TOKEN_FORM
+                ));
+            }
+            Link::Event {
+                provider,
+                provider_event_id,
+            }
+        }
+        (None, None, Some(key)) => Link::Key(key),
+        _ => {
+            return Err(
+                "data.links must be {\"provider\", \"provider_event_id\"} or \
+                 {\"recurrence_key\"}, optionally with \"incident_id\""
+                    .into(),
+            )
+        }
+    };
+    let run_state = run_state.ok_or("data.run_state is required with data.links")?;
+    if !RUN_STATES.contains(&run_state.as_str()) {
+        return Err(format!(
+            "data.run_state must be one of {}",
+            RUN_STATES.join(", ")
+        ));
+    }
+    let repair = repair.unwrap_or_else(|| "none".to_owned());
+    if !REPAIRS.contains(&repair.as_str()) {
+        return Err(format!("data.repair must be one of {}", REPAIRS.join(", ")));
+    }
+    Ok(Some(Run {
+        link,
+        incident_id,
+        run_state,
+        repair,
+        verified: verified.unwrap_or(false),
+    }))
+}
+
+/// One linked run of a batch, with the result fields it is stored with.
+pub(super) struct NewRun<'a> {
+    pub result_id: &'a str,
+    pub seq: u64,
+    pub agent_id: &'a str,
+    pub recorded_at: i64,
+    pub run: &'a Run,
+}
+
+/// Stores the linked runs of a batch (a result id seen before is ignored, as in
+/// `execution_results`), each with its group when its alert is already projected.
+pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> sqlx::Result<()> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let mut ids: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| match &r.run.link {
+            Link::Event {
+                provider_event_id, ..
+            } => Some(provider_event_id.as_str()),
+            Link::Key(_) => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // (provider, provider_event_id) → (project_id, recurrence_key) of the first sighting.
+    let mut groups: HashMap<(String, String), (String, String)> = HashMap::new();
+    for chunk in ids.chunks(rows_per_statement(1)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT provider, provider_event_id, project_id, recurrence_key FROM alert_events \
+             WHERE is_duplicate = 0 AND recurrence_key IS NOT NULL AND provider_event_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let found: Vec<(String, String, String, String)> =
+            q.build_query_as().fetch_all(&mut *conn).await?;
+        groups.extend(
+            found
+                .into_iter()
+                .map(|(p, e, proj, key)| ((p, e), (proj, key))),
+        );
+    }
+    for chunk in runs.chunks(rows_per_statement(12)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO alert_runs (result_id, seq, agent_id, recorded_at, link_provider, \
+             link_event_id, incident_id, run_state, repair, verified, project_id, \
+             recurrence_key) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            let (provider, event_id, project, key) = match &r.run.link {
+                Link::Event {
+                    provider,
+                    provider_event_id,
+                } => {
+                    let group = groups.get(&(provider.clone(), provider_event_id.clone()));
+                    (
+                        Some(provider.as_str()),
+                        Some(provider_event_id.as_str()),
+                        group.map(|g| g.0.as_str()),
+                        group.map(|g| g.1.as_str()),
+                    )
+                }
+                Link::Key(k) => (None, None, None, Some(k.as_str())),
+            };
+            b.push_bind(r.result_id)
+                .push_bind(r.seq as i64)
+                .push_bind(r.agent_id)
+                .push_bind(r.recorded_at)
+                .push_bind(provider)
+                .push_bind(event_id)
+                .push_bind(r.run.incident_id.as_deref())
+                .push_bind(r.run.run_state.as_str())
+                .push_bind(r.run.repair.as_str())
+                .push_bind(r.run.verified)
+                .push_bind(project)
+                .push_bind(key);
+        });
+        q.push(" ON CONFLICT (result_id) DO NOTHING");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Called by the alerts projection with the first sightings of a batch
+/// (provider, provider_event_id, project_id, recurrence_key): fills the group of the runs that
+/// named them before they were projected.
+pub async fn resolve_for_alerts(
+    conn: &mut SqliteConnection,
+    sightings: &[(&str, &str, &str, &str)],
+) -> sqlx::Result<()> {
+    for chunk in sightings.chunks(rows_per_statement(4)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "UPDATE alert_runs SET project_id = v.column3, recurrence_key = v.column4 FROM (",
+        );
+        q.push_values(chunk, |mut b, (provider, event_id, project, key)| {
+            b.push_bind(*provider)
+                .push_bind(*event_id)
+                .push_bind(*project)
+                .push_bind(*key);
+        });
+        q.push(
+            ") AS v WHERE alert_runs.link_event_id = v.column2 \
+             AND alert_runs.link_provider = v.column1 AND alert_runs.recurrence_key IS NULL",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Forgets the groups the alerts projection filled (its read models are being rebuilt).
+pub async fn unresolve(conn: &mut SqliteConnection) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE alert_runs SET project_id = NULL, recurrence_key = NULL \
+         WHERE link_event_id IS NOT NULL",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
