@@ -23,6 +23,9 @@ pub enum ApiError {
     /// The named thing does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// The named thing does not exist, with an `error` code of its own (404).
+    #[error("{1}")]
+    NotFoundAs(&'static str, String),
     /// A query parameter is malformed or out of range.
     #[error("invalid parameter `{parameter}`: expected {expected}")]
     InvalidParam {
@@ -91,6 +94,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFoundAs(code, _) => (StatusCode::NOT_FOUND, code),
             Self::InvalidParam { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

@@ -136,6 +136,7 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .routes(routes!(alerts::queries::dossier))
         .routes(routes!(alerts::queries::coverage))
         .routes(routes!(alerts::queries::recurrence))
+        .routes(routes!(alerts::work_items::preview))
         .routes(routes!(alerts::queries::recent))
         .routes(routes!(alerts::queries::freshness))
         .routes(routes!(alerts::intake::provider_heartbeat))

@@ -726,6 +726,66 @@ pub struct WorkItemRef {
     open: bool,
 }
 
+/// A pre-flight check.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCheck {
+    /// still_recurring, latest_run_not_running, source_refs_present or work_item_open.
+    name: String,
+    /// Whether it passed.
+    ok: bool,
+    /// Why.
+    detail: String,
+}
+
+/// What a preview proposes.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItemPlan {
+    /// The mode asked for.
+    mode: String,
+    /// automation, manual, or none (closed).
+    resolved_mode: String,
+    /// The proposed next step.
+    action: String,
+    /// Why.
+    reason: String,
+    /// Pre-flight checks.
+    checks: Vec<PlanCheck>,
+    /// Every check passed and there is a step to take.
+    ready: bool,
+}
+
+/// A work item as a preview names it.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItem {
+    /// Stable id.
+    id: String,
+    /// Its group's project.
+    project_id: String,
+    /// Its group's key.
+    recurrence_key: String,
+    /// verified, failed_repair, manual_gate, automation_gap or open.
+    classification: String,
+    /// Everything but verified.
+    open: bool,
+}
+
+/// `/api/v1/alerts/recurrence/work-item/preview`.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItemPreview {
+    /// The work item.
+    work_item: WorkItem,
+    /// Its group, as /alerts/recurrence lists it.
+    group: RecurrenceGroup,
+    /// The proposed next step and its checks.
+    plan: WorkItemPlan,
+    /// What the preview promises (it only reads).
+    guarantees: Vec<String>,
+}
+
 /// Recurrence summary.
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

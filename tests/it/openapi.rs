@@ -66,6 +66,7 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
         ("get", "/api/v1/alerts/dossier"),
         ("get", "/api/v1/alerts/coverage"),
         ("get", "/api/v1/alerts/recurrence"),
+        ("get", "/api/v1/alerts/recurrence/work-item/preview"),
         ("get", "/api/v1/alerts/recent"),
         ("get", "/api/v1/alerts/freshness"),
         ("post", "/api/v1/alerts/provider-heartbeat"),
@@ -214,6 +215,28 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
         ("/api/v1/alerts/freshness", "/api/v1/alerts/freshness"),
         ("/api/v1/results/stats", "/api/v1/results/stats?since=nope"),
     ];
+    // A work item of the demo's recurring alerts, previewed.
+    let groups = app
+        .get_json("/api/v1/alerts/recurrence?limit=300", Role::Viewer)
+        .await;
+    let work_item = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|g| g["work_item"]["id"].as_str())
+        .expect("the demo's alerts recur")
+        .to_owned();
+    let preview = format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={work_item}");
+    let reads = reads.into_iter().chain([
+        (
+            "/api/v1/alerts/recurrence/work-item/preview",
+            preview.as_str(),
+        ),
+        (
+            "/api/v1/alerts/recurrence/work-item/preview",
+            "/api/v1/alerts/recurrence/work-item/preview?work_item_id=wi_000000000000000000000000",
+        ),
+    ]);
     for (template, url) in reads {
         let res = app.get(url, Some(Role::Admin)).await;
         let status = res.status().as_u16();

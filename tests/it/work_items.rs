@@ -37,13 +37,10 @@ fn group<'a>(v: &'a Value, key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no group {key} in {v}"))
 }
 
-#[tokio::test]
-async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
-    let nats = NatsServer::start().unwrap();
-    let app = spawn_app(&nats).await;
-    let js = jetstream(&nats).await;
-    wait_for_streams(&js).await;
-
+/// One group of each classification in project `shop` (and `fp-f` again in `api`), a run
+/// projected before its alert, and three runs the contract refuses.
+async fn publish_groups(js: &async_nats::jetstream::Context, app: &TestApp) {
+    let js = js.clone();
     // A run projected before its alert: linked once the alert arrives.
     publish_result(
         &js,
@@ -159,6 +156,16 @@ async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
     )
     .await;
     app.wait_caught_up().await;
+}
+
+#[tokio::test]
+async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+
+    publish_groups(&js, &app).await;
 
     let v = app
         .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
@@ -271,4 +278,172 @@ async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
             "after rebuilding {stream}"
         );
     }
+}
+
+/// Files whose bytes must not change while nothing is published.
+fn database_bytes(db: &std::path::Path) -> Vec<Vec<u8>> {
+    ["", "-wal"]
+        .iter()
+        .map(|suffix| std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_preview_proposes_by_classification_and_changes_nothing() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    publish_groups(&js, &app).await;
+    app.wait_caught_up().await;
+    let v = app
+        .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
+        .await;
+    let id = |key: &str| {
+        group(&v, key)["work_item"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let preview = |id: String, extra: &'static str| {
+        let app = &app;
+        async move {
+            app.get_json(
+                &format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={id}{extra}"),
+                Role::Viewer,
+            )
+            .await
+        }
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let before = database_bytes(&app.db_path);
+
+    // (group, mode, resolved mode, action)
+    let cases = [
+        ("fp:fp-v", "", "none", "none"),
+        ("fp:fp-f", "", "manual", "hand_off_to_a_person"),
+        (
+            "fp:fp-f",
+            "&mode=automation",
+            "automation",
+            "retry_automatic_repair",
+        ),
+        ("fp:fp-g", "", "manual", "hand_off_to_a_person"),
+        ("fp:fp-n", "", "automation", "propose_automatic_repair"),
+        ("fp:fp-n", "&mode=manual", "manual", "hand_off_to_a_person"),
+        (
+            "fp:fp-o",
+            "&project_id=shop&provider=sentry&limit=10",
+            "automation",
+            "verify_latest_repair",
+        ),
+    ];
+    for (key, extra, resolved, action) in cases {
+        let p = preview(id(key), extra).await;
+        assert_eq!(p["work_item"]["id"], id(key).as_str(), "{p}");
+        assert_eq!(p["work_item"]["recurrence_key"], key);
+        assert_eq!(
+            p["work_item"]["classification"],
+            group(&v, key)["work_item"]["classification"]
+        );
+        assert_eq!(
+            p["group"],
+            *group(&v, key),
+            "the group as /recurrence lists it"
+        );
+        assert_eq!(p["plan"]["resolved_mode"], resolved, "{key}{extra}: {p}");
+        assert_eq!(p["plan"]["action"], action, "{key}{extra}: {p}");
+        assert!(p["guarantees"].to_string().contains("read-only"), "{p}");
+        let check = |name: &str| {
+            p["plan"]["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("no check {name}: {p}"))["ok"]
+                .clone()
+        };
+        assert_eq!(check("still_recurring"), true);
+        assert_eq!(
+            check("source_refs_present"),
+            false,
+            "these alerts carry none"
+        );
+        assert_eq!(check("latest_run_not_running"), key != "fp:fp-o");
+        assert_eq!(check("work_item_open"), key != "fp:fp-v");
+        assert_eq!(
+            p["plan"]["ready"], false,
+            "a check fails in every case here"
+        );
+    }
+    assert_eq!(
+        database_bytes(&app.db_path),
+        before,
+        "a preview changed the database"
+    );
+
+    // Refusals: unknown (404 with its own code), malformed (422 naming it), no token (401).
+    let unknown = app
+        .get(
+            "/api/v1/alerts/recurrence/work-item/preview?work_item_id=wi_000000000000000000000000",
+            Some(Role::Viewer),
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"], "recurrence_work_item_not_found", "{body}");
+    // A single occurrence has no work item, and one of another project is not found here.
+    let single = work_item_id_of("shop", "fp:fp-s");
+    let elsewhere = id("fp:fp-f");
+    for path in [
+        format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={single}"),
+        format!(
+            "/api/v1/alerts/recurrence/work-item/preview?work_item_id={elsewhere}&project_id=api"
+        ),
+    ] {
+        assert_eq!(
+            app.get(&path, Some(Role::Viewer)).await.status(),
+            404,
+            "{path}"
+        );
+    }
+    let good = id("fp:fp-f");
+    for (query, parameter) in [
+        (String::new(), "work_item_id"),
+        ("work_item_id=wi_zz".to_owned(), "work_item_id"),
+        (
+            "work_item_id=WI_000000000000000000000000".to_owned(),
+            "work_item_id",
+        ),
+        (format!("work_item_id={good}&mode=yolo"), "mode"),
+        (format!("work_item_id={good}&limit=0"), "limit"),
+        (format!("work_item_id={good}&limit=301"), "limit"),
+        (
+            format!("work_item_id={good}&project_id=a%20b"),
+            "project_id",
+        ),
+        (format!("work_item_id={good}&provider=x.y"), "provider"),
+    ] {
+        let res = app
+            .get(
+                &format!("/api/v1/alerts/recurrence/work-item/preview?{query}"),
+                Some(Role::Viewer),
+            )
+            .await;
+        assert_eq!(res.status(), 422, "{query}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["parameter"], parameter, "{query}: {body}");
+    }
+    let anonymous = app
+        .get(
+            &format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={good}"),
+            None,
+        )
+        .await;
+    assert_eq!(anonymous.status(), 401);
+}
+
+/// The id /alerts/recurrence would give the group, computed the documented way.
+fn work_item_id_of(project: &str, key: &str) -> String {
+    orrery::api::alerts::work_items::work_item_id(project, key)
 }

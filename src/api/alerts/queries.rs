@@ -72,7 +72,7 @@ const EVENT_JSON: &str = concat!(
 );
 
 /// A JSON response whose body is already serialized.
-fn json_body(body: String) -> Response {
+pub(super) fn json_body(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
@@ -109,7 +109,7 @@ impl<'a> Filters<'a> {
 
     /// Appends ` WHERE …` for the filters on table alias `t`; returns what joins a further
     /// condition (` AND ` or ` WHERE `).
-    fn push_where(&self, q: &mut QueryBuilder<'a, Sqlite>, t: &str) -> &'static str {
+    pub(super) fn push_where(&self, q: &mut QueryBuilder<'a, Sqlite>, t: &str) -> &'static str {
         let mut sep = " WHERE ";
         if let Some(p) = self.project_id {
             q.push(format!("{sep}{t}.project_id = ")).push_bind(p);
@@ -264,8 +264,57 @@ pub async fn recurrence(
 ) -> ApiResult<Response> {
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 100)?;
+    let page = recurrence_page(&state.db.readers, &filters, limit).await?;
+    let mut s = Summary::default();
+    for g in &page {
+        s.add(&g.runs, g.occurrences, g.occurrences > 1, g.duplicates);
+    }
+    let rows = &page;
+    let items: Vec<&str> = page.iter().map(|g| g.item.as_str()).collect();
+    let summary = json!({
+        "groups": rows.len(),
+        "recurrent_groups": s.recurrent,
+        "duplicate_events": s.duplicates,
+        "linked_run_total": s.linked_runs,
+        "unlinked_event_total": s.unlinked_events,
+        "auto_repair_linked_total": s.auto_repairs,
+        "verified_repair_group_total": s.by_class("verified"),
+        "open_work_item_group_total": s.open,
+        "manual_gate_group_total": s.by_class("manual_gate"),
+        "automation_gap_group_total": s.by_class("automation_gap"),
+        "failed_repair_group_total": s.by_class("failed_repair"),
+    });
+    let groups = json_array(items.into_iter());
+    Ok(json_body(format!(
+        r#"{{"summary":{summary},"groups":{groups}}}"#
+    )))
+}
+
+/// One group of a `/alerts/recurrence` page.
+pub(super) struct PageGroup {
+    pub(super) project_id: String,
+    pub(super) recurrence_key: String,
+    pub(super) occurrences: i64,
+    pub(super) duplicates: i64,
+    /// Its JSON object, rendered by SQLite with the run fields spliced in.
+    pub(super) item: String,
+    /// Its linked runs.
+    pub(super) runs: work_items::GroupRuns,
+    /// Source references of its latest event.
+    pub(super) latest_source_refs: i64,
+    /// Its latest occurrence, Unix ms.
+    pub(super) latest_received_at: i64,
+}
+
+/// The `limit` groups matching `filters`, latest first, with their linked runs.
+pub(super) async fn recurrence_page(
+    readers: &sqlx::SqlitePool,
+    filters: &Filters<'_>,
+    limit: i64,
+) -> ApiResult<Vec<PageGroup>> {
     let mut q = QueryBuilder::new(format!(
         "SELECT r.project_id, r.recurrence_key, r.occurrence_total, r.duplicate_total, \
+         r.latest_received_at, e.source_ref_total + (e.source_url IS NOT NULL) AS refs, \
          json_object(\
          'recurrence_key', r.recurrence_key, 'occurrence_total', r.occurrence_total, \
          'duplicate_total', r.duplicate_total, \
@@ -280,44 +329,35 @@ pub async fn recurrence(
     filters.push_where(&mut q, "r");
     q.push(" ORDER BY r.latest_seq DESC LIMIT ")
         .push_bind(limit);
-    let rows = q.build().fetch_all(&state.db.readers).await?;
+    let rows = q.build().fetch_all(readers).await?;
     let mut keys: Vec<&str> = rows.iter().map(|r| r.get("recurrence_key")).collect();
     keys.sort_unstable();
     keys.dedup();
-    let runs = work_items::runs_of(&state.db.readers, &keys).await?;
-    let mut s = Summary::default();
-    let mut items = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
-        let occurrences: i64 = r.get("occurrence_total");
-        let recurrent = occurrences > 1;
-        let g = work_items::group_runs(&runs, project, key);
-        s.add(&g, occurrences, recurrent, r.get("duplicate_total"));
-        // The SQL-rendered object, with the run fields added before its closing brace.
-        let item: &str = r.get("item");
-        items.push(format!(
-            "{},{}}}",
-            &item[..item.len() - 1],
-            g.fields(project, key, recurrent)
-        ));
-    }
-    let summary = json!({
-        "groups": rows.len(),
-        "recurrent_groups": s.recurrent,
-        "duplicate_events": s.duplicates,
-        "linked_run_total": s.linked_runs,
-        "unlinked_event_total": s.unlinked_events,
-        "auto_repair_linked_total": s.auto_repairs,
-        "verified_repair_group_total": s.by_class("verified"),
-        "open_work_item_group_total": s.open,
-        "manual_gate_group_total": s.by_class("manual_gate"),
-        "automation_gap_group_total": s.by_class("automation_gap"),
-        "failed_repair_group_total": s.by_class("failed_repair"),
-    });
-    let groups = json_array(items.iter().map(String::as_str));
-    Ok(json_body(format!(
-        r#"{{"summary":{summary},"groups":{groups}}}"#
-    )))
+    let runs = work_items::runs_of(readers, &keys).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
+            let occurrences: i64 = r.get("occurrence_total");
+            let g = work_items::group_runs(&runs, project, key);
+            // The SQL-rendered object, with the run fields added before its closing brace.
+            let item: &str = r.get("item");
+            PageGroup {
+                item: format!(
+                    "{},{}}}",
+                    &item[..item.len() - 1],
+                    g.fields(project, key, occurrences > 1)
+                ),
+                project_id: project.to_owned(),
+                recurrence_key: key.to_owned(),
+                occurrences,
+                duplicates: r.get("duplicate_total"),
+                runs: g,
+                latest_source_refs: r.get("refs"),
+                latest_received_at: r.get("latest_received_at"),
+            }
+        })
+        .collect())
 }
 
 /// The `summary` of `/alerts/recurrence`, over the groups of the page.

@@ -18,7 +18,15 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
+use axum::extract::State;
+use axum::response::Response;
+
+use super::queries::{json_body, recurrence_page, Filters};
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{AsViewer, Params};
+use crate::api::AppState;
 use crate::projections::results::runs::RUN_STATES;
+use crate::window::now_ms;
 
 /// The work item id of a group: the same on every replica and after any rebuild.
 pub fn work_item_id(project_id: &str, recurrence_key: &str) -> String {
@@ -251,6 +259,186 @@ pub fn group_runs(
         g.merge(by_key.clone());
     }
     g
+}
+
+/// How a preview chooses the next step: by classification, or the automation or manual
+/// path whatever the classification.
+pub const MODES: [&str; 3] = ["auto", "automation", "manual"];
+
+/// How recent the latest occurrence must be for a group to count as still recurring.
+pub const STILL_RECURRING_MS: i64 = 24 * 3_600_000;
+
+/// One pre-flight check of a plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    /// What is checked.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why.
+    pub detail: String,
+}
+
+/// What a preview proposes for a work item.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Plan {
+    /// The mode asked for.
+    pub mode: String,
+    /// The path taken: `automation`, `manual`, or `none` for a closed item.
+    pub resolved_mode: &'static str,
+    /// The proposed next step.
+    pub action: &'static str,
+    /// Why that step.
+    pub reason: &'static str,
+    /// Pre-flight checks.
+    pub checks: Vec<Check>,
+    /// Every check passed and there is a step to take.
+    pub ready: bool,
+}
+
+/// The plan for a group of `classification` in `mode` (one of [`MODES`]); `latest_at` is its
+/// latest occurrence and `refs` the source references of its latest event.
+pub fn plan(g: &GroupRuns, mode: &str, latest_at: i64, refs: i64, now: i64) -> Plan {
+    let class = g.classification();
+    let resolved = match (class, mode) {
+        ("verified", _) => "none",
+        (_, "automation") => "automation",
+        (_, "manual") => "manual",
+        ("failed_repair" | "manual_gate", _) => "manual",
+        _ => "automation",
+    };
+    let (action, reason) = match (resolved, class) {
+        ("none", _) => ("none", "the latest repair succeeded and was verified"),
+        ("automation", "automation_gap") => (
+            "propose_automatic_repair",
+            "the group recurs and no automatic repair was ever linked",
+        ),
+        ("automation", "open") => (
+            "verify_latest_repair",
+            "an automatic repair is linked but not verified",
+        ),
+        ("automation", "failed_repair") => ("retry_automatic_repair", "the latest repair failed"),
+        ("automation", _) => (
+            "automate_the_gated_step",
+            "the latest run waits for approval or the latest repair was manual",
+        ),
+        (_, "failed_repair") => ("hand_off_to_a_person", "the latest repair failed"),
+        (_, "manual_gate") => (
+            "hand_off_to_a_person",
+            "the latest run waits for approval or the latest repair was manual",
+        ),
+        (_, "automation_gap") => (
+            "hand_off_to_a_person",
+            "the group recurs and nothing repairs it automatically",
+        ),
+        _ => (
+            "hand_off_to_a_person",
+            "an automatic repair is linked but not verified",
+        ),
+    };
+    let age_min = (now - latest_at).max(0) / 60_000;
+    let running = g.latest.as_ref().filter(|r| r.run_state == "running");
+    let checks = vec![
+        Check {
+            name: "still_recurring",
+            ok: now - latest_at <= STILL_RECURRING_MS,
+            detail: format!("latest occurrence {age_min} min ago; the window is 24 h"),
+        },
+        Check {
+            name: "latest_run_not_running",
+            ok: running.is_none(),
+            detail: match running {
+                Some(r) => format!("run {} is still running", r.result_id),
+                None => "no linked run is running".to_owned(),
+            },
+        },
+        Check {
+            name: "source_refs_present",
+            ok: refs > 0,
+            detail: format!("the latest event has {refs} source reference(s)"),
+        },
+        Check {
+            name: "work_item_open",
+            ok: class != "verified",
+            detail: format!("classified {class}"),
+        },
+    ];
+    let ready = action != "none" && checks.iter().all(|c| c.ok);
+    Plan {
+        mode: mode.to_owned(),
+        resolved_mode: resolved,
+        action,
+        reason,
+        checks,
+        ready,
+    }
+}
+
+/// What a preview promises: it only reads.
+pub const GUARANTEES: [&str; 3] = [
+    "read-only: answered from this replica's read models",
+    "publishes nothing to the bus",
+    "creates or changes no incident, repair, ticket or database row",
+];
+
+/// `GET /api/v1/alerts/recurrence/work-item/preview?work_item_id=&project_id=&provider=&mode=auto&limit=300`:
+/// a recurring group's work item, its classification, the proposed next step and its
+/// pre-flight checks. Reads only.
+#[utoipa::path(get, path = "/alerts/recurrence/work-item/preview", operation_id = "get_work_item_preview", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits), as /alerts/recurrence lists it"), ("project_id" = Option<String>, Query, description = "one project (a subject token)"), ("provider" = Option<String>, Query, description = "one provider"), ("mode" = Option<String>, Query, description = "auto (default: by classification), automation or manual"), ("limit" = Option<i64>, Query, description = "the work item is looked for among the latest `limit` groups, 1–300 (default 300)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemPreview), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+pub async fn preview(
+    _: AsViewer,
+    State(state): State<AppState>,
+    params: Params,
+) -> ApiResult<Response> {
+    let id = params
+        .get("work_item_id")?
+        .filter(|id| is_work_item_id(id))
+        .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits"))?;
+    let mode = params.get("mode")?.unwrap_or("auto");
+    if !MODES.contains(&mode) {
+        return Err(ApiError::invalid("mode", "auto, automation or manual"));
+    }
+    let filters = Filters::parse(&params, true)?;
+    let limit = params.int("limit", 1, 300, 300)?;
+    let page = recurrence_page(&state.db.readers, &filters, limit).await?;
+    let g = page
+        .iter()
+        .find(|g| g.occurrences > 1 && work_item_id(&g.project_id, &g.recurrence_key) == id)
+        .ok_or_else(|| {
+            ApiError::NotFoundAs(
+                "recurrence_work_item_not_found",
+                format!("no recurring group with work item {id} among the latest {limit}"),
+            )
+        })?;
+    let plan = plan(
+        &g.runs,
+        mode,
+        g.latest_received_at,
+        g.latest_source_refs,
+        now_ms(),
+    );
+    let work_item = json!({
+        "id": id,
+        "project_id": g.project_id,
+        "recurrence_key": g.recurrence_key,
+        "classification": g.runs.classification(),
+        "open": g.runs.classification() != "verified",
+    });
+    let plan = serde_json::to_string(&plan).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(json_body(format!(
+        r#"{{"work_item":{work_item},"group":{group},"plan":{plan},"guarantees":{guarantees}}}"#,
+        group = g.item,
+        guarantees = json!(GUARANTEES),
+    )))
+}
+
+/// `wi_` and 24 lowercase hex digits.
+fn is_work_item_id(s: &str) -> bool {
+    s.strip_prefix("wi_").is_some_and(|h| {
+        h.len() == 24
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 #[cfg(test)]
