@@ -25,7 +25,6 @@ use super::queries::{json_body, recurrence_page, Filters};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
-use crate::projections::results::runs::RUN_STATES;
 use crate::window::now_ms;
 
 /// The work item id of a group: the same on every replica and after any rebuild.
@@ -38,6 +37,9 @@ pub fn work_item_id(project_id: &str, recurrence_key: &str) -> String {
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     format!("wi_{hex}")
 }
+
+/// Most incident ids listed per group (the first, in sort order).
+pub const MAX_INCIDENT_IDS: usize = 50;
 
 /// One run, as the classification sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +65,9 @@ pub struct RunView {
 pub struct GroupRuns {
     /// Runs linked.
     pub total: i64,
-    /// Runs per state, in the order of [`RUN_STATES`].
+    /// Runs per state, in the order of [`crate::projections::results::runs::RUN_STATES`].
     pub states: [i64; 4],
-    /// Runs per repair kind, in the order of [`REPAIRS`] (auto, manual, none).
+    /// Runs per repair kind: auto, manual, none.
     pub repairs: [i64; 3],
     /// Verified runs.
     pub verified: i64,
@@ -128,118 +130,146 @@ impl GroupRuns {
         }
     }
 
-    /// The per-group fields `/alerts/recurrence` adds, as JSON members (no braces).
+    /// The per-group fields `/alerts/recurrence` adds, as JSON members (no braces). Written
+    /// by hand: a `json!` tree per group cost more than SQLite's rendering of the rest.
     pub fn fields(&self, project_id: &str, recurrence_key: &str, recurrent: bool) -> String {
-        let states: serde_json::Map<String, Value> = RUN_STATES
-            .iter()
-            .zip(self.states)
-            .map(|(s, n)| ((*s).to_owned(), json!(n)))
-            .collect();
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(640);
+        let [running, succeeded, failed, needs_approval] = self.states;
+        let _ = write!(
+            out,
+            r#""linked_run_total":{},"run_state_counts":{{"running":{running},"succeeded":{succeeded},"failed":{failed},"needs_approval":{needs_approval}}},"#,
+            self.total
+        );
         let latest = self.latest.as_ref();
-        let work_item = recurrent.then(|| {
-            let classification = self.classification();
-            json!({
-                "id": work_item_id(project_id, recurrence_key),
-                "classification": classification,
-                "open": classification != "verified",
-            })
-        });
-        let v = json!({
-            "linked_run_total": self.total,
-            "run_state_counts": states,
-            "latest_run_id": latest.map(|r| &r.result_id),
-            "latest_run_state": latest.map(|r| &r.run_state),
-            "latest_agent_id": latest.map(|r| &r.agent_id),
-            "latest_incident_id": latest.and_then(|r| r.incident_id.as_ref()),
-            "incident_ids": self.incidents,
-            "repair_summary": {
-                "auto": self.repairs[0],
-                "manual": self.repairs[1],
-                "none": self.repairs[2],
-                "verified": self.verified,
-                "latest_repair": self.latest_repair.as_ref().map(|r| json!({
-                    "result_id": r.result_id, "repair": r.repair,
-                    "run_state": r.run_state, "verified": r.verified,
-                })),
-            },
-            "work_item": work_item,
-        });
-        let text = v.to_string();
-        text[1..text.len() - 1].to_owned()
+        let _ = write!(
+            out,
+            r#""latest_run_id":{},"latest_run_state":{},"latest_agent_id":{},"latest_incident_id":{},"incident_ids":["#,
+            text(latest.map(|r| r.result_id.as_str())),
+            text(latest.map(|r| r.run_state.as_str())),
+            text(latest.map(|r| r.agent_id.as_str())),
+            text(latest.and_then(|r| r.incident_id.as_deref())),
+        );
+        for (i, id) in self.incidents.iter().take(MAX_INCIDENT_IDS).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&text(Some(id)));
+        }
+        let [auto, manual, none] = self.repairs;
+        let _ = write!(
+            out,
+            r#"],"repair_summary":{{"auto":{auto},"manual":{manual},"none":{none},"verified":{},"latest_repair":"#,
+            self.verified
+        );
+        match &self.latest_repair {
+            None => out.push_str("null"),
+            Some(r) => {
+                let _ = write!(
+                    out,
+                    r#"{{"result_id":{},"repair":{},"run_state":{},"verified":{}}}"#,
+                    text(Some(&r.result_id)),
+                    text(Some(&r.repair)),
+                    text(Some(&r.run_state)),
+                    r.verified
+                );
+            }
+        }
+        out.push_str(r#"},"work_item":"#);
+        if recurrent {
+            let class = self.classification();
+            let _ = write!(
+                out,
+                r#"{{"id":"{}","classification":"{class}","open":{}}}"#,
+                work_item_id(project_id, recurrence_key),
+                class != "verified"
+            );
+        } else {
+            out.push_str("null");
+        }
+        out
+    }
+}
+
+/// A JSON string (or null), escaped.
+fn text(s: Option<&str>) -> String {
+    match s {
+        Some(s) => Value::from(s).to_string(),
+        None => "null".to_owned(),
     }
 }
 
 /// The runs of every group whose key is in `keys`, per `(project_id, recurrence_key)`; runs
-/// linked by key alone are under an empty project id.
-pub async fn runs_of(
+/// linked by key alone are under an empty project id. Read from the figures the projections
+/// keep per group (`alert_run_groups`), a row per group.
+pub async fn runs_of<'k>(
     readers: &SqlitePool,
-    keys: &[&str],
+    keys: &[&'k str],
 ) -> sqlx::Result<HashMap<(String, String), GroupRuns>> {
+    use sqlx::Row;
     let mut groups: HashMap<(String, String), GroupRuns> = HashMap::new();
     if keys.is_empty() {
         return Ok(groups);
     }
-    // SQLite takes a bare column beside MAX() from the row holding the maximum.
-    for (repairs_only, columns) in [
-        (
-            false,
-            "COUNT(*), \
-             SUM(run_state = 'running'), SUM(run_state = 'succeeded'), \
-             SUM(run_state = 'failed'), SUM(run_state = 'needs_approval'), \
-             SUM(repair = 'auto'), SUM(repair = 'manual'), SUM(repair = 'none'), \
-             SUM(verified), json_group_array(DISTINCT incident_id)",
-        ),
-        (true, "0, 0, 0, 0, 0, 0, 0, 0, 0, '[]'"),
-    ] {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT recurrence_key, COALESCE(project_id, ''), {columns}, MAX(seq), result_id, \
-             agent_id, run_state, repair, verified, incident_id FROM alert_runs \
-             WHERE recurrence_key IN ("
-        ));
+    let list = |q: &mut QueryBuilder<'k, Sqlite>| {
         let mut list = q.separated(", ");
         for k in keys {
             list.push_bind(*k);
         }
         q.push(")");
-        if repairs_only {
-            q.push(" AND repair != 'none'");
+    };
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT recurrence_key, project_id, total, running, succeeded, failed, needs_approval, \
+         auto, manual, none, verified, latest_seq, latest_result_id, latest_agent_id, \
+         latest_state, latest_repair, latest_verified, latest_incident_id, repair_seq, \
+         repair_result_id, repair_kind, repair_state, repair_verified \
+         FROM alert_run_groups WHERE recurrence_key IN (",
+    );
+    list(&mut q);
+    for row in q.build().fetch_all(readers).await? {
+        let g = groups.entry((row.get(1), row.get(0))).or_default();
+        g.total = row.get(2);
+        for i in 0..4 {
+            g.states[i] = row.get(3 + i);
         }
-        q.push(" GROUP BY recurrence_key, project_id");
-        let rows = q.build().fetch_all(readers).await?;
-        for row in rows {
-            use sqlx::Row;
-            let key: String = row.get(0);
-            let project: String = row.get(1);
-            let view = RunView {
-                seq: row.get(12),
-                result_id: row.get(13),
-                agent_id: row.get(14),
-                run_state: row.get(15),
-                repair: row.get(16),
-                verified: row.get(17),
-                incident_id: row.get(18),
-            };
-            let g = groups.entry((project, key)).or_default();
-            if repairs_only {
-                g.latest_repair = Some(view);
-                continue;
-            }
-            g.total = row.get(2);
-            for i in 0..4 {
-                g.states[i] = row.get(3 + i);
-            }
-            for i in 0..3 {
-                g.repairs[i] = row.get(7 + i);
-            }
-            g.verified = row.get(10);
-            let incidents: String = row.get(11);
-            g.incidents = serde_json::from_str::<Vec<Option<String>>>(&incidents)
-                .unwrap_or_default()
-                .into_iter()
-                .flatten()
-                .collect();
-            g.latest = Some(view);
+        for i in 0..3 {
+            g.repairs[i] = row.get(7 + i);
         }
+        g.verified = row.get(10);
+        g.latest = Some(RunView {
+            seq: row.get(11),
+            result_id: row.get(12),
+            agent_id: row.get(13),
+            run_state: row.get(14),
+            repair: row.get(15),
+            verified: row.get(16),
+            incident_id: row.get(17),
+        });
+        g.latest_repair = row.get::<Option<i64>, _>(18).map(|seq| RunView {
+            seq,
+            result_id: row.get(19),
+            agent_id: String::new(),
+            repair: row.get(20),
+            run_state: row.get(21),
+            verified: row.get(22),
+            incident_id: None,
+        });
+    }
+    // One row per group: handing over a row per incident cost more than the rest together.
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT project_id, recurrence_key, json_group_array(incident_id) \
+         FROM alert_run_incidents WHERE recurrence_key IN (",
+    );
+    list(&mut q);
+    q.push(" GROUP BY recurrence_key, project_id");
+    let incidents: Vec<(String, String, String)> = q.build_query_as().fetch_all(readers).await?;
+    for (project, key, list) in incidents {
+        let ids: Vec<String> = serde_json::from_str(&list).unwrap_or_default();
+        groups
+            .entry((project, key))
+            .or_default()
+            .incidents
+            .extend(ids);
     }
     Ok(groups)
 }

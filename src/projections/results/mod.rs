@@ -266,6 +266,11 @@ impl Projection for ResultsProjection {
             Table::keyed("result_counts", "kind, success, minute"),
             Table::keyed("deploy_history", "deploy_id"),
             Table::keyed("alert_runs", "result_id"),
+            Table::keyed("alert_run_groups", "recurrence_key, project_id"),
+            Table::keyed(
+                "alert_run_incidents",
+                "recurrence_key, project_id, incident_id",
+            ),
         ];
         TABLES
     }
@@ -280,6 +285,8 @@ impl Projection for ResultsProjection {
                 "duration_blocks",
                 "deploy_history",
                 "alert_runs",
+                "alert_run_groups",
+                "alert_run_incidents",
             ],
         )
         .await

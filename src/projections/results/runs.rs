@@ -216,7 +216,105 @@ pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> 
                 .push_bind(project)
                 .push_bind(key);
         });
-        q.push(" ON CONFLICT (result_id) DO NOTHING");
+        q.push(" ON CONFLICT (result_id) DO NOTHING RETURNING ");
+        q.push(RUN_COLUMNS);
+        let inserted: Vec<GroupedRun> = q.build_query_as().fetch_all(&mut *conn).await?;
+        fold(conn, &inserted).await?;
+    }
+    Ok(())
+}
+
+/// What a run with a group adds to its group's figures.
+const RUN_COLUMNS: &str = "recurrence_key, COALESCE(project_id, ''), seq, result_id, agent_id, \
+                           run_state, repair, verified, incident_id";
+
+/// A run as [`RUN_COLUMNS`] reads it (`recurrence_key` NULL: no group yet).
+type GroupedRun = (
+    Option<String>,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    bool,
+    Option<String>,
+);
+
+/// Adds runs that just got their group to `alert_run_groups` and `alert_run_incidents`.
+async fn fold(conn: &mut SqliteConnection, runs: &[GroupedRun]) -> sqlx::Result<()> {
+    let grouped: Vec<&GroupedRun> = runs.iter().filter(|r| r.0.is_some()).collect();
+    for chunk in grouped.chunks(rows_per_statement(23)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO alert_run_groups (recurrence_key, project_id, total, running, \
+             succeeded, failed, needs_approval, auto, manual, none, verified, latest_seq, \
+             latest_result_id, latest_agent_id, latest_state, latest_repair, latest_verified, \
+             latest_incident_id, repair_seq, repair_result_id, repair_kind, repair_state, \
+             repair_verified) ",
+        );
+        q.push_values(chunk, |mut b, r| {
+            let (key, project, seq, id, agent, state, repair, verified, incident) = r;
+            let is = |s: &str| i64::from(state == s);
+            let kind = |k: &str| i64::from(repair == k);
+            let is_repair = repair != "none";
+            b.push_bind(key.as_deref())
+                .push_bind(project.as_str())
+                .push_bind(1i64)
+                .push_bind(is("running"))
+                .push_bind(is("succeeded"))
+                .push_bind(is("failed"))
+                .push_bind(is("needs_approval"))
+                .push_bind(kind("auto"))
+                .push_bind(kind("manual"))
+                .push_bind(kind("none"))
+                .push_bind(i64::from(*verified))
+                .push_bind(*seq)
+                .push_bind(id.as_str())
+                .push_bind(agent.as_str())
+                .push_bind(state.as_str())
+                .push_bind(repair.as_str())
+                .push_bind(*verified)
+                .push_bind(incident.as_deref())
+                .push_bind(is_repair.then_some(*seq))
+                .push_bind(is_repair.then_some(id.as_str()))
+                .push_bind(is_repair.then_some(repair.as_str()))
+                .push_bind(is_repair.then_some(state.as_str()))
+                .push_bind(is_repair.then_some(*verified));
+        });
+        // Every right-hand side reads the values from before this update.
+        q.push(
+            " ON CONFLICT (recurrence_key, project_id) DO UPDATE SET \
+             total = total + excluded.total, running = running + excluded.running, \
+             succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed, \
+             needs_approval = needs_approval + excluded.needs_approval, \
+             auto = auto + excluded.auto, manual = manual + excluded.manual, \
+             none = none + excluded.none, verified = verified + excluded.verified, \
+             latest_seq = MAX(latest_seq, excluded.latest_seq), \
+             latest_result_id = iif(excluded.latest_seq > latest_seq, excluded.latest_result_id, latest_result_id), \
+             latest_agent_id = iif(excluded.latest_seq > latest_seq, excluded.latest_agent_id, latest_agent_id), \
+             latest_state = iif(excluded.latest_seq > latest_seq, excluded.latest_state, latest_state), \
+             latest_repair = iif(excluded.latest_seq > latest_seq, excluded.latest_repair, latest_repair), \
+             latest_verified = iif(excluded.latest_seq > latest_seq, excluded.latest_verified, latest_verified), \
+             latest_incident_id = iif(excluded.latest_seq > latest_seq, excluded.latest_incident_id, latest_incident_id), \
+             repair_seq = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_seq, repair_seq), \
+             repair_result_id = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_result_id, repair_result_id), \
+             repair_kind = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_kind, repair_kind), \
+             repair_state = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_state, repair_state), \
+             repair_verified = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_verified, repair_verified)",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    let incidents: Vec<(&str, &str, &str)> = grouped
+        .iter()
+        .filter_map(|r| Some((r.0.as_deref()?, r.1.as_str(), r.8.as_deref()?)))
+        .collect();
+    for chunk in incidents.chunks(rows_per_statement(3)) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO alert_run_incidents (recurrence_key, project_id, incident_id) ",
+        );
+        q.push_values(chunk, |mut b, (key, project, incident)| {
+            b.push_bind(*key).push_bind(*project).push_bind(*incident);
+        });
         q.build().execute(&mut *conn).await?;
     }
     Ok(())
@@ -241,14 +339,18 @@ pub async fn resolve_for_alerts(
         });
         q.push(
             ") AS v WHERE alert_runs.link_event_id = v.column2 \
-             AND alert_runs.link_provider = v.column1 AND alert_runs.recurrence_key IS NULL",
+             AND alert_runs.link_provider = v.column1 AND alert_runs.recurrence_key IS NULL \
+             RETURNING ",
         );
-        q.build().execute(&mut *conn).await?;
+        q.push(RUN_COLUMNS);
+        let resolved: Vec<GroupedRun> = q.build_query_as().fetch_all(&mut *conn).await?;
+        fold(conn, &resolved).await?;
     }
     Ok(())
 }
 
-/// Forgets the groups the alerts projection filled (its read models are being rebuilt).
+/// Forgets the groups the alerts projection filled (its read models are being rebuilt) and
+/// counts the groups' figures again from the runs that keep theirs.
 pub async fn unresolve(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE alert_runs SET project_id = NULL, recurrence_key = NULL \
@@ -256,5 +358,25 @@ pub async fn unresolve(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     )
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    sqlx::query("DELETE FROM alert_run_groups")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM alert_run_incidents")
+        .execute(&mut *conn)
+        .await?;
+    let mut after = 0i64;
+    loop {
+        let runs: Vec<GroupedRun> = sqlx::query_as(&format!(
+            "SELECT {RUN_COLUMNS} FROM alert_runs WHERE recurrence_key IS NOT NULL \
+             AND seq > ?1 ORDER BY seq LIMIT 10000"
+        ))
+        .bind(after)
+        .fetch_all(&mut *conn)
+        .await?;
+        let Some(last) = runs.last() else {
+            return Ok(());
+        };
+        after = last.2;
+        fold(conn, &runs).await?;
+    }
 }

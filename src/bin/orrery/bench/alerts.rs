@@ -26,6 +26,12 @@ pub struct AlertsReport {
     pub rows: u64,
     /// Recurrence groups stored.
     pub groups: u64,
+    /// Runs linked to the alerts (results with `data.links`), published and projected.
+    pub runs: u64,
+    /// Their projection from a fresh RESULTS checkpoint, events/s.
+    pub runs_ingest_eps: f64,
+    /// Runs that found their group.
+    pub runs_linked: u64,
     /// `/alerts/recurrence` latency, all projects and one project.
     pub recurrence: Vec<Endpoint>,
 }
@@ -56,10 +62,48 @@ fn alert_event(i: u64) -> (String, Vec<u8>) {
     )
 }
 
-/// Runs the alerts benchmark against `nats_url`.
+/// The `data.provider_event_id` and group of alert event `i`, as [`alert_event`] makes it.
+fn alert_identity(i: u64) -> (String, String) {
+    let provider = PROVIDERS[(i % 3) as usize];
+    let peid = if i % 5 == 4 { i - 3 } else { i };
+    (format!("{provider}-{peid}"), format!("fp:fp-{}", i % 5_000))
+}
+
+const RUN_HABITS: [(&str, &str, bool); 5] = [
+    ("succeeded", "auto", true),
+    ("failed", "auto", false),
+    ("needs_approval", "none", false),
+    ("running", "auto", false),
+    ("succeeded", "manual", false),
+];
+
+/// Run `j` of `runs` answering the alerts of `events`: two thirds name an alert event, one
+/// third a recurrence key; states, repairs and verification vary.
+fn run_event(j: u64, events: u64) -> (String, Vec<u8>) {
+    let i = (j * 7_919) % events;
+    let (peid, key) = alert_identity(i);
+    let links = if j % 3 == 2 {
+        format!(r#"{{"recurrence_key":"{key}"}}"#)
+    } else {
+        format!(
+            r#"{{"provider":"{}","provider_event_id":"{peid}","incident_id":"INC-{}"}}"#,
+            PROVIDERS[(i % 3) as usize],
+            j % 900
+        )
+    };
+    let (state, repair, verified) = RUN_HABITS[((j / 3) % 5) as usize];
+    let body = format!(
+        r#"{{"id":"bench-run-{j}","data":{{"result_id":"run-{j}","job_id":"repair","success":{ok},"links":{links},"run_state":"{state}","repair":"{repair}","verified":{verified}}}}}"#,
+        ok = state != "failed",
+    );
+    (format!("result.job.fixer-{}", j % 50), body.into_bytes())
+}
+
+/// Runs the alerts benchmark against `nats_url`: `events` alerts, then `runs` linked runs.
 pub async fn run(
     nats_url: &str,
     events: u64,
+    runs: u64,
     batch_size: usize,
     concurrency: usize,
     requests: usize,
@@ -83,6 +127,21 @@ pub async fn run(
     let groups: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_recurrence")
         .fetch_one(&db.writer)
         .await?;
+    let runs_before = last_seq(&js, streams::RESULTS.name).await?;
+    publish_with(&js, runs, &format!("{run}-runs"), |j| run_event(j, events)).await?;
+    let runs_time = catch_up(
+        streams::RESULTS,
+        &js,
+        &db,
+        batch_size,
+        runs_before,
+        runs_before + runs,
+    )
+    .await?;
+    let runs_linked: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM alert_runs WHERE recurrence_key IS NOT NULL")
+            .fetch_one(&db.writer)
+            .await?;
     db.close().await;
 
     let daemon = LocalDaemon::start(nats_url, &path, |_| {}).await?;
@@ -94,6 +153,24 @@ pub async fn run(
     ] {
         recurrence.push(measure(&daemon.base, query, concurrency, requests).await?);
     }
+    // A preview of the work item listed last on a 300-group page: the longest look-up.
+    let page: serde_json::Value = reqwest::get(format!(
+        "{}/api/v1/alerts/recurrence?project_id=proj-3&limit=300",
+        daemon.base
+    ))
+    .await?
+    .json()
+    .await?;
+    let last_item = page["groups"]
+        .as_array()
+        .and_then(|g| g.iter().rev().find_map(|g| g["work_item"]["id"].as_str()))
+        .map(str::to_owned);
+    if let Some(id) = last_item {
+        let preview = format!(
+            "/api/v1/alerts/recurrence/work-item/preview?work_item_id={id}&project_id=proj-3"
+        );
+        recurrence.push(measure(&daemon.base, &preview, concurrency, requests).await?);
+    }
     daemon.stop().await?;
 
     Ok(AlertsReport {
@@ -103,6 +180,9 @@ pub async fn run(
         ingest_eps: eps(events, ingest_time),
         rows: rows as u64,
         groups: groups as u64,
+        runs,
+        runs_ingest_eps: eps(runs, runs_time),
+        runs_linked: runs_linked as u64,
         recurrence,
     })
 }
@@ -128,6 +208,11 @@ impl std::fmt::Display for AlertsReport {
             f,
             "  stored                         {} events, {} recurrence groups",
             self.rows, self.groups
+        )?;
+        writeln!(
+            f,
+            "  linked runs ingest             {:>10.0} events/s ({} runs, {} found their group)",
+            self.runs_ingest_eps, self.runs, self.runs_linked
         )?;
         for l in &self.recurrence {
             writeln!(f, "{l}")?;

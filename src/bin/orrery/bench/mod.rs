@@ -57,11 +57,15 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
-    /// Alert ingest with redaction on, then /alerts/recurrence latency with every event stored.
+    /// Alert ingest with redaction on, runs linked to those alerts, then /alerts/recurrence
+    /// and work-item preview latency with every event stored.
     Alerts {
         /// Alert events to publish and project.
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Runs linked to the alerts (results with data.links).
+        #[arg(long, default_value_t = 200_000)]
+        runs: u64,
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
@@ -184,6 +188,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         }
         Bench::Alerts {
             events,
+            runs,
             nats_url,
             batch_size,
             concurrency,
@@ -191,7 +196,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             json,
         } => {
             let (_nats, url) = bench_nats(nats_url)?;
-            let report = alerts::run(&url, events, batch_size, concurrency, requests).await?;
+            let report = alerts::run(&url, events, runs, batch_size, concurrency, requests).await?;
             print_report(&report, json)
         }
         Bench::Query {
