@@ -664,23 +664,7 @@ async fn a_full_disk_stops_projection_visibly_and_it_resumes_exactly_once_freed(
     publish_range(&js, 0..20_000, &ago(Duration::from_secs(60))).await;
 
     let http = reqwest::Client::new();
-    let reason = loop_until_some(Duration::from_secs(60), || async {
-        let r: Value = http
-            .get(format!("{}/ready", app.address))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        r["reasons"]
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|s| s.contains("projection RESULTS is failing"))
-            .map(str::to_owned)
-    })
-    .await;
+    let reason = failing_reason(&app, "RESULTS").await;
     assert!(reason.contains("full"), "{reason}");
     let stuck = app.count("since=1h").await;
     assert!(stuck < 20_000, "{stuck}");
@@ -747,23 +731,7 @@ async fn a_database_turned_read_only_stops_projection_visibly_and_it_resumes_exa
 
     publish_range(&js, 200..2_200, &finished).await;
     let http = reqwest::Client::new();
-    let reason = loop_until_some(Duration::from_secs(60), || async {
-        let r: Value = http
-            .get(format!("{}/ready", app.address))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        r["reasons"]
-            .as_array()?
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|s| s.contains("projection RESULTS is failing"))
-            .map(str::to_owned)
-    })
-    .await;
+    let reason = failing_reason(&app, "RESULTS").await;
     assert!(reason.contains("writ"), "names the cause: {reason}");
     let r = http
         .get(format!("{}/ready", app.address))
@@ -810,37 +778,6 @@ async fn serve_refuses_a_read_only_database_by_name_with_exit_code_2() {
     drop(read_only);
     let daemon = Daemon::spawn(&nats.url(), &db, 64);
     daemon.wait_for(&reqwest::Client::new(), "/ready").await;
-}
-
-/// Polls `check` every 100 ms until it returns `Some`; panics after `limit`.
-async fn loop_until_some<T, F, Fut>(limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let started = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(started.elapsed() < limit, "timed out");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn digest_of(db: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args(["digest", "--database"])
-        .arg(db)
-        .env_remove("ORRERY_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

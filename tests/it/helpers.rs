@@ -409,3 +409,45 @@ pub async fn run_demo(nats_url: &str, args: &[&str]) -> std::process::Output {
     .await
     .unwrap()
 }
+
+/// `orrery digest` of a database file, as JSON.
+pub fn digest_of(db: &std::path::Path) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(["digest", "--database"])
+        .arg(db)
+        .env_remove("ORRERY_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Waits (≤ 60 s) until `/ready` says that `stream`'s projection is failing; returns the
+/// reason it gives.
+pub async fn failing_reason(app: &TestApp, stream: &str) -> String {
+    let wanted = format!("projection {stream} is failing");
+    let started = std::time::Instant::now();
+    loop {
+        let ready: Option<Value> = app.get("/ready", None).await.json().await.ok();
+        let reason = ready.as_ref().and_then(|r| {
+            r["reasons"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .find(|s| s.contains(&wanted))
+                .map(str::to_owned)
+        });
+        if let Some(reason) = reason {
+            return reason;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{wanted}: timed out"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -75,86 +75,53 @@ async fn publish_groups(js: &async_nats::jetstream::Context, app: &TestApp) {
     fire(&js, "api", "a-1", "fp-f").await;
     fire(&js, "api", "a-2", "fp-f").await;
 
-    // Runs projected after their alerts.
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run("v-run", by_event("v-2"), "succeeded", "auto", true),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run(
-            "f-run-1",
-            json!({"recurrence_key": "fp:fp-f"}),
-            "succeeded",
-            "auto",
-            true,
-        ),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run(
-            "f-run-2",
-            json!({"recurrence_key": "fp:fp-f"}),
-            "failed",
-            "auto",
-            false,
-        ),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run("g-run", by_event("g-1"), "needs_approval", "none", false),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.human",
-        run(
-            "n-run",
-            json!({"provider": "sentry", "provider_event_id": "n-2", "incident_id": "INC-9"}),
-            "succeeded",
+    // Runs projected after their alerts, and (the last three) refused with a reason, not
+    // guessed. (agent, result id, links, state, repair, verified)
+    let key_f = json!({"recurrence_key": "fp:fp-f"});
+    let n_2 = json!({"provider": "sentry", "provider_event_id": "n-2", "incident_id": "INC-9"});
+    let runs = [
+        ("fixer", "v-run", by_event("v-2"), "succeeded", "auto", true),
+        ("fixer", "f-run-1", key_f.clone(), "succeeded", "auto", true),
+        ("fixer", "f-run-2", key_f, "failed", "auto", false),
+        (
+            "fixer",
+            "g-run",
+            by_event("g-1"),
+            "needs_approval",
             "none",
             false,
         ),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run("s-run", by_event("s-1"), "succeeded", "auto", true),
-    )
-    .await;
-    // Refused with a reason, not guessed.
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run("bad-state", by_event("v-1"), "sort-of", "auto", false),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run(
+        ("human", "n-run", n_2, "succeeded", "none", false),
+        ("fixer", "s-run", by_event("s-1"), "succeeded", "auto", true),
+        (
+            "fixer",
+            "bad-state",
+            by_event("v-1"),
+            "sort-of",
+            "auto",
+            false,
+        ),
+        (
+            "fixer",
             "bad-link",
             json!({"provider": "sentry"}),
             "running",
             "auto",
             false,
         ),
-    )
-    .await;
-    publish_result(
-        &js,
-        "result.job.fixer",
-        run("bad-repair", by_event("v-1"), "running", "robot", false),
-    )
-    .await;
+        (
+            "fixer",
+            "bad-repair",
+            by_event("v-1"),
+            "running",
+            "robot",
+            false,
+        ),
+    ];
+    for (agent, id, links, state, repair, verified) in runs {
+        let subject = format!("result.job.{agent}");
+        publish_result(&js, &subject, run(id, links, state, repair, verified)).await;
+    }
     app.wait_caught_up().await;
 }
 
@@ -243,21 +210,7 @@ async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
     // Rebuilding either stream alone gives the same links: the second projection to see a
     // pair fills the group, whichever it is.
     let (db, _dir) = app.stop().await;
-    let digest = |db: &std::path::Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["digest", "--database"])
-            .arg(db)
-            .env_remove("ORRERY_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    let before = digest(&db);
+    let before = digest_of(&db);
     for stream in ["ALERTS", "RESULTS"] {
         let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
             .args(["rebuild", "--stream", stream, "--database"])
@@ -272,11 +225,7 @@ async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(
-            String::from_utf8_lossy(&digest(&db)),
-            String::from_utf8_lossy(&before),
-            "after rebuilding {stream}"
-        );
+        assert_eq!(digest_of(&db), before, "after rebuilding {stream}");
     }
 }
 
