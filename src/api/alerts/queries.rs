@@ -321,28 +321,28 @@ pub(super) async fn recurrence_page(
          'first_received_at', {first}, 'latest_received_at', {latest}, \
          'provider', e.provider, 'alertname', e.alertname, 'severity', e.severity, \
          'namespace', e.namespace, 'target_resource', e.target_resource, \
-         'fingerprint', e.fingerprint, 'latest', {EVENT_JSON}) AS item \
+         'fingerprint', e.fingerprint, 'latest', {EVENT_JSON}) AS item, \
+         (SELECT {figures} FROM alert_run_groups g WHERE g.recurrence_key = r.recurrence_key \
+          AND g.project_id = r.project_id) AS own_runs, \
+         (SELECT {figures} FROM alert_run_groups g WHERE g.recurrence_key = r.recurrence_key \
+          AND g.project_id = '') AS key_runs \
          FROM alert_recurrence r JOIN alert_events e ON e.seq = r.latest_seq",
         first = sql_time!("r.first_received_at"),
         latest = sql_time!("r.latest_received_at"),
+        figures = work_items::FIGURES_SQL,
     ));
     filters.push_where(&mut q, "r");
     q.push(" ORDER BY r.latest_seq DESC LIMIT ")
         .push_bind(limit);
     let rows = q.build().fetch_all(readers).await?;
-    let mut keys: Vec<&str> = rows.iter().map(|r| r.get("recurrence_key")).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let runs = work_items::runs_of(readers, &keys).await?;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
             let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
             let occurrences: i64 = r.get("occurrence_total");
-            let g = work_items::group_runs(&runs, project, key);
+            let g = work_items::group_runs(r.get("own_runs"), r.get("key_runs"))?;
             // The SQL-rendered object, with the run fields added before its closing brace.
             let item: &str = r.get("item");
-            PageGroup {
+            Ok(PageGroup {
                 item: format!(
                     "{},{}}}",
                     &item[..item.len() - 1],
@@ -355,9 +355,9 @@ pub(super) async fn recurrence_page(
                 runs: g,
                 latest_source_refs: r.get("refs"),
                 latest_received_at: r.get("latest_received_at"),
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The `summary` of `/alerts/recurrence`, over the groups of the page.

@@ -12,11 +12,10 @@
 //! 4. `automation_gap` — no automatic repair was ever linked;
 //! 5. `open` — an automatic repair is linked but not (yet) verified.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use axum::extract::State;
 use axum::response::Response;
@@ -199,96 +198,86 @@ fn text(s: Option<&str>) -> String {
     }
 }
 
-/// The runs of every group whose key is in `keys`, per `(project_id, recurrence_key)`; runs
-/// linked by key alone are under an empty project id. Read from the figures the projections
-/// keep per group (`alert_run_groups`), a row per group.
-pub async fn runs_of<'k>(
-    readers: &SqlitePool,
-    keys: &[&'k str],
-) -> sqlx::Result<HashMap<(String, String), GroupRuns>> {
-    use sqlx::Row;
-    let mut groups: HashMap<(String, String), GroupRuns> = HashMap::new();
-    if keys.is_empty() {
-        return Ok(groups);
-    }
-    let list = |q: &mut QueryBuilder<'k, Sqlite>| {
-        let mut list = q.separated(", ");
-        for k in keys {
-            list.push_bind(*k);
+/// A group's figures from `alert_run_groups` row `g` as one JSON array, its incidents last:
+/// selected beside each group of a page, so that a page stays one query (each further query
+/// and row is a round trip to SQLite's worker thread, which cost more than the rest).
+pub const FIGURES_SQL: &str = "json_array(g.total, g.running, g.succeeded, g.failed, \
+     g.needs_approval, g.auto, g.manual, g.none, g.verified, g.latest_seq, g.latest_result_id, \
+     g.latest_agent_id, g.latest_state, g.latest_repair, g.latest_verified, \
+     g.latest_incident_id, g.repair_seq, g.repair_result_id, g.repair_kind, g.repair_state, \
+     g.repair_verified, (SELECT json_group_array(i.incident_id) FROM alert_run_incidents i \
+     WHERE i.recurrence_key = g.recurrence_key AND i.project_id = g.project_id))";
+
+/// A row of `alert_run_groups` as [`FIGURES_SQL`] renders it.
+#[derive(serde::Deserialize)]
+struct Figures(
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Vec<String>,
+);
+
+impl From<Figures> for GroupRuns {
+    fn from(f: Figures) -> Self {
+        GroupRuns {
+            total: f.0,
+            states: [f.1, f.2, f.3, f.4],
+            repairs: [f.5, f.6, f.7],
+            verified: f.8,
+            incidents: f.21.into_iter().collect(),
+            latest: Some(RunView {
+                seq: f.9,
+                result_id: f.10,
+                agent_id: f.11,
+                run_state: f.12,
+                repair: f.13,
+                verified: f.14 != 0,
+                incident_id: f.15,
+            }),
+            latest_repair: f.16.map(|seq| RunView {
+                seq,
+                result_id: f.17.unwrap_or_default(),
+                agent_id: String::new(),
+                repair: f.18.unwrap_or_default(),
+                run_state: f.19.unwrap_or_default(),
+                verified: f.20.unwrap_or(0) != 0,
+                incident_id: None,
+            }),
         }
-        q.push(")");
-    };
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT recurrence_key, project_id, total, running, succeeded, failed, needs_approval, \
-         auto, manual, none, verified, latest_seq, latest_result_id, latest_agent_id, \
-         latest_state, latest_repair, latest_verified, latest_incident_id, repair_seq, \
-         repair_result_id, repair_kind, repair_state, repair_verified \
-         FROM alert_run_groups WHERE recurrence_key IN (",
-    );
-    list(&mut q);
-    for row in q.build().fetch_all(readers).await? {
-        let g = groups.entry((row.get(1), row.get(0))).or_default();
-        g.total = row.get(2);
-        for i in 0..4 {
-            g.states[i] = row.get(3 + i);
-        }
-        for i in 0..3 {
-            g.repairs[i] = row.get(7 + i);
-        }
-        g.verified = row.get(10);
-        g.latest = Some(RunView {
-            seq: row.get(11),
-            result_id: row.get(12),
-            agent_id: row.get(13),
-            run_state: row.get(14),
-            repair: row.get(15),
-            verified: row.get(16),
-            incident_id: row.get(17),
-        });
-        g.latest_repair = row.get::<Option<i64>, _>(18).map(|seq| RunView {
-            seq,
-            result_id: row.get(19),
-            agent_id: String::new(),
-            repair: row.get(20),
-            run_state: row.get(21),
-            verified: row.get(22),
-            incident_id: None,
-        });
     }
-    // One row per group: handing over a row per incident cost more than the rest together.
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT project_id, recurrence_key, json_group_array(incident_id) \
-         FROM alert_run_incidents WHERE recurrence_key IN (",
-    );
-    list(&mut q);
-    q.push(" GROUP BY recurrence_key, project_id");
-    let incidents: Vec<(String, String, String)> = q.build_query_as().fetch_all(readers).await?;
-    for (project, key, list) in incidents {
-        let ids: Vec<String> = serde_json::from_str(&list).unwrap_or_default();
-        groups
-            .entry((project, key))
-            .or_default()
-            .incidents
-            .extend(ids);
-    }
-    Ok(groups)
 }
 
-/// The runs of group `(project_id, recurrence_key)` from [`runs_of`]'s answer: its own and
-/// those linked by key alone.
-pub fn group_runs(
-    all: &HashMap<(String, String), GroupRuns>,
-    project_id: &str,
-    recurrence_key: &str,
-) -> GroupRuns {
-    let mut g = all
-        .get(&(project_id.to_owned(), recurrence_key.to_owned()))
-        .cloned()
-        .unwrap_or_default();
-    if let Some(by_key) = all.get(&(String::new(), recurrence_key.to_owned())) {
-        g.merge(by_key.clone());
+/// A group's runs from its own figures and those of its key's runs linked by key alone (each
+/// rendered by [`FIGURES_SQL`], absent when there are none).
+pub fn group_runs(own: Option<&str>, by_key: Option<&str>) -> sqlx::Result<GroupRuns> {
+    let parse = |json: &str| {
+        serde_json::from_str::<Figures>(json)
+            .map(GroupRuns::from)
+            .map_err(|e| sqlx::Error::Decode(format!("alert_run_groups: {e}").into()))
+    };
+    let mut g = own.map(parse).transpose()?.unwrap_or_default();
+    if let Some(k) = by_key {
+        g.merge(parse(k)?);
     }
-    g
+    Ok(g)
 }
 
 /// How a preview chooses the next step: by classification, or the automation or manual
