@@ -385,18 +385,7 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
         .windows(2)
         .all(|w| w[0].checkpoint < w[1].checkpoint));
     assert_eq!(rows_before, dump_results(&db_path).await);
-    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args(["digest", "--database"])
-        .arg(&db_path)
-        .env_remove("ORRERY_CONFIG")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest_after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest_after = digest_of(&db_path);
     assert_eq!(
         digest_after, digest_before,
         "`orrery digest` after `orrery rebuild`"
@@ -730,15 +719,9 @@ async fn a_database_turned_read_only_stops_projection_visibly_and_it_resumes_exa
     let read_only = ReadOnly::make(vec![db.clone(), wal]);
 
     publish_range(&js, 200..2_200, &finished).await;
-    let http = reqwest::Client::new();
     let reason = failing_reason(&app, "RESULTS").await;
     assert!(reason.contains("writ"), "names the cause: {reason}");
-    let r = http
-        .get(format!("{}/ready", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(app.get("/ready", None).await.status(), 503);
     // Queries still answer from what was committed, and nothing past it was skipped.
     assert_eq!(app.count("since=1h").await, 200);
 
@@ -817,19 +800,7 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
     );
 
     // The operator does as told: the damaged file is kept aside, the new one is the same.
-    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args(["rebuild", "--database"])
-        .arg(&db)
-        .env_remove("ORRERY_CONFIG")
-        .env("ORRERY_NATS_URL", nats.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rebuild(&nats.url(), &db, None);
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

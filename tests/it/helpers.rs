@@ -426,6 +426,26 @@ pub fn digest_of(db: &std::path::Path) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `orrery rebuild` on `db` against `nats_url` (every stream, or `stream`) and asserts
+/// it succeeded.
+pub fn rebuild(nats_url: &str, db: &std::path::Path, stream: Option<&str>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("rebuild")
+        .args(stream.map(|s| ["--stream", s]).into_iter().flatten())
+        .arg("--database")
+        .arg(db)
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_NATS_URL", nats_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Waits (≤ 60 s) until `/ready` says that `stream`'s projection is failing; returns the
 /// reason it gives.
 pub async fn failing_reason(app: &TestApp, stream: &str) -> String {

@@ -1,8 +1,6 @@
 //! Work items: runs linked to alerts (in either arrival order), each classification on
 //! hand-built streams, and the summary of `/alerts/recurrence`.
 
-use std::process::Command;
-
 use orrery::natsd::NatsServer;
 use orrery::token::Role;
 use serde_json::{json, Value};
@@ -212,19 +210,7 @@ async fn runs_link_to_alerts_in_either_order_and_classify_each_group() {
     let (db, _dir) = app.stop().await;
     let before = digest_of(&db);
     for stream in ["ALERTS", "RESULTS"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-            .args(["rebuild", "--stream", stream, "--database"])
-            .arg(&db)
-            .env_remove("ORRERY_CONFIG")
-            .env("ORRERY_NATS_URL", nats.url())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        rebuild(&nats.url(), &db, Some(stream));
         assert_eq!(digest_of(&db), before, "after rebuilding {stream}");
     }
 }

@@ -267,12 +267,10 @@ pub async fn recurrence(
     let page = recurrence_page(&state.db.readers, &filters, limit).await?;
     let mut s = Summary::default();
     for g in &page {
-        s.add(&g.runs, g.occurrences, g.occurrences > 1, g.duplicates);
+        s.add(g);
     }
-    let rows = &page;
-    let items: Vec<&str> = page.iter().map(|g| g.item.as_str()).collect();
     let summary = json!({
-        "groups": rows.len(),
+        "groups": page.len(),
         "recurrent_groups": s.recurrent,
         "duplicate_events": s.duplicates,
         "linked_run_total": s.linked_runs,
@@ -284,7 +282,7 @@ pub async fn recurrence(
         "automation_gap_group_total": s.by_class("automation_gap"),
         "failed_repair_group_total": s.by_class("failed_repair"),
     });
-    let groups = json_array(items.into_iter());
+    let groups = json_array(page.iter().map(|g| g.item.as_str()));
     Ok(json_body(format!(
         r#"{{"summary":{summary},"groups":{groups}}}"#
     )))
@@ -373,14 +371,15 @@ struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, g: &work_items::GroupRuns, occurrences: i64, recurrent: bool, dups: i64) {
-        self.duplicates += dups;
+    fn add(&mut self, group: &PageGroup) {
+        let g = &group.runs;
+        self.duplicates += group.duplicates;
         self.linked_runs += g.total;
         self.auto_repairs += g.repairs[0];
         if g.total == 0 {
-            self.unlinked_events += occurrences;
+            self.unlinked_events += group.occurrences;
         }
-        if recurrent {
+        if group.occurrences > 1 {
             self.recurrent += 1;
             let class = g.classification();
             *self.classes.entry(class).or_default() += 1;

@@ -48,9 +48,12 @@ fn run_ms(started_at: i64, finished_at: i64) -> i64 {
     (finished_at - started_at).max(0)
 }
 
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 3_600_000;
+
 /// The hour bucket of a finish time, as SQLite's integer division computes it.
 fn hour_of(ms: i64) -> i64 {
-    ms / 3_600_000
+    ms / HOUR_MS
 }
 
 /// The hours a run finishing at `ms` changes: its block's, and the hour the reader cuts
@@ -220,8 +223,6 @@ pub struct JobStats {
     /// The result id of the longest run (ties: the larger id).
     pub max_result_id: Option<String>,
 }
-
-const HOUR_MS: i64 = 3_600_000;
 
 /// Per job, the duration statistics of the results finished at or after `since` (Unix ms),
 /// slowest p95 first (equal p95s in job order).
