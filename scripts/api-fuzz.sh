@@ -37,8 +37,11 @@ ORRERY_DATABASE="$work/o.db" ORRERY_LISTEN="127.0.0.1:$http_port" ORRERY_MUTATIO
 pids+=($!)
 "$bin" demo --rate 300 --duration 4s --agents 6 >&2
 token=$("$bin" token --role viewer --ttl 1h --sub schemathesis)
+# One worker: with two, Hypothesis parses lambda sources from two threads at once, which
+# CPython before 3.11.8 can fail with "SystemError: AST constructor recursion depth mismatch"
+# (gh-106905) — seen once here as a Runtime Error on an endpoint that answered correctly.
 PYTHONPATH="$py" python3 "$py/bin/schemathesis" run \
   "http://127.0.0.1:$http_port/api/v1/openapi.json" --wait-for-schema 30 \
   -H "Authorization: Bearer $token" --include-method GET \
   -c response_schema_conformance,status_code_conformance,content_type_conformance \
-  --max-examples "${ORRERY_FUZZ_EXAMPLES:-15}" --workers 2
+  --max-examples "${ORRERY_FUZZ_EXAMPLES:-15}" --workers 1
