@@ -28,7 +28,6 @@ impl Browser {
     /// Starts Chromium (1280×900) and attaches to its first page.
     pub async fn start() -> Self {
         let profile = tempfile::tempdir().unwrap();
-        let port = orrery::natsd::free_port().unwrap();
         let child = tokio::process::Command::new(chromium())
             .args([
                 "--headless",
@@ -41,7 +40,10 @@ impl Browser {
                 "--hide-scrollbars",
                 "--window-size=1280,900",
             ])
-            .arg(format!("--remote-debugging-port={port}"))
+            // Port 0: Chromium picks a free one and writes it to DevToolsActivePort. A port
+            // picked here could be taken by a parallel test before Chromium binds it, and then
+            // DevTools never answers.
+            .arg("--remote-debugging-port=0")
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
@@ -51,7 +53,19 @@ impl Browser {
             .expect("start chromium (install Debian's chromium or set ORRERY_CHROMIUM)");
         let http = reqwest::Client::new();
         let started = Instant::now();
+        let active = profile.path().join("DevToolsActivePort");
         let page_ws = loop {
+            let port: Option<u16> = std::fs::read_to_string(&active)
+                .ok()
+                .and_then(|s| s.lines().next()?.trim().parse().ok());
+            let Some(port) = port else {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "chromium did not write its DevTools port"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
             let pages: Option<Vec<Value>> = match http
                 .get(format!("http://127.0.0.1:{port}/json/list"))
                 .send()
