@@ -10,6 +10,7 @@ use orrery::projections::alerts::AlertsProjection;
 use orrery::projections::heartbeats::HeartbeatsProjection;
 use orrery::projections::results::ResultsProjection;
 use orrery::projections::topology::TopologyProjection;
+use orrery::projections::work_items::WorkItemsProjection;
 use orrery::projector::{Message, Projection};
 
 fuzz_target!(|data: &[u8]| {
@@ -32,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         HeartbeatsProjection.decode(&msg).err(),
         AlertsProjection.decode(&msg).err(),
         topology.decode(&msg).err(),
+        WorkItemsProjection.decode(&msg).err(),
     ];
     for reason in reasons.into_iter().flatten() {
         assert!(!reason.is_empty(), "a refusal without a reason");

@@ -20,7 +20,7 @@ pub const ORRERY_MIN_SEQ: HeaderName = HeaderName::from_static("orrery-min-seq")
 /// Most `<STREAM>:<seq>` pairs one request may name.
 const MAX_PAIRS: usize = 8;
 const FORM: &str = "<STREAM>:<seq>[,<STREAM>:<seq>…] naming projected streams \
-                    (TOPOLOGY, HEARTBEATS, ALERTS, RESULTS), at most 8";
+                    (TOPOLOGY, HEARTBEATS, ALERTS, RESULTS, WORKITEMS), at most 8";
 
 /// Response headers of a write: `Orrery-Seq`.
 pub type Written = [(HeaderName, HeaderValue); 1];

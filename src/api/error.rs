@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The request conflicts with the current state, with an `error` code of its own (409).
+    #[error("{1}")]
+    ConflictAs(&'static str, String),
     /// The caller holds too many of something (429).
     #[error("{0}")]
     TooMany(String),
@@ -102,6 +105,7 @@ impl ApiError {
             Self::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
             Self::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::ConflictAs(code, _) => (StatusCode::CONFLICT, code),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -12,7 +12,7 @@ use sqlx::{Row, SqliteConnection};
 use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{
-    body_bytes, parse_json, AsOperator, AsViewer, Authorized, Params, RawBody,
+    body_bytes, idempotency_key, parse_json, AsOperator, AsViewer, Authorized, Params, RawBody,
 };
 use crate::api::AppState;
 use crate::bus::publish::Outgoing;
@@ -22,8 +22,6 @@ use crate::window::{format_unix_ms, now_ms};
 
 /// Largest mutation request body.
 pub const MAX_MUTATION_BYTES: usize = 64 * 1024;
-/// Longest `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Namespace of mutation ids derived from idempotency keys.
 const IDEMPOTENCY_NS: uuid::Uuid = uuid::uuid!("3a0e5c4e-6a57-4f4e-9a43-5b8f2d1c7e90");
 
@@ -215,19 +213,7 @@ pub async fn enqueue(
     if !request.spec.get().trim_start().starts_with('{') {
         return Err(ApiError::BadRequest("spec must be a JSON object".into()));
     }
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
-                    ))
-                })?,
-        ),
-    };
+    let key = idempotency_key(&headers)?;
     // The same caller, topology and key always name the same mutation, on any replica.
     let mutation_id = match key {
         Some(k) => uuid::Uuid::new_v5(

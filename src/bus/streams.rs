@@ -39,8 +39,14 @@ pub const COMMANDS: StreamSpec = StreamSpec {
     subject: "command.>",
 };
 
+/// Work item dry-runs and handoffs Orrery records.
+pub const WORKITEMS: StreamSpec = StreamSpec {
+    name: "WORKITEMS",
+    subject: "workitem.>",
+};
+
 /// Every stream of the contract, in provisioning order.
-pub const ALL: [StreamSpec; 5] = [TOPOLOGY, HEARTBEATS, ALERTS, RESULTS, COMMANDS];
+pub const ALL: [StreamSpec; 6] = [TOPOLOGY, HEARTBEATS, ALERTS, RESULTS, COMMANDS, WORKITEMS];
 
 /// Looks a stream up by name.
 pub fn by_name(name: &str) -> Option<StreamSpec> {

@@ -8,6 +8,7 @@ pub mod heartbeats;
 pub mod results;
 mod roster;
 pub mod topology;
+pub mod work_items;
 pub mod workloads;
 
 pub use roster::{read_models, roster, Listeners};

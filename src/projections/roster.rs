@@ -15,6 +15,7 @@ use super::alerts::AlertsProjection;
 use super::heartbeats::HeartbeatsProjection;
 use super::results::ResultsProjection;
 use super::topology::TopologyProjection;
+use super::work_items::WorkItemsProjection;
 
 /// What the read models tell, in memory, about the batches they commit.
 #[derive(Clone)]
@@ -45,6 +46,7 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
         Box::new(TopologyProjection::new(Arc::clone(&listeners.hub))),
         Box::new(AlertsProjection),
         Box::new(HeartbeatsProjection),
+        Box::new(WorkItemsProjection),
     ]
 }
 

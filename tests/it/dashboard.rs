@@ -240,15 +240,37 @@ async fn seed(app: &TestApp, js: &async_nats::jetstream::Context) {
         json!({"result_id": "r-1", "success": false, "finished_at": ago(Duration::from_secs(30))}),
     )
     .await;
-    publish_at(
-        js,
-        "alert.sentry.shop",
-        &ago(Duration::from_secs(20)),
-        json!({"provider_event_id": "s-1", "stage": "firing", "alertname": "Boom",
-               "content": "login failed: password=hunter2"}),
+    // The same alert twice: a recurring group, so a work item.
+    for (peid, secs) in [("s-0", 40), ("s-1", 20)] {
+        publish_at(
+            js,
+            "alert.sentry.shop",
+            &ago(Duration::from_secs(secs)),
+            json!({"provider_event_id": peid, "stage": "firing", "alertname": "Boom",
+                   "content": "login failed: password=hunter2",
+                   "source_refs": {"sentry": ["8841"]}}),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+}
+
+/// Opens the work item of the seeded alert on the Alerts page and waits for its plan.
+async fn open_work_item(b: &mut Browser) {
+    b.wait_for(
+        "document.querySelector('[data-testid=work-item-open]')",
+        "the work item list",
+        WAIT,
     )
     .await;
-    app.wait_caught_up().await;
+    b.eval("document.querySelector('[data-testid=work-item-open]').click(); true")
+        .await;
+    b.wait_for(
+        "document.querySelector('[data-testid=work-item]').innerText.includes('propose automatic repair')",
+        "the work item's plan",
+        WAIT,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +341,13 @@ async fn a_viewer_signs_in_by_link_sees_the_overview_and_no_operator_controls() 
         b.eval("document.body.innerText.includes('hunter2')").await,
         false
     );
+    // Its work item's plan, but nothing to record it with.
+    open_work_item(&mut b).await;
+    assert_eq!(
+        b.eval("!!document.querySelector('[data-testid=dry-run]')")
+            .await,
+        false
+    );
 
     // The deploy ledger, but no rollback control.
     b.goto(&format!("{}/#/deploys", app.address)).await;
@@ -336,7 +365,7 @@ async fn a_viewer_signs_in_by_link_sees_the_overview_and_no_operator_controls() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_admin_sees_mutations_appear_live_and_can_enqueue_and_roll_back() {
+async fn an_admin_sees_mutations_live_enqueues_rolls_back_and_hands_off_a_work_item() {
     let nats = NatsServer::start().unwrap();
     let app = spawn_app(&nats).await;
     let js = jetstream(&nats).await;
@@ -438,6 +467,40 @@ async fn an_admin_sees_mutations_appear_live_and_can_enqueue_and_roll_back() {
     )
     .await;
     assert_eq!(stream_state(&js, "COMMANDS").await.1, 1);
+
+    // A work item: its plan, a dry-run, then a handoff with a drafted ticket, in its history.
+    b.goto(&format!("{}/#/alerts", app.address)).await;
+    open_work_item(&mut b).await;
+    b.eval("document.querySelector('[data-testid=handoff]').click(); true")
+        .await;
+    b.wait_for(
+        "document.querySelector('[data-testid=work-item-out]')?.innerText.includes('dry_run_required')",
+        "the handoff refused before a dry-run",
+        WAIT,
+    )
+    .await;
+    b.eval("document.querySelector('[data-testid=dry-run]').click(); true")
+        .await;
+    b.wait_for(
+        "document.querySelector('[data-testid=work-item-out]')?.innerText.includes('(passed)')",
+        "the dry-run recorded",
+        WAIT,
+    )
+    .await;
+    b.eval("document.querySelector('[data-testid=handoff]').click(); true")
+        .await;
+    b.wait_for(
+        "document.querySelector('[data-testid=work-item-out]')?.innerText.includes('handoff recorded') && \
+         document.querySelector('[data-testid=work-item]').innerText.includes('Recurring alert Boom')",
+        "the handoff and its ticket in the history",
+        WAIT,
+    )
+    .await;
+    assert_eq!(stream_state(&js, "WORKITEMS").await.1, 2);
+    b.eval("document.querySelector('[data-testid=work-items]').scrollIntoView(); true")
+        .await;
+    b.screenshot(&screenshots().join("alerts-work-item.png"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

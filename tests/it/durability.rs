@@ -315,17 +315,29 @@ async fn deleting_the_database_or_rebuilding_reproduces_identical_read_models() 
         .await
         .await
         .unwrap();
-    let alert = json!({"id": "al-1", "data": {"provider_event_id": "e1", "stage": "firing", "fingerprint": "f1"}});
-    publish_raw(
-        &js,
-        "alert.sentry.p1",
-        "al-1",
-        alert.to_string().into_bytes(),
-    )
-    .await
-    .await
-    .unwrap();
+    for n in 1..=2 {
+        let alert = json!({"id": format!("al-{n}"), "data": {"provider_event_id": format!("e{n}"), "stage": "firing", "fingerprint": "f1"}});
+        publish_raw(
+            &js,
+            "alert.sentry.p1",
+            &format!("al-{n}"),
+            alert.to_string().into_bytes(),
+        )
+        .await
+        .await
+        .unwrap();
+    }
     app.wait_caught_up().await;
+    // And a dry-run of the alert's work item, for the WORKITEMS history.
+    let work_item = orrery::projections::work_items::work_item_id("p1", "fp:f1");
+    let res = app
+        .post(
+            "/api/v1/alerts/recurrence/work-item/dry-run",
+            Some(orrery::token::Role::Operator),
+            json!({ "work_item_id": work_item }).to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
     let digest_before = app
         .get_json("/api/v1/admin/digest", orrery::token::Role::Admin)
         .await;

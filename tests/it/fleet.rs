@@ -56,7 +56,7 @@ async fn fleet_health_moves_between_unknown_ok_and_degraded() {
     assert_eq!((code, v["status"].as_str()), (200, Some("unknown")), "{v}");
     assert_eq!(v["agents"]["known"], 0);
     assert_eq!(v["jetstream"]["all_ok"], true);
-    assert_eq!(v["jetstream"]["total"], 6, "five streams and one KV bucket");
+    assert_eq!(v["jetstream"]["total"], 7, "six streams and one KV bucket");
     assert_eq!(v["agents"]["stale_after_secs"], 120);
     assert!(v["observed_at"].as_str().is_some());
 
@@ -87,7 +87,7 @@ async fn fleet_health_moves_between_unknown_ok_and_degraded() {
         v["recent_results"],
         json!({"window_hours": 24, "total": 2, "failed": 1})
     );
-    assert_eq!(v["projections"].as_array().unwrap().len(), 4);
+    assert_eq!(v["projections"].as_array().unwrap().len(), 5);
 
     // One of five stale (20%) is under the 50% threshold; four of eight reaches it.
     beat(&js, "a3", 600).await; // older than a3's last beat: must not move it back
@@ -122,7 +122,7 @@ async fn fleet_health_moves_between_unknown_ok_and_degraded() {
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["jetstream"]["all_ok"], false);
     assert_eq!(v["jetstream"]["missing"], json!(["COMMANDS", "kv:config"]));
-    assert_eq!(v["jetstream"]["healthy"], 4);
+    assert_eq!(v["jetstream"]["healthy"], 5);
 
     // /health stays a pure liveness probe.
     assert_eq!(app.get("/health", None).await.status(), 200);

@@ -11,6 +11,7 @@ mod demo;
 mod durability;
 mod engine;
 mod fleet;
+mod handoff;
 mod helpers;
 mod live;
 mod openapi;

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-async fn document(app: &TestApp) -> Value {
+pub async fn document(app: &TestApp) -> Value {
     let res = app.get("/api/v1/openapi.json", None).await;
     assert_eq!(res.status(), 200);
     res.json().await.unwrap()
 }
 
-fn errors(schema: &Value, instance: &Value) -> Vec<String> {
+pub fn errors(schema: &Value, instance: &Value) -> Vec<String> {
     let validator = jsonschema::validator_for(schema).expect("a valid JSON Schema");
     validator
         .iter_errors(instance)
@@ -67,6 +67,9 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
         ("get", "/api/v1/alerts/coverage"),
         ("get", "/api/v1/alerts/recurrence"),
         ("get", "/api/v1/alerts/recurrence/work-item/preview"),
+        ("post", "/api/v1/alerts/recurrence/work-item/dry-run"),
+        ("post", "/api/v1/alerts/recurrence/work-item/handoff"),
+        ("get", "/api/v1/alerts/recurrence/work-item/history"),
         ("get", "/api/v1/alerts/recent"),
         ("get", "/api/v1/alerts/freshness"),
         ("post", "/api/v1/alerts/provider-heartbeat"),
@@ -124,7 +127,7 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
 
 /// The schema the document gives `method path` for `status`, with the components beside it
 /// so that its `$ref`s resolve.
-fn response_schema(doc: &Value, method: &str, path: &str, status: u16) -> Value {
+pub fn response_schema(doc: &Value, method: &str, path: &str, status: u16) -> Value {
     let op = &doc["paths"][path][method];
     let content = &op["responses"][status.to_string()]["content"]["application/json"]["schema"];
     assert!(
@@ -301,4 +304,27 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
         &body,
     );
     assert!(problems.is_empty(), "heartbeat: {problems:#?}\n{body}");
+
+    // The work item's dry-run, its handoff (or the 409 that says why not) and its history.
+    let item = json!({ "work_item_id": work_item }).to_string();
+    for (path, status) in [
+        ("/api/v1/alerts/recurrence/work-item/dry-run", Some(202)),
+        ("/api/v1/alerts/recurrence/work-item/handoff", None),
+    ] {
+        let res = app.post(path, Some(Role::Operator), item.clone()).await;
+        let got = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        if let Some(status) = status {
+            assert_eq!(got, status, "{path}: {body}");
+        }
+        let problems = errors(&response_schema(&doc, "post", path, got), &body);
+        assert!(problems.is_empty(), "{path} ({got}): {problems:#?}\n{body}");
+    }
+    let path = "/api/v1/alerts/recurrence/work-item/history";
+    let body = app
+        .get_json(&format!("{path}?work_item_id={work_item}"), Role::Viewer)
+        .await;
+    assert!(!body["entries"].as_array().unwrap().is_empty(), "{body}");
+    let problems = errors(&response_schema(&doc, "get", path, 200), &body);
+    assert!(problems.is_empty(), "history: {problems:#?}\n{body}");
 }

@@ -96,6 +96,14 @@ pub(super) struct Filters<'a> {
 }
 
 impl<'a> Filters<'a> {
+    /// Filters from values already validated.
+    pub(super) fn new(project_id: Option<&'a str>, provider: Option<&'a str>) -> Self {
+        Self {
+            project_id,
+            provider,
+        }
+    }
+
     pub(super) fn parse(params: &'a Params, with_provider: bool) -> ApiResult<Self> {
         Ok(Self {
             project_id: params.token("project_id")?,
@@ -302,6 +310,17 @@ pub(super) struct PageGroup {
     pub(super) latest_source_refs: i64,
     /// Its latest occurrence, Unix ms.
     pub(super) latest_received_at: i64,
+}
+
+impl PageGroup {
+    /// What its plan is made from besides its runs.
+    pub(super) fn facts<'a>(&self, open_handoff: Option<&'a str>) -> work_items::Facts<'a> {
+        work_items::Facts {
+            latest_at: self.latest_received_at,
+            refs: self.latest_source_refs,
+            open_handoff,
+        }
+    }
 }
 
 /// The `limit` groups matching `filters`, latest first, with their linked runs.

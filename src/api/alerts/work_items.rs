@@ -15,27 +15,17 @@
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use axum::extract::State;
 use axum::response::Response;
 
-use super::queries::{json_body, recurrence_page, Filters};
+use super::queries::{json_body, recurrence_page, Filters, PageGroup};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
 use crate::window::now_ms;
 
-/// The work item id of a group: the same on every replica and after any rebuild.
-pub fn work_item_id(project_id: &str, recurrence_key: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(project_id.as_bytes())
-        .chain_update([0u8])
-        .chain_update(recurrence_key.as_bytes())
-        .finalize();
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("wi_{hex}")
-}
+pub use crate::projections::work_items::{is_work_item_id, work_item_id};
 
 /// Most incident ids listed per group (the first, in sort order).
 pub const MAX_INCIDENT_IDS: usize = 50;
@@ -315,9 +305,25 @@ pub struct Plan {
     pub ready: bool,
 }
 
-/// The plan for a group of `classification` in `mode` (one of [`MODES`]); `latest_at` is its
-/// latest occurrence and `refs` the source references of its latest event.
-pub fn plan(g: &GroupRuns, mode: &str, latest_at: i64, refs: i64, now: i64) -> Plan {
+/// What a plan is made from, besides the runs: the group's latest occurrence (Unix ms), the
+/// source references of its latest event and its open handoff, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// Latest occurrence, Unix ms.
+    pub latest_at: i64,
+    /// Source references of the latest event.
+    pub refs: i64,
+    /// The entry id of a handoff still open (see [`open_handoff`]).
+    pub open_handoff: Option<&'a str>,
+}
+
+/// The plan for a group in `mode` (one of [`MODES`]).
+pub fn plan(g: &GroupRuns, mode: &str, facts: Facts<'_>, now: i64) -> Plan {
+    let Facts {
+        latest_at,
+        refs,
+        open_handoff,
+    } = facts;
     let class = g.classification();
     let resolved = match (class, mode) {
         ("verified", _) => "none",
@@ -377,6 +383,14 @@ pub fn plan(g: &GroupRuns, mode: &str, latest_at: i64, refs: i64, now: i64) -> P
             detail: format!("the latest event has {refs} source reference(s)"),
         },
         Check {
+            name: "no_open_handoff",
+            ok: open_handoff.is_none(),
+            detail: match open_handoff {
+                Some(id) => format!("handoff {id} is open (the item is not verified since)"),
+                None => "no handoff is open".to_owned(),
+            },
+        },
+        Check {
             name: "work_item_open",
             ok: class != "verified",
             detail: format!("classified {class}"),
@@ -400,6 +414,44 @@ pub const GUARANTEES: [&str; 3] = [
     "creates or changes no incident, repair, ticket or database row",
 ];
 
+/// The recurring group of work item `id` among the latest `limit` groups matching
+/// `filters`; 404 `recurrence_work_item_not_found` when there is none.
+pub(super) async fn find(
+    state: &AppState,
+    filters: &Filters<'_>,
+    limit: i64,
+    id: &str,
+) -> ApiResult<PageGroup> {
+    let page = recurrence_page(&state.db.readers, filters, limit).await?;
+    page.into_iter()
+        .find(|g| g.occurrences > 1 && work_item_id(&g.project_id, &g.recurrence_key) == id)
+        .ok_or_else(|| {
+            ApiError::NotFoundAs(
+                "recurrence_work_item_not_found",
+                format!("no recurring group with work item {id} among the latest {limit}"),
+            )
+        })
+}
+
+/// The entry id of work item `id`'s open handoff: its latest handoff, while the item is not
+/// `verified` (a verified repair closes it; a recurrence after that needs a new one).
+pub(super) async fn open_handoff(
+    readers: &sqlx::SqlitePool,
+    id: &str,
+    class: &str,
+) -> ApiResult<Option<String>> {
+    if class == "verified" {
+        return Ok(None);
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT entry_id FROM work_item_history WHERE work_item_id = ? AND kind = 'handoff' \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(readers)
+    .await?)
+}
+
 /// `GET /api/v1/alerts/recurrence/work-item/preview?work_item_id=&project_id=&provider=&mode=auto&limit=300`:
 /// a recurring group's work item, its classification, the proposed next step and its
 /// pre-flight checks. Reads only.
@@ -419,29 +471,16 @@ pub async fn preview(
     }
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 300)?;
-    let page = recurrence_page(&state.db.readers, &filters, limit).await?;
-    let g = page
-        .iter()
-        .find(|g| g.occurrences > 1 && work_item_id(&g.project_id, &g.recurrence_key) == id)
-        .ok_or_else(|| {
-            ApiError::NotFoundAs(
-                "recurrence_work_item_not_found",
-                format!("no recurring group with work item {id} among the latest {limit}"),
-            )
-        })?;
-    let plan = plan(
-        &g.runs,
-        mode,
-        g.latest_received_at,
-        g.latest_source_refs,
-        now_ms(),
-    );
+    let g = find(&state, &filters, limit, id).await?;
+    let class = g.runs.classification();
+    let open = open_handoff(&state.db.readers, id, class).await?;
+    let plan = plan(&g.runs, mode, g.facts(open.as_deref()), now_ms());
     let work_item = json!({
         "id": id,
         "project_id": g.project_id,
         "recurrence_key": g.recurrence_key,
-        "classification": g.runs.classification(),
-        "open": g.runs.classification() != "verified",
+        "classification": class,
+        "open": class != "verified",
     });
     let plan = serde_json::to_string(&plan).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(json_body(format!(
@@ -449,15 +488,6 @@ pub async fn preview(
         group = g.item,
         guarantees = json!(GUARANTEES),
     )))
-}
-
-/// `wi_` and 24 lowercase hex digits.
-fn is_work_item_id(s: &str) -> bool {
-    s.strip_prefix("wi_").is_some_and(|h| {
-        h.len() == 24
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 #[cfg(test)]
@@ -532,12 +562,5 @@ mod tests {
         for (runs, want) in cases {
             assert_eq!(group(runs).classification(), want, "{runs:?}");
         }
-    }
-
-    #[test]
-    fn work_item_ids_are_stable_and_separate_project_from_key() {
-        assert_eq!(work_item_id("shop", "fp:1"), work_item_id("shop", "fp:1"));
-        assert_ne!(work_item_id("shop", "fp:1"), work_item_id("shopf", "p:1"));
-        assert_eq!(work_item_id("a", "b").len(), 3 + 24);
     }
 }

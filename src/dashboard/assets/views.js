@@ -409,6 +409,8 @@ export function deploys(el, ctx) {
 
 // ------------------------------------------------------------------------------ Alerts
 
+const CLASS_BADGE = { verified: "ok", failed_repair: "bad", manual_gate: "warn", automation_gap: "warn", open: "unknown" };
+
 export function alerts(el, ctx) {
   const project = h("input", { placeholder: "all projects", size: 16, value: sessionStorage.getItem("orrery.project") || "" });
   const recurrence = h("div");
@@ -416,6 +418,9 @@ export function alerts(el, ctx) {
   const coverage = h("div");
   const freshness = h("div");
   const beat = h("div");
+  const items = h("div");
+  const detail = h("div", { "data-testid": "work-item" });
+  let selected = null;
   const q = () => (project.value ? `project_id=${encodeURIComponent(project.value)}&` : "");
   el.replaceChildren(h("h1", {}, "Alerts"),
     h("div", { class: "toolbar" }, h("label", {}, "project"), project),
@@ -424,6 +429,7 @@ export function alerts(el, ctx) {
       card("Coverage", coverage),
       ctx.can("operator") ? card("Provider heartbeat", beat) : null,
       card("Recurrence groups", recurrence, "wide"),
+      card("Work items", h("div", {}, items, detail), "wide", "work-items"),
       card("Dossier (newest events, redacted)", dossier, "wide")));
   let stops = [];
   const start = () => {
@@ -454,6 +460,23 @@ export function alerts(el, ctx) {
             ["latest", (x) => ago(x.latest_received_at)],
           ], r.groups, "no alert yet")];
       }, 10000),
+      refreshing(items, ctx, async () => {
+        const r = await api(`/api/v1/alerts/recurrence?${q()}limit=300`);
+        const s = r.summary;
+        const open = r.groups.filter((g) => g.work_item);
+        return [h("p", { class: "dim" }, `${s.open_work_item_group_total} open: ${s.failed_repair_group_total} failed repair, `
+            + `${s.manual_gate_group_total} manual gate, ${s.automation_gap_group_total} automation gap; `
+            + `${s.verified_repair_group_total} verified; ${s.linked_run_total} linked runs`),
+          table([
+            ["work item", (x) => h("span", { class: "mono" }, x.work_item.id)],
+            ["alert", (x) => x.alertname ?? x.recurrence_key],
+            ["class", (x) => badge(x.work_item.classification, CLASS_BADGE[x.work_item.classification])],
+            ["occurrences", (x) => x.occurrence_total, "num"],
+            ["runs", (x) => x.linked_run_total, "num"],
+            ["latest run", (x) => x.latest_run_state ?? "—"],
+            ["", (x) => h("button", { "data-testid": "work-item-open", onclick: () => showItem(x.work_item.id) }, "Plan")],
+          ], open, "no recurring alert")];
+      }, 10000),
       refreshing(dossier, ctx, async () => {
         const d = await api(`/api/v1/alerts/dossier?${q()}limit=30`);
         return [h("p", { class: "dim" }, `${d.summary.event_count} events, ${d.summary.redacted_total} redacted, ${d.summary.duplicate_total} duplicates`),
@@ -467,6 +490,60 @@ export function alerts(el, ctx) {
           ], d.items, "no alert yet")];
       }, 10000),
     ];
+  };
+  // One work item: its plan (the preview), what an operator may record, and its history.
+  const showItem = async (id, note = "", chosen = "auto") => {
+    selected = id;
+    const mode = h("select", { "data-testid": "work-item-mode" }, ["auto", "automation", "manual"].map((m) => h("option", { value: m }, m)));
+    mode.value = chosen;
+    const kind = h("select", { "data-testid": "handoff-kind" }, ["ticket_proposal", "manual_takeover"].map((k) => h("option", { value: k }, k)));
+    const out = h("p", { class: "dim", "data-testid": "work-item-out" }, note);
+    const render = async () => {
+      const [p, hist] = await Promise.all([
+        api(`/api/v1/alerts/recurrence/work-item/preview?work_item_id=${id}&mode=${mode.value}`),
+        api(`/api/v1/alerts/recurrence/work-item/history?work_item_id=${id}&limit=20`),
+      ]);
+      if (selected !== id) return;
+      const plan = p.plan;
+      const record = async (what, body) => {
+        try {
+          const e = await api(`/api/v1/alerts/recurrence/work-item/${what}`, { method: "POST", body,
+            headers: { "Idempotency-Key": `${what}-${id}-${Date.now()}` } });
+          await showItem(id, `${e.kind === "handoff" ? "handoff" : "dry-run"} recorded: ${e.entry_id}`
+            + (e.kind === "dry_run" ? (e.passed ? " (passed)" : " (did not pass)") : ""), mode.value);
+        } catch (err) {
+          if (err instanceof Unauthorized) return ctx.expired(err.message);
+          out.textContent = `${what} refused: ${err.body?.error ?? ""} ${err.message}`;
+        }
+      };
+      detail.replaceChildren(
+        h("h3", {}, `${p.work_item.id} · ${p.work_item.recurrence_key} · `, badge(p.work_item.classification, CLASS_BADGE[p.work_item.classification])),
+        h("p", {}, h("strong", {}, plan.action.replaceAll("_", " ")), ` (${plan.resolved_mode}): ${plan.reason}`),
+        table([["check", (c) => c.name], ["", (c) => badge(c.ok ? "ok" : "fails", c.ok ? "ok" : "bad")], ["detail", (c) => c.detail]], plan.checks),
+        h("p", { class: "dim" }, p.guarantees.join(" · ")),
+        ctx.can("operator") ? h("div", { class: "toolbar" },
+          h("label", {}, "mode"), mode,
+          h("button", { "data-testid": "dry-run", onclick: () => record("dry-run", { work_item_id: id, mode: mode.value }) }, "Dry-run"),
+          h("label", {}, "handoff"), kind,
+          h("button", { "data-testid": "handoff", onclick: () => record("handoff", { work_item_id: id, mode: mode.value, handoff_kind: kind.value }) }, "Hand off")) : null,
+        out,
+        h("h3", {}, "History"),
+        table([
+          ["when", (e) => when(e.recorded_at)],
+          ["kind", (e) => (e.kind === "handoff" ? `handoff (${e.handoff_kind})` : "dry-run")],
+          ["mode", (e) => e.mode],
+          ["result", (e) => badge(e.passed ? "passed" : "failed", e.passed ? "ok" : "bad")],
+          ["by", (e) => e.actor],
+          ["ticket", (e) => e.ticket?.title ?? ""],
+        ], hist.entries, "no dry-run or handoff yet"));
+    };
+    mode.addEventListener("change", () => render().catch((e) => { out.textContent = e.message; }));
+    try {
+      await render();
+    } catch (e) {
+      if (e instanceof Unauthorized) return ctx.expired(e.message);
+      detail.replaceChildren(h("p", { class: "error" }, `could not load ${id}: ${e.message}`));
+    }
   };
   if (ctx.can("operator")) {
     const proj = h("input", { value: "shop", size: 10 });

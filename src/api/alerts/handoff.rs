@@ -1,0 +1,487 @@
+//! What an operator does with a work item: a dry-run (the plan, recorded as pre-flight
+//! history) and a handoff (a drafted ticket or a manual takeover, recorded the same way),
+//! and the history of both.
+//!
+//! Neither changes anything outside Orrery. Each publishes one event on WORKITEMS
+//! (`workitem.<project>.<work_item_id>.<dry_run|handoff>`) and answers 202 with the entry
+//! once this replica has projected it, so the history lives on the bus like every read model
+//! and a rebuild gives it back.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use sqlx::Row;
+
+use super::queries::{json_body, Filters, PageGroup};
+use super::work_items::{find, is_work_item_id, open_handoff, plan, Plan, MODES};
+use crate::api::consistency::written;
+use crate::api::error::{ApiError, ApiResult};
+use crate::api::extract::{
+    body_bytes, idempotency_key, AsOperator, AsViewer, Authorized, Params, RawBody,
+};
+use crate::api::AppState;
+use crate::bus::publish::Outgoing;
+use crate::bus::{envelope, streams, subjects};
+use crate::projections::work_items::HANDOFF_KINDS;
+use crate::window::{format_unix_ms, now_ms};
+
+/// Largest dry-run or handoff request body.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// Most characters of the latest event's (redacted) content a drafted ticket quotes.
+pub const MAX_SUMMARY_CHARS: usize = 2_000;
+/// Most runs a drafted ticket lists.
+pub const TICKET_RUNS: i64 = 5;
+/// Namespace of entry ids derived from idempotency keys.
+const IDEMPOTENCY_NS: uuid::Uuid = uuid::uuid!("9d1c2f4a-7b3e-4c58-a0e6-2f5d8b1c9e73");
+/// Set on an answer that replays an earlier request with the same `Idempotency-Key`.
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// A dry-run or handoff request, validated.
+#[derive(Debug)]
+struct Request {
+    work_item_id: String,
+    project_id: Option<String>,
+    provider: Option<String>,
+    mode: String,
+    limit: i64,
+    handoff_kind: Option<String>,
+}
+
+/// Parses a request body field by field, so that each bad field gets a 422 naming it.
+fn parse_request(body: &RawBody, handoff: bool) -> ApiResult<Request> {
+    let bytes = body_bytes(body, MAX_REQUEST_BYTES)?;
+    let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "body must be a JSON object such as {{\"work_item_id\": \"wi_…\", \"mode\": \"auto\"}}: {e}"
+        ))
+    })?;
+    let known: &[&str] = if handoff {
+        &[
+            "work_item_id",
+            "project_id",
+            "provider",
+            "mode",
+            "limit",
+            "handoff_kind",
+        ]
+    } else {
+        &["work_item_id", "project_id", "provider", "mode", "limit"]
+    };
+    if let Some(k) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            "body",
+            format!(
+                "only the fields {}; not `{}`",
+                known.join(", "),
+                k.escape_debug()
+            ),
+        ));
+    }
+    let text = |name: &'static str, ok: &dyn Fn(&str) -> bool, form: &str| match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if ok(s) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid(name, form)),
+    };
+    let token = |s: &str| subjects::is_token(s);
+    let work_item_id = text(
+        "work_item_id",
+        &is_work_item_id,
+        "wi_ followed by 24 hex digits (required)",
+    )?
+    .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits (required)"))?;
+    let project_id = text("project_id", &token, subjects::TOKEN_FORM)?;
+    let provider = text("provider", &token, subjects::TOKEN_FORM)?;
+    let mode = text(
+        "mode",
+        &|s| MODES.contains(&s),
+        "auto, automation or manual",
+    )?
+    .unwrap_or_else(|| "auto".to_owned());
+    let limit = match fields.get("limit") {
+        None | Some(Value::Null) => 300,
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (1..=300).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "an integer from 1 to 300"))?,
+    };
+    let handoff_kind = if handoff {
+        Some(
+            text(
+                "handoff_kind",
+                &|s| HANDOFF_KINDS.contains(&s),
+                "ticket_proposal or manual_takeover",
+            )?
+            .unwrap_or_else(|| "ticket_proposal".to_owned()),
+        )
+    } else {
+        None
+    };
+    Ok(Request {
+        work_item_id,
+        project_id,
+        provider,
+        mode,
+        limit,
+        handoff_kind,
+    })
+}
+
+/// An earlier entry named by the same `Idempotency-Key`, as the answer to replay; 409 when
+/// the key was used for a different request.
+async fn replay(state: &AppState, entry_id: &str, r: &Request) -> ApiResult<Option<Response>> {
+    let row = sqlx::query(
+        "SELECT seq, mode, handoff_kind, entry FROM work_item_history WHERE entry_id = ?",
+    )
+    .bind(entry_id)
+    .fetch_optional(&state.db.readers)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (mode, kind): (String, Option<String>) = (row.get("mode"), row.get("handoff_kind"));
+    if mode != r.mode || kind != r.handoff_kind {
+        return Err(ApiError::ConflictAs(
+            "idempotency_key_reused",
+            format!(
+                "this Idempotency-Key was used for a {} in mode {mode}; send a new key for another request",
+                kind.as_deref().unwrap_or("dry-run")
+            ),
+        ));
+    }
+    let seq: i64 = row.get("seq");
+    Ok(Some(accepted(seq as u64, row.get("entry"), true)))
+}
+
+/// 202 with an entry, `Orrery-Seq` naming it, and `Idempotent-Replayed` on a replay.
+fn accepted(seq: u64, entry: String, replayed: bool) -> Response {
+    let mut response = (
+        StatusCode::ACCEPTED,
+        written(streams::WORKITEMS, seq),
+        json_body(entry),
+    )
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// The entry id of a request: derived from the caller, the work item, the kind and the
+/// `Idempotency-Key` (the same on every replica), or random without a key.
+fn entry_id(actor: &str, r: &Request, kind: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) => uuid::Uuid::new_v5(
+            &IDEMPOTENCY_NS,
+            format!("{actor}\n{}\n{kind}\n{k}", r.work_item_id).as_bytes(),
+        ),
+        None => uuid::Uuid::new_v4(),
+    }
+    .to_string()
+}
+
+/// Publishes an entry, waits until this replica has projected it and answers it.
+async fn record(
+    state: &AppState,
+    g: &PageGroup,
+    r: &Request,
+    kind: &str,
+    entry_id: &str,
+    data: Value,
+) -> ApiResult<Response> {
+    let body = envelope::encode(
+        entry_id,
+        &format!("workitem.{kind}"),
+        "orrery/api",
+        &format_unix_ms(now_ms()),
+        &data,
+    );
+    let ack = state
+        .publish_one(Outgoing {
+            subject: format!("workitem.{}.{}.{kind}", g.project_id, r.work_item_id),
+            msg_id: entry_id.to_owned(),
+            body: body.into(),
+        })
+        .await?;
+    let progress = state
+        .projections
+        .iter()
+        .find(|p| p.stream == streams::WORKITEMS)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("WORKITEMS is not projected")))?;
+    let mut checkpoint = progress.checkpoint.clone();
+    let reached = tokio::time::timeout(
+        state.mutation_wait,
+        checkpoint.wait_for(|c| *c >= ack.sequence),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if !reached {
+        return Err(ApiError::Behind {
+            stream: streams::WORKITEMS.name,
+            checkpoint: *progress.checkpoint.borrow(),
+            wanted: ack.sequence,
+        });
+    }
+    let row: Option<(i64, String)> =
+        sqlx::query_as("SELECT seq, entry FROM work_item_history WHERE entry_id = ?")
+            .bind(entry_id)
+            .fetch_optional(&state.db.readers)
+            .await?;
+    let (seq, entry) = row.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "entry {entry_id} was published at WORKITEMS:{} but not projected (see dead letters)",
+            ack.sequence
+        ))
+    })?;
+    Ok(accepted(seq as u64, entry, ack.duplicate))
+}
+
+/// What every entry records about the group and its plan.
+fn entry_data(actor: &str, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
+    Ok(json!({
+        "recurrence_key": g.recurrence_key,
+        "actor": actor,
+        "mode": plan.mode,
+        "classification": g.runs.classification(),
+        "occurrences": g.occurrences,
+        "latest_occurrence_at": format_unix_ms(g.latest_received_at),
+        "plan": serde_json::to_value(plan).map_err(|e| ApiError::Internal(e.into()))?,
+        "passed": plan.ready,
+    }))
+}
+
+/// The group and plan of a request, as they stand now.
+async fn current(state: &AppState, r: &Request) -> ApiResult<(PageGroup, Plan)> {
+    let filters = Filters::new(r.project_id.as_deref(), r.provider.as_deref());
+    let g = find(state, &filters, r.limit, &r.work_item_id).await?;
+    let open = open_handoff(&state.db.readers, &r.work_item_id, g.runs.classification()).await?;
+    let plan = plan(&g.runs, &r.mode, g.facts(open.as_deref()), now_ms());
+    Ok((g, plan))
+}
+
+/// `POST /api/v1/alerts/recurrence/work-item/dry-run` `{work_item_id, project_id?, provider?,
+/// mode?, limit?}`: makes the preview's plan and records it on WORKITEMS as pre-flight
+/// history; 202 with the entry once projected. Changes no incident, repair or ticket.
+#[utoipa::path(post, path = "/alerts/recurrence/work-item/dry-run", operation_id = "post_work_item_dry_run", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::DryRunRequest, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = crate::api::schema::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::schema::ErrorBody), (status = 409, description = "`idempotency_key_reused`", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+pub async fn dry_run(
+    Authorized(claims): AsOperator,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> ApiResult<Response> {
+    let r = parse_request(&body, false)?;
+    let key = idempotency_key(&headers)?;
+    let id = entry_id(&claims.sub, &r, "dry_run", key);
+    if key.is_some() {
+        if let Some(answer) = replay(&state, &id, &r).await? {
+            return Ok(answer);
+        }
+    }
+    let (g, plan) = current(&state, &r).await?;
+    let data = entry_data(&claims.sub, &g, &plan)?;
+    record(&state, &g, &r, "dry_run", &id, data).await
+}
+
+/// The latest dry-run of a work item in a mode, as a handoff checks it.
+struct DryRun {
+    entry_id: String,
+    passed: bool,
+    occurrences: i64,
+    latest_occurrence_at: i64,
+}
+
+/// Why a handoff may not go ahead now: 409 with a code naming the first reason.
+fn handoff_guard(g: &PageGroup, plan: &Plan, dry: Option<&DryRun>, mode: &str) -> ApiResult<()> {
+    let refuse = |code, message: String| Err(ApiError::ConflictAs(code, message));
+    let Some(dry) = dry else {
+        return refuse(
+            "dry_run_required",
+            format!("no dry-run of this work item in mode {mode}; POST …/work-item/dry-run first"),
+        );
+    };
+    if !dry.passed {
+        return refuse(
+            "dry_run_failed",
+            format!(
+                "the latest dry-run in mode {mode} ({}) did not pass; see its checks in the history",
+                dry.entry_id
+            ),
+        );
+    }
+    if g.occurrences > dry.occurrences || g.latest_received_at > dry.latest_occurrence_at {
+        return refuse(
+            "dry_run_stale",
+            format!(
+                "the group occurred again after the latest dry-run ({}): {} occurrence(s) then, {} now; dry-run again",
+                dry.entry_id, dry.occurrences, g.occurrences
+            ),
+        );
+    }
+    if let Some(c) = plan
+        .checks
+        .iter()
+        .find(|c| c.name == "no_open_handoff" && !c.ok)
+    {
+        return refuse("handoff_open", c.detail.clone());
+    }
+    if !plan.ready {
+        let failed: Vec<String> = plan
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} ({})", c.name, c.detail))
+            .collect();
+        return refuse(
+            "preflight_failed",
+            if failed.is_empty() {
+                format!("nothing to hand off: {}", plan.reason)
+            } else {
+                format!("pre-flight checks fail now: {}", failed.join("; "))
+            },
+        );
+    }
+    Ok(())
+}
+
+/// The ticket a handoff drafts: from the group's stored (already redacted) latest event and
+/// its latest runs. The projection redacts it again, since anyone may publish on WORKITEMS.
+async fn draft_ticket(state: &AppState, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
+    let item: Value = serde_json::from_str(&g.item).map_err(|e| ApiError::Internal(e.into()))?;
+    let latest = &item["latest"];
+    let about = latest["alertname"]
+        .as_str()
+        .unwrap_or(g.recurrence_key.as_str());
+    let target = latest["target_resource"]
+        .as_str()
+        .or(latest["namespace"].as_str());
+    let title = match target {
+        Some(t) => format!(
+            "Recurring alert {about} on {t} ({}, {} occurrences)",
+            g.project_id, g.occurrences
+        ),
+        None => format!(
+            "Recurring alert {about} ({}, {} occurrences)",
+            g.project_id, g.occurrences
+        ),
+    };
+    let summary: String = latest["content_redacted"]
+        .as_str()
+        .unwrap_or(about)
+        .chars()
+        .take(MAX_SUMMARY_CHARS)
+        .collect();
+    let runs = sqlx::query(
+        "SELECT result_id, agent_id, run_state, repair, verified, incident_id, recorded_at \
+         FROM alert_runs WHERE recurrence_key = ? AND (project_id = ? OR project_id IS NULL) \
+         ORDER BY seq DESC LIMIT ?",
+    )
+    .bind(&g.recurrence_key)
+    .bind(&g.project_id)
+    .bind(TICKET_RUNS)
+    .fetch_all(&state.db.readers)
+    .await?;
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({
+                "result_id": r.get::<String, _>("result_id"),
+                "agent_id": r.get::<String, _>("agent_id"),
+                "run_state": r.get::<String, _>("run_state"),
+                "repair": r.get::<String, _>("repair"),
+                "verified": r.get::<bool, _>("verified"),
+                "incident_id": r.get::<Option<String>, _>("incident_id"),
+                "recorded_at": format_unix_ms(r.get("recorded_at")),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "title": title,
+        "summary": summary,
+        "proposed_action": plan.action,
+        "reason": plan.reason,
+        "occurrences": {
+            "total": g.occurrences,
+            "duplicates": g.duplicates,
+            "first_received_at": item["first_received_at"],
+            "latest_received_at": item["latest_received_at"],
+        },
+        "source_url": latest["source_url"],
+        "source_refs": latest["source_refs"],
+        "incident_ids": item["incident_ids"],
+        "latest_runs": runs,
+    }))
+}
+
+/// `POST /api/v1/alerts/recurrence/work-item/handoff` `{work_item_id, project_id?, provider?,
+/// mode?, limit?, handoff_kind?}`: records a handoff (a drafted ticket, or a manual takeover)
+/// once a dry-run in the same mode passed after the group's latest occurrence; 409 naming
+/// why not. Changes no incident, repair or ticket outside Orrery.
+#[utoipa::path(post, path = "/alerts/recurrence/work-item/handoff", operation_id = "post_work_item_handoff", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::HandoffRequest, params(("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = crate::api::schema::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::schema::ErrorBody), (status = 409, description = "`dry_run_required`, `dry_run_failed`, `dry_run_stale`, `handoff_open`, `preflight_failed` or `idempotency_key_reused`", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+pub async fn handoff(
+    Authorized(claims): AsOperator,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> ApiResult<Response> {
+    let r = parse_request(&body, true)?;
+    let key = idempotency_key(&headers)?;
+    let id = entry_id(&claims.sub, &r, "handoff", key);
+    if key.is_some() {
+        if let Some(answer) = replay(&state, &id, &r).await? {
+            return Ok(answer);
+        }
+    }
+    let (g, plan) = current(&state, &r).await?;
+    let dry = sqlx::query(
+        "SELECT entry_id, passed, occurrences, latest_occurrence_at FROM work_item_history \
+         WHERE work_item_id = ? AND kind = 'dry_run' AND mode = ? ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(&r.work_item_id)
+    .bind(&r.mode)
+    .fetch_optional(&state.db.readers)
+    .await?
+    .map(|row| DryRun {
+        entry_id: row.get("entry_id"),
+        passed: row.get("passed"),
+        occurrences: row.get("occurrences"),
+        latest_occurrence_at: row.get("latest_occurrence_at"),
+    });
+    handoff_guard(&g, &plan, dry.as_ref(), &r.mode)?;
+    let mut data = entry_data(&claims.sub, &g, &plan)?;
+    data["handoff_kind"] = json!(r.handoff_kind);
+    data["dry_run_entry_id"] = json!(dry.map(|d| d.entry_id));
+    data["ticket"] = draft_ticket(&state, &g, &plan).await?;
+    record(&state, &g, &r, "handoff", &id, data).await
+}
+
+/// `GET /api/v1/alerts/recurrence/work-item/history?work_item_id=&kind=&limit=`: a work
+/// item's dry-runs and handoffs, newest first.
+#[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+pub async fn history(
+    _: AsViewer,
+    State(state): State<AppState>,
+    params: Params,
+) -> ApiResult<Response> {
+    let id = params
+        .get("work_item_id")?
+        .filter(|id| is_work_item_id(id))
+        .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits"))?;
+    let kind = params.get("kind")?;
+    if kind.is_some_and(|k| !crate::projections::work_items::KINDS.contains(&k)) {
+        return Err(ApiError::invalid("kind", "dry_run or handoff"));
+    }
+    let limit = params.int("limit", 1, 200, 50)?;
+    let entries: Vec<String> = sqlx::query_scalar(
+        "SELECT entry FROM work_item_history WHERE work_item_id = ?1 \
+         AND (?2 IS NULL OR kind = ?2) ORDER BY seq DESC LIMIT ?3",
+    )
+    .bind(id)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(&state.db.readers)
+    .await?;
+    Ok(json_body(format!(
+        r#"{{"work_item_id":"{id}","entries":[{}]}}"#,
+        entries.join(",")
+    )))
+}
