@@ -146,6 +146,7 @@ impl Application {
             bus_timeout: Duration::from_secs(5),
             hub,
             durations: listeners.durations,
+            recurrence_pages: Arc::default(),
             tickets: Arc::default(),
             limits: Arc::new(StreamLimits::new(
                 config.sse.max_per_user,

@@ -66,6 +66,8 @@ pub struct AppState {
     pub hub: Arc<crate::live::Hub>,
     /// Durations of whole hours, kept between `/results/durations` requests.
     pub durations: Arc<crate::projections::results::durations::DurationCache>,
+    /// Recurrence pages, kept between commits of the alert read models.
+    pub recurrence_pages: Arc<alerts::pages::PageCache>,
     /// SSE tickets.
     pub tickets: Arc<sse::Tickets>,
     /// SSE stream caps.

@@ -382,3 +382,74 @@ async fn a_preview_proposes_by_classification_and_changes_nothing() {
 fn work_item_id_of(project: &str, key: &str) -> String {
     orrery::api::alerts::work_items::work_item_id(project, key)
 }
+
+/// `GET path` with `Orrery-Min-Seq: min_seq` as a viewer; the body.
+async fn read_after(app: &TestApp, path: &str, min_seq: &str) -> Value {
+    let res = app
+        .http
+        .get(format!("{}{path}", app.address))
+        .bearer_auth(token(Role::Viewer))
+        .header("orrery-min-seq", min_seq)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{path}");
+    res.json().await.unwrap()
+}
+
+/// Publishes `data` on `subject`; its stream sequence.
+async fn publish_seq(js: &async_nats::jetstream::Context, subject: &str, data: Value) -> u64 {
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = json!({"id": id, "data": data}).to_string().into_bytes();
+    publish_raw(js, subject, &id, body)
+        .await
+        .await
+        .unwrap()
+        .sequence
+}
+
+#[tokio::test]
+async fn recurrence_pages_change_with_every_commit_of_alerts_or_runs() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    let alert = |peid: &str| {
+        json!({"provider_event_id": peid, "stage": "firing", "fingerprint": "fp-c",
+               "source_refs": {"sentry": ["1"]}})
+    };
+    publish_seq(&js, "alert.sentry.shop", alert("c-1")).await;
+    let seq = publish_seq(&js, "alert.sentry.shop", alert("c-2")).await;
+    let path = "/api/v1/alerts/recurrence?project_id=shop";
+    let id = work_item_id_of("shop", "fp:fp-c");
+    let preview = format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={id}");
+    // Read (and kept) at each step, then read again right after the next write lands.
+    let page = read_after(&app, path, &format!("ALERTS:{seq}")).await;
+    assert_eq!(group(&page, "fp:fp-c")["occurrence_total"], 2);
+    assert_eq!(
+        read_after(&app, path, "ALERTS:0").await,
+        page,
+        "kept while nothing changed"
+    );
+
+    let seq = publish_seq(&js, "alert.sentry.shop", alert("c-3")).await;
+    let page = read_after(&app, path, &format!("ALERTS:{seq}")).await;
+    assert_eq!(group(&page, "fp:fp-c")["occurrence_total"], 3, "{page}");
+    let p = read_after(&app, &preview, &format!("ALERTS:{seq}")).await;
+    assert_eq!(p["group"]["occurrence_total"], 3);
+
+    let run = run(
+        "c-run",
+        json!({"recurrence_key": "fp:fp-c"}),
+        "succeeded",
+        "auto",
+        true,
+    );
+    let seq = publish_seq(&js, "result.job.fixer", run).await;
+    let page = read_after(&app, path, &format!("RESULTS:{seq}")).await;
+    let g = group(&page, "fp:fp-c");
+    assert_eq!(g["linked_run_total"], 1, "{g}");
+    assert_eq!(g["work_item"]["classification"], "verified");
+    let p = read_after(&app, &preview, &format!("RESULTS:{seq}")).await;
+    assert_eq!(p["work_item"]["classification"], "verified");
+}

@@ -6,5 +6,6 @@
 
 pub mod handoff;
 pub mod intake;
+pub mod pages;
 pub mod queries;
 pub mod work_items;

@@ -96,6 +96,16 @@ pub(super) struct Filters<'a> {
 }
 
 impl<'a> Filters<'a> {
+    /// The project filter.
+    pub(super) fn project_id(&self) -> Option<&'a str> {
+        self.project_id
+    }
+
+    /// The provider filter.
+    pub(super) fn provider(&self) -> Option<&'a str> {
+        self.provider
+    }
+
     /// Filters from values already validated.
     pub(super) fn new(project_id: Option<&'a str>, provider: Option<&'a str>) -> Self {
         Self {
@@ -272,9 +282,9 @@ pub async fn recurrence(
 ) -> ApiResult<Response> {
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 100)?;
-    let page = recurrence_page(&state.db.readers, &filters, limit).await?;
+    let page = state.recurrence_pages.page(&state, &filters, limit).await?;
     let mut s = Summary::default();
-    for g in &page {
+    for g in page.iter() {
         s.add(g);
     }
     let summary = json!({
@@ -297,6 +307,7 @@ pub async fn recurrence(
 }
 
 /// One group of a `/alerts/recurrence` page.
+#[derive(Clone)]
 pub(super) struct PageGroup {
     pub(super) project_id: String,
     pub(super) recurrence_key: String,

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use axum::extract::State;
 use axum::response::Response;
 
-use super::queries::{json_body, recurrence_page, Filters, PageGroup};
+use super::queries::{json_body, Filters, PageGroup};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
@@ -422,9 +422,10 @@ pub(super) async fn find(
     limit: i64,
     id: &str,
 ) -> ApiResult<PageGroup> {
-    let page = recurrence_page(&state.db.readers, filters, limit).await?;
-    page.into_iter()
+    let page = state.recurrence_pages.page(state, filters, limit).await?;
+    page.iter()
         .find(|g| g.occurrences > 1 && work_item_id(&g.project_id, &g.recurrence_key) == id)
+        .cloned()
         .ok_or_else(|| {
             ApiError::NotFoundAs(
                 "recurrence_work_item_not_found",

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::load::{measure, Endpoint, LocalDaemon};
 use super::{catch_up, connect_provisioned, eps, last_seq, publish_with};
+use async_nats::jetstream;
 use orrery::bus::streams;
 use orrery::db;
 
@@ -99,11 +100,58 @@ fn run_event(j: u64, events: u64) -> (String, Vec<u8>) {
     (format!("result.job.fixer-{}", j % 50), body.into_bytes())
 }
 
-/// Runs the alerts benchmark against `nats_url`: `events` alerts, then `runs` linked runs.
+/// Alerts published in the background at a steady rate, until stopped.
+struct Arriving {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<u64>>,
+}
+
+impl Arriving {
+    /// Stops publishing; returns how many alerts were published.
+    async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
+
+/// Publishes alert events after the first `from`, `rate` per second in 10 ms steps.
+fn live_alerts(js: &jetstream::Context, run: &str, from: u64, rate: u64) -> Arriving {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (js, run, token) = (js.clone(), run.to_owned(), stop.clone());
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let (mut sent, started) = (0u64, tokio::time::Instant::now());
+        while !token.is_cancelled() {
+            tick.tick().await;
+            let due = rate * started.elapsed().as_millis() as u64 / 1_000;
+            let mut acks = Vec::new();
+            while sent < due {
+                let (subject, body) = alert_event(from + sent);
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{run}-live-{sent}").as_str());
+                acks.push(
+                    js.publish_with_headers(subject, headers, body.into())
+                        .await?,
+                );
+                sent += 1;
+            }
+            for ack in acks {
+                ack.await?;
+            }
+        }
+        Ok(sent)
+    });
+    Arriving { stop, task }
+}
+
+/// Runs the alerts benchmark against `nats_url`: `events` alerts, then `runs` linked runs;
+/// the last measure is taken while `live_rate` alerts per second arrive.
+#[allow(clippy::too_many_arguments)] // each is a flag of `orrery bench alerts`
 pub async fn run(
     nats_url: &str,
     events: u64,
     runs: u64,
+    live_rate: u64,
     batch_size: usize,
     concurrency: usize,
     requests: usize,
@@ -171,6 +219,22 @@ pub async fn run(
         );
         recurrence.push(measure(&daemon.base, &preview, concurrency, requests).await?);
     }
+    // The first page again while alerts keep arriving: every commit makes the pages new.
+    let arriving = live_alerts(&js, &run, events, live_rate);
+    // Ten times the requests, so that the measure spans many commits.
+    let mut busy = measure(
+        &daemon.base,
+        "/api/v1/alerts/recurrence?limit=100",
+        concurrency,
+        requests * 10,
+    )
+    .await?;
+    let arrived = arriving.stop().await?;
+    busy.path = format!(
+        "{} while {arrived} alerts arrived ({live_rate}/s)",
+        busy.path
+    );
+    recurrence.push(busy);
     daemon.stop().await?;
 
     Ok(AlertsReport {

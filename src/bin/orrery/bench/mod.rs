@@ -66,6 +66,10 @@ pub enum Bench {
         /// Runs linked to the alerts (results with data.links).
         #[arg(long, default_value_t = 200_000)]
         runs: u64,
+        /// Alerts per second published during the last measure (pages change with each
+        /// commit).
+        #[arg(long, default_value_t = 500)]
+        live_rate: u64,
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
@@ -189,6 +193,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Alerts {
             events,
             runs,
+            live_rate,
             nats_url,
             batch_size,
             concurrency,
@@ -196,7 +201,16 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             json,
         } => {
             let (_nats, url) = bench_nats(nats_url)?;
-            let report = alerts::run(&url, events, runs, batch_size, concurrency, requests).await?;
+            let report = alerts::run(
+                &url,
+                events,
+                runs,
+                live_rate,
+                batch_size,
+                concurrency,
+                requests,
+            )
+            .await?;
             print_report(&report, json)
         }
         Bench::Query {
