@@ -259,6 +259,7 @@ pub async fn enqueue(
             subject: format!("topology.{tid}.mutation.enqueued"),
             msg_id: mutation_id.clone(),
             body: body.into(),
+            expected_last_subject_seq: None,
         })
         .await?;
     let mut answer = json!({"mutation_id": mutation_id, "seq": ack.sequence});

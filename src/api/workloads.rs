@@ -199,6 +199,7 @@ pub async fn rollback(
             subject: format!("command.deploy.{wid}"),
             body: envelope::encode(&command_id, "command.deploy", "orrery/api", &now, &data).into(),
             msg_id: command_id.clone(),
+            expected_last_subject_seq: None,
         })
         .await?;
     Ok((

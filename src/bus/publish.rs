@@ -16,6 +16,9 @@ pub struct Outgoing {
     pub msg_id: String,
     /// The envelope.
     pub body: Bytes,
+    /// Publish only if the last message on `subject` has this sequence (0: none yet):
+    /// JetStream refuses it otherwise, so two writers cannot both append.
+    pub expected_last_subject_seq: Option<u64>,
 }
 
 /// Why the bus did not confirm a publish.
@@ -24,6 +27,9 @@ pub enum PublishError {
     /// Not every ack came back within the timeout, however often it was tried.
     #[error("the bus did not acknowledge in time")]
     Timeout,
+    /// Another message landed on the subject since the sequence the publish expected.
+    #[error("another event was recorded on {0} meanwhile")]
+    Superseded(String),
     /// JetStream refused or the connection failed.
     #[error("publishing to the bus failed: {0}")]
     Failed(#[from] async_nats::error::Error<PublishErrorKind>),
@@ -51,6 +57,15 @@ pub async fn publish_all(
             .unwrap_or(Err(PublishError::Timeout));
         match result {
             Ok(acks) => return Ok(acks),
+            // Final: retrying cannot make the expectation true. (A retry of a publish that
+            // did land is answered as a duplicate first, by its Nats-Msg-Id.)
+            Err(PublishError::Failed(e)) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                let subject = events
+                    .iter()
+                    .find(|e| e.expected_last_subject_seq.is_some())
+                    .map_or_else(String::new, |e| e.subject.clone());
+                return Err(PublishError::Superseded(subject));
+            }
             Err(error) if Instant::now() + delay < deadline => {
                 tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64,
                     "publish not acknowledged; retrying with the same ids");
@@ -71,6 +86,12 @@ async fn attempt(
     for e in events {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", e.msg_id.as_str());
+        if let Some(seq) = e.expected_last_subject_seq {
+            headers.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                seq.to_string().as_str(),
+            );
+        }
         pending.push(
             js.publish_with_headers(e.subject.clone(), headers, e.body.clone())
                 .await?,

@@ -81,8 +81,8 @@ async fn streams_ready(js: &jetstream::Context) {
         Duration::from_secs(60),
         "R3 streams on the cluster",
         || async {
-            for name in ["RESULTS", "TOPOLOGY", "ALERTS", "HEARTBEATS", "COMMANDS"] {
-                if js.get_stream(name).await.is_err() {
+            for spec in orrery::bus::streams::ALL {
+                if js.get_stream(spec.name).await.is_err() {
                     return false;
                 }
             }

@@ -427,3 +427,83 @@ async fn entries_published_by_others_are_redacted_or_dead_lettered() {
         assert!(!text.contains(SECRET), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_handoffs_decided_at_once_on_two_replicas_exactly_one_is_recorded() {
+    let nats = NatsServer::start().unwrap();
+    let a = spawn_app(&nats).await;
+    let b = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    fire(&js, "d-1", "fp-d").await;
+    fire(&js, "d-2", "fp-d").await;
+    a.wait_caught_up().await;
+    b.wait_caught_up().await;
+    let d = id_of("fp:fp-d");
+    expect(&a, DRY_RUN, None, json!({"work_item_id": d}), 202).await;
+    b.wait_caught_up().await;
+
+    // Sixteen operators at once, eight on each replica, each with a key of their own.
+    let body = json!({"work_item_id": d});
+    let attempts = (0..16).map(|i| {
+        let (app, body) = (if i % 2 == 0 { &a } else { &b }, body.clone());
+        async move {
+            let res = post_keyed(app, HANDOFF, Some(&format!("op-{i}")), body).await;
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let recorded = answers.iter().filter(|(s, _)| *s == 202).count();
+    assert_eq!(recorded, 1, "{answers:?}");
+    for (status, body) in &answers {
+        if *status != 202 {
+            assert_eq!(*status, 409, "{body}");
+            assert_eq!(body["error"], "handoff_open", "{body}");
+        }
+    }
+    a.wait_caught_up().await;
+    for app in [&a, &b] {
+        let history = app
+            .get_json(
+                &format!(
+                    "/api/v1/alerts/recurrence/work-item/history?work_item_id={d}&kind=handoff"
+                ),
+                Role::Viewer,
+            )
+            .await;
+        assert_eq!(history["entries"].as_array().unwrap().len(), 1, "{history}");
+    }
+
+    // What the handler's retry rests on: JetStream checks the expected subject sequence
+    // before the Nats-Msg-Id, so a retry of a publish that landed is refused, not answered
+    // as a duplicate; the last message on the subject then carries the retry's id.
+    let subject = "workitem.probe.x.handoff";
+    let publish = || {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "probe-1");
+            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            js.publish_with_headers(subject, headers, "{}".into())
+                .await
+                .unwrap()
+                .await
+        }
+    };
+    let first = publish().await.unwrap();
+    let again = publish().await.unwrap_err();
+    assert_eq!(
+        again.kind(),
+        async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+    );
+    let last = js
+        .get_stream("WORKITEMS")
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(subject)
+        .await
+        .unwrap();
+    assert_eq!(last.sequence, first.sequence);
+    assert_eq!(last.headers.get("Nats-Msg-Id").unwrap().as_str(), "probe-1");
+}

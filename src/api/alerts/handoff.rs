@@ -14,14 +14,14 @@ use serde_json::{json, Map, Value};
 use sqlx::Row;
 
 use super::queries::{json_body, Filters, PageGroup};
-use super::work_items::{find, is_work_item_id, open_handoff, plan, Plan, MODES};
+use super::work_items::{find, is_work_item_id, open_handoff, plan, work_item_param, Plan, MODES};
 use crate::api::consistency::written;
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{
     body_bytes, idempotency_key, AsOperator, AsViewer, Authorized, Params, RawBody,
 };
 use crate::api::AppState;
-use crate::bus::publish::Outgoing;
+use crate::bus::publish::{Outgoing, PublishError};
 use crate::bus::{envelope, streams, subjects};
 use crate::projections::work_items::HANDOFF_KINDS;
 use crate::window::{format_unix_ms, now_ms};
@@ -180,14 +180,16 @@ fn entry_id(actor: &str, r: &Request, kind: &str, key: Option<&str>) -> String {
     .to_string()
 }
 
-/// Publishes an entry, waits until this replica has projected it and answers it.
+/// Publishes an entry, waits until this replica has projected it and answers it. With
+/// `expected_last`, the entry is appended only if the last message on its subject is still
+/// that one (see [`last_handoff_seq`]).
 async fn record(
     state: &AppState,
     g: &PageGroup,
     r: &Request,
-    kind: &str,
-    entry_id: &str,
+    (kind, entry_id): (&str, &str),
     data: Value,
+    expected_last: Option<u64>,
 ) -> ApiResult<Response> {
     let body = envelope::encode(
         entry_id,
@@ -196,30 +198,49 @@ async fn record(
         &format_unix_ms(now_ms()),
         &data,
     );
-    let ack = state
-        .publish_one(Outgoing {
-            subject: format!("workitem.{}.{}.{kind}", g.project_id, r.work_item_id),
+    let subject = format!("workitem.{}.{}.{kind}", g.project_id, r.work_item_id);
+    let published = crate::bus::publish::publish_one(
+        &state.js,
+        state.bus_timeout,
+        Outgoing {
+            subject,
             msg_id: entry_id.to_owned(),
             body: body.into(),
-        })
-        .await?;
+            expected_last_subject_seq: expected_last,
+        },
+    )
+    .await;
+    let (seq, duplicate) = match published {
+        Ok(ack) => (ack.sequence, ack.duplicate),
+        // JetStream checks the expected sequence before the Nats-Msg-Id, so a retry of a
+        // publish whose ack was lost is refused too: then the last entry is ours.
+        Err(PublishError::Superseded(subject)) => match last_on_subject(state, &subject).await? {
+            Some((seq, id)) if id == entry_id => (seq, true),
+            _ => {
+                return Err(ApiError::ConflictAs(
+                    "handoff_open",
+                    "another handoff of this work item was recorded meanwhile (here or on \
+                     another replica); read its history"
+                        .into(),
+                ))
+            }
+        },
+        Err(e) => return Err(e.into()),
+    };
     let progress = state
         .projections
         .iter()
         .find(|p| p.stream == streams::WORKITEMS)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("WORKITEMS is not projected")))?;
     let mut checkpoint = progress.checkpoint.clone();
-    let reached = tokio::time::timeout(
-        state.mutation_wait,
-        checkpoint.wait_for(|c| *c >= ack.sequence),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let reached = tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok());
     if !reached {
         return Err(ApiError::Behind {
             stream: streams::WORKITEMS.name,
             checkpoint: *progress.checkpoint.borrow(),
-            wanted: ack.sequence,
+            wanted: seq,
         });
     }
     let row: Option<(i64, String)> =
@@ -227,13 +248,12 @@ async fn record(
             .bind(entry_id)
             .fetch_optional(&state.db.readers)
             .await?;
-    let (seq, entry) = row.ok_or_else(|| {
+    let (stored, entry) = row.ok_or_else(|| {
         ApiError::Internal(anyhow::anyhow!(
-            "entry {entry_id} was published at WORKITEMS:{} but not projected (see dead letters)",
-            ack.sequence
+            "entry {entry_id} was published at WORKITEMS:{seq} but not projected (see dead letters)"
         ))
     })?;
-    Ok(accepted(seq as u64, entry, ack.duplicate))
+    Ok(accepted(stored as u64, entry, duplicate))
 }
 
 /// What every entry records about the group and its plan.
@@ -279,7 +299,7 @@ pub async fn dry_run(
     }
     let (g, plan) = current(&state, &r).await?;
     let data = entry_data(&claims.sub, &g, &plan)?;
-    record(&state, &g, &r, "dry_run", &id, data).await
+    record(&state, &g, &r, ("dry_run", &id), data, None).await
 }
 
 /// The latest dry-run of a work item in a mode, as a handoff checks it.
@@ -341,6 +361,54 @@ fn handoff_guard(g: &PageGroup, plan: &Plan, dry: Option<&DryRun>, mode: &str) -
         );
     }
     Ok(())
+}
+
+/// The sequence of the last message on this work item's handoff subject (0: none), as the
+/// bus has it, once this replica has projected that far. Read before the guards, so that
+/// they see every handoff; the handoff is then published expecting it, so of two handoffs
+/// decided at once — on one replica or two — only the first is appended.
+async fn last_handoff_seq(state: &AppState, r: &Request, project_id: &str) -> ApiResult<u64> {
+    let subject = format!("workitem.{project_id}.{}.handoff", r.work_item_id);
+    let last = last_on_subject(state, &subject)
+        .await?
+        .map_or(0, |(seq, _)| seq);
+    let progress = state
+        .projections
+        .iter()
+        .find(|p| p.stream == streams::WORKITEMS)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("WORKITEMS is not projected")))?;
+    let mut checkpoint = progress.checkpoint.clone();
+    let reached = tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= last))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !reached {
+        return Err(ApiError::Behind {
+            stream: streams::WORKITEMS.name,
+            checkpoint: *progress.checkpoint.borrow(),
+            wanted: last,
+        });
+    }
+    Ok(last)
+}
+
+/// The sequence and `Nats-Msg-Id` of the last message on `subject` in WORKITEMS, if any.
+async fn last_on_subject(state: &AppState, subject: &str) -> ApiResult<Option<(u64, String)>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let look = async {
+        let stream = state.js.get_stream_no_info(streams::WORKITEMS.name).await?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => {
+                let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+                Ok(Some((m.sequence, id.unwrap_or_default())))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e)),
+        }
+    };
+    tokio::time::timeout(state.bus_timeout, look)
+        .await
+        .map_err(|_| ApiError::Unavailable("the bus did not answer in time".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("the bus did not answer: {e:#}")))
 }
 
 /// The ticket a handoff drafts: from the group's stored (already redacted) latest event and
@@ -431,6 +499,11 @@ pub async fn handoff(
             return Ok(answer);
         }
     }
+    // The group's project names the subject; it is known only from the group, so the
+    // group is found twice: before the bus is asked (for the subject) and after (for the
+    // guards, on a database that has every handoff the bus has).
+    let (g, _) = current(&state, &r).await?;
+    let last = last_handoff_seq(&state, &r, &g.project_id).await?;
     let (g, plan) = current(&state, &r).await?;
     let dry = sqlx::query(
         "SELECT entry_id, passed, occurrences, latest_occurrence_at FROM work_item_history \
@@ -451,7 +524,7 @@ pub async fn handoff(
     data["handoff_kind"] = json!(r.handoff_kind);
     data["dry_run_entry_id"] = json!(dry.map(|d| d.entry_id));
     data["ticket"] = draft_ticket(&state, &g, &plan).await?;
-    record(&state, &g, &r, "handoff", &id, data).await
+    record(&state, &g, &r, ("handoff", &id), data, Some(last)).await
 }
 
 /// `GET /api/v1/alerts/recurrence/work-item/history?work_item_id=&kind=&limit=`: a work
@@ -462,10 +535,7 @@ pub async fn history(
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
-    let id = params
-        .get("work_item_id")?
-        .filter(|id| is_work_item_id(id))
-        .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits"))?;
+    let id = work_item_param(&params)?;
     let kind = params.get("kind")?;
     if kind.is_some_and(|k| !crate::projections::work_items::KINDS.contains(&k)) {
         return Err(ApiError::invalid("kind", "dry_run or handoff"));

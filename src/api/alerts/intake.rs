@@ -99,6 +99,7 @@ pub async fn provider_heartbeat(
             subject: format!("alert.{provider}.{}", req.project_id),
             body: envelope::encode(&id, "alert.heartbeat", "orrery/api", &now, &data).into(),
             msg_id: id,
+            expected_last_subject_seq: None,
         });
     }
     let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();
@@ -247,6 +248,7 @@ pub async fn alertmanager_webhook(
             subject: format!("alert.alertmanager.{project}"),
             body: envelope::encode(&id, "alert", "alertmanager", &now, &data).into(),
             msg_id: id,
+            expected_last_subject_seq: None,
         });
     }
     let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();

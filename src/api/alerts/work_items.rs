@@ -414,6 +414,14 @@ pub const GUARANTEES: [&str; 3] = [
     "creates or changes no incident, repair, ticket or database row",
 ];
 
+/// The `work_item_id` query parameter: required, `wi_` and 24 hex digits.
+pub(super) fn work_item_param(params: &Params) -> ApiResult<&str> {
+    params
+        .get("work_item_id")?
+        .filter(|id| is_work_item_id(id))
+        .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits"))
+}
+
 /// The recurring group of work item `id` among the latest `limit` groups matching
 /// `filters`; 404 `recurrence_work_item_not_found` when there is none.
 pub(super) async fn find(
@@ -462,10 +470,7 @@ pub async fn preview(
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
-    let id = params
-        .get("work_item_id")?
-        .filter(|id| is_work_item_id(id))
-        .ok_or_else(|| ApiError::invalid("work_item_id", "wi_ followed by 24 hex digits"))?;
+    let id = work_item_param(&params)?;
     let mode = params.get("mode")?.unwrap_or("auto");
     if !MODES.contains(&mode) {
         return Err(ApiError::invalid("mode", "auto, automation or manual"));
