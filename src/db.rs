@@ -190,6 +190,22 @@ impl Db {
     /// Closes both pools, letting WAL checkpoint cleanly.
     pub async fn close(&self) {
         self.readers.close().await;
+        // The WAL may hold up to 128 MiB of commits (see `WAL_CHECKPOINT_PAGES`): fold it
+        // into the main file, so that a stopped daemon leaves one self-contained file (a
+        // copy or backup of it alone is complete, and damage to it is seen at the next
+        // start rather than masked by pages still in the WAL).
+        let folded: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.writer)
+            .await;
+        match folded {
+            Ok((0, _, _)) => {}
+            Ok((_, log, done)) => tracing::warn!(
+                pages = log,
+                folded = done,
+                "the WAL could not be folded into the database at stop (another process has it open); it will be at the next start"
+            ),
+            Err(error) => tracing::warn!(%error, "folding the WAL into the database at stop failed"),
+        }
         self.writer.close().await;
     }
 }

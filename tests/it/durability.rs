@@ -789,11 +789,15 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
     app.stop().await;
     let before = digest_of(&db);
 
+    // A stopped daemon leaves one file: the WAL is folded into it.
+    let wal = std::fs::metadata(format!("{}-wal", db.display())).map_or(0, |m| m.len());
+    assert_eq!(wal, 0, "the WAL was left with {wal} bytes");
+
     // Damage the header while nothing runs.
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[..64].copy_from_slice(&[0x5a; 64]);
     std::fs::write(&db, bytes).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
         .arg("serve")
         .env_remove("ORRERY_CONFIG")
         .env("ORRERY_NATS_URL", nats.url())
@@ -801,8 +805,23 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
         .env("ORRERY_LISTEN", "127.0.0.1:0")
         .env("ORRERY_JWT_SECRET", SECRET)
         .env("RUST_LOG", "off")
-        .output()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let pid = child.id();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        panic!("orrery serve kept running on a damaged database")
+    })
+    .unwrap()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
