@@ -54,6 +54,29 @@ pub fn parse(value: &str) -> Option<Vec<(StreamSpec, u64)>> {
     Some(wanted)
 }
 
+/// Waits, at most `--mutation-wait-ms`, until this replica has committed `stream` up to
+/// `seq`; 503 `behind` (with `Retry-After`) when it has not.
+pub async fn reach(state: &AppState, stream: StreamSpec, seq: u64) -> Result<(), ApiError> {
+    let progress = state
+        .projections
+        .iter()
+        .find(|p| p.stream == stream)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("{} is not projected", stream.name)))?;
+    let mut checkpoint = progress.checkpoint.clone();
+    let reached = tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if reached {
+        Ok(())
+    } else {
+        Err(ApiError::Behind {
+            stream: stream.name,
+            checkpoint: *progress.checkpoint.borrow(),
+            wanted: seq,
+        })
+    }
+}
+
 /// Middleware: holds a request that names a minimum sequence until this replica has
 /// committed it (bounded by `--mutation-wait-ms`).
 pub async fn wait_for_min_seq(

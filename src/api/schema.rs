@@ -101,6 +101,17 @@ pub struct FleetAgents {
     stale_after_secs: u64,
 }
 
+/// A 503 of `/api/v1/health/fleet`: the fleet is degraded, or the replica is behind the
+/// `Orrery-Min-Seq` asked for.
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(untagged)]
+pub enum FleetUnavailable {
+    /// Degraded: the reasons say why.
+    Degraded(Fleet),
+    /// Behind `Orrery-Min-Seq`.
+    Behind(ErrorBody),
+}
+
 /// `/api/v1/health/fleet`.
 #[derive(ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -792,12 +803,16 @@ pub struct WorkItemPreview {
 #[serde(deny_unknown_fields)]
 pub struct DryRunRequest {
     /// The work item (`wi_` and 24 hex digits).
+    #[schema(pattern = "^wi_[0-9a-f]{24}$")]
     work_item_id: String,
     /// Look for it in this project only.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     project_id: Option<String>,
     /// Look for it among this provider's groups only.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     provider: Option<String>,
     /// auto (default), automation or manual.
+    #[schema(pattern = "^(auto|automation|manual)$")]
     mode: Option<String>,
     /// Look for it among the latest `limit` groups, 1–300 (default 300).
     #[schema(minimum = 1, maximum = 300)]
@@ -809,17 +824,22 @@ pub struct DryRunRequest {
 #[serde(deny_unknown_fields)]
 pub struct HandoffRequest {
     /// The work item (`wi_` and 24 hex digits).
+    #[schema(pattern = "^wi_[0-9a-f]{24}$")]
     work_item_id: String,
     /// Look for it in this project only.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     project_id: Option<String>,
     /// Look for it among this provider's groups only.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     provider: Option<String>,
     /// auto (default), automation or manual; a dry-run in this mode must have passed.
+    #[schema(pattern = "^(auto|automation|manual)$")]
     mode: Option<String>,
     /// Look for it among the latest `limit` groups, 1–300 (default 300).
     #[schema(minimum = 1, maximum = 300)]
     limit: Option<i64>,
     /// ticket_proposal (default) or manual_takeover.
+    #[schema(pattern = "^(ticket_proposal|manual_takeover)$")]
     handoff_kind: Option<String>,
 }
 

@@ -15,7 +15,7 @@ use sqlx::Row;
 
 use super::queries::{json_body, Filters, PageGroup};
 use super::work_items::{find, is_work_item_id, open_handoff, plan, work_item_param, Plan, MODES};
-use crate::api::consistency::written;
+use crate::api::consistency::{reach, written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{
     body_bytes, idempotency_key, AsOperator, AsViewer, Authorized, Params, RawBody,
@@ -227,22 +227,7 @@ async fn record(
         },
         Err(e) => return Err(e.into()),
     };
-    let progress = state
-        .projections
-        .iter()
-        .find(|p| p.stream == streams::WORKITEMS)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("WORKITEMS is not projected")))?;
-    let mut checkpoint = progress.checkpoint.clone();
-    let reached = tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= seq))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !reached {
-        return Err(ApiError::Behind {
-            stream: streams::WORKITEMS.name,
-            checkpoint: *progress.checkpoint.borrow(),
-            wanted: seq,
-        });
-    }
+    reach(state, streams::WORKITEMS, seq).await?;
     let row: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, entry FROM work_item_history WHERE entry_id = ?")
             .bind(entry_id)
@@ -372,22 +357,7 @@ async fn last_handoff_seq(state: &AppState, r: &Request, project_id: &str) -> Ap
     let last = last_on_subject(state, &subject)
         .await?
         .map_or(0, |(seq, _)| seq);
-    let progress = state
-        .projections
-        .iter()
-        .find(|p| p.stream == streams::WORKITEMS)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("WORKITEMS is not projected")))?;
-    let mut checkpoint = progress.checkpoint.clone();
-    let reached = tokio::time::timeout(state.mutation_wait, checkpoint.wait_for(|c| *c >= last))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !reached {
-        return Err(ApiError::Behind {
-            stream: streams::WORKITEMS.name,
-            checkpoint: *progress.checkpoint.borrow(),
-            wanted: last,
-        });
-    }
+    reach(state, streams::WORKITEMS, last).await?;
     Ok(last)
 }
 
@@ -529,7 +499,7 @@ pub async fn handoff(
 
 /// `GET /api/v1/alerts/recurrence/work-item/history?work_item_id=&kind=&limit=`: a work
 /// item's dry-runs and handoffs, newest first.
-#[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)", pattern = "^wi_[0-9a-f]{24}$"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)", pattern = "^(dry_run|handoff)$"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
