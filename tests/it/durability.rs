@@ -84,6 +84,36 @@ impl Daemon {
     }
 }
 
+/// Runs `orrery serve` on `db` against `nats_url`, expecting it to refuse and exit; its
+/// output. Bounded: after 30 s it is killed and the test fails with `why`.
+async fn serve_until_it_exits(nats_url: &str, db: &Path, why: &str) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("serve")
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_NATS_URL", nats_url)
+        .env("ORRERY_DATABASE", db)
+        .env("ORRERY_LISTEN", "127.0.0.1:0")
+        .env("ORRERY_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        panic!("{why}")
+    })
+    .unwrap()
+    .unwrap()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -577,26 +607,12 @@ async fn serve_refuses_a_nats_server_older_than_2_11_with_exit_code_2() {
     );
     let old = NatsServer::start_binary(bin).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .arg("serve")
-        .env("ORRERY_NATS_URL", old.url())
-        .env("ORRERY_DATABASE", dir.path().join("o.db"))
-        .env("ORRERY_LISTEN", "127.0.0.1:0")
-        .env("ORRERY_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    let out = serve_until_it_exits(
+        &old.url(),
+        &dir.path().join("o.db"),
+        "orrery kept running against nats-server 2.10",
     )
-    .await
-    .expect("orrery kept running against nats-server 2.10")
-    .unwrap()
-    .unwrap();
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -752,16 +768,12 @@ async fn serve_refuses_a_read_only_database_by_name_with_exit_code_2() {
     app.wait_caught_up().await;
     app.stop().await;
     let read_only = ReadOnly::make(vec![db.clone()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .arg("serve")
-        .env("ORRERY_NATS_URL", nats.url())
-        .env("ORRERY_DATABASE", &db)
-        .env("ORRERY_LISTEN", "127.0.0.1:0")
-        .env("ORRERY_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = serve_until_it_exits(
+        &nats.url(),
+        &db,
+        "orrery serve kept running on a read-only database",
+    )
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -797,31 +809,12 @@ async fn a_database_damaged_while_stopped_is_named_and_rebuild_restores_it_ident
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[..64].copy_from_slice(&[0x5a; 64]);
     std::fs::write(&db, bytes).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .arg("serve")
-        .env_remove("ORRERY_CONFIG")
-        .env("ORRERY_NATS_URL", nats.url())
-        .env("ORRERY_DATABASE", &db)
-        .env("ORRERY_LISTEN", "127.0.0.1:0")
-        .env("ORRERY_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    let out = serve_until_it_exits(
+        &nats.url(),
+        &db,
+        "orrery serve kept running on a damaged database",
     )
-    .await
-    .unwrap_or_else(|_| {
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-        panic!("orrery serve kept running on a damaged database")
-    })
-    .unwrap()
-    .unwrap();
+    .await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

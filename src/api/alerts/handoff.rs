@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use sqlx::Row;
 
 use super::queries::{json_body, Filters, PageGroup};
-use super::work_items::{find, is_work_item_id, open_handoff, plan, work_item_param, Plan, MODES};
+use super::work_items::{find, is_work_item_id, plan_now, work_item_param, Plan, MODES};
 use crate::api::consistency::{reach, written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{
@@ -255,13 +255,42 @@ fn entry_data(actor: &str, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
     }))
 }
 
+impl Request {
+    fn filters(&self) -> Filters<'_> {
+        Filters::new(self.project_id.as_deref(), self.provider.as_deref())
+    }
+}
+
 /// The group and plan of a request, as they stand now.
 async fn current(state: &AppState, r: &Request) -> ApiResult<(PageGroup, Plan)> {
-    let filters = Filters::new(r.project_id.as_deref(), r.provider.as_deref());
-    let g = find(state, &filters, r.limit, &r.work_item_id).await?;
-    let open = open_handoff(&state.db.readers, &r.work_item_id, g.runs.classification()).await?;
-    let plan = plan(&g.runs, &r.mode, g.facts(open.as_deref()), now_ms());
-    Ok((g, plan))
+    plan_now(state, &r.filters(), r.limit, &r.work_item_id, &r.mode).await
+}
+
+/// What a dry-run or handoff request starts as: a replay of an earlier entry with the same
+/// `Idempotency-Key`, or a new entry with its id.
+enum Begun {
+    Replay(Response),
+    New(Request, String),
+}
+
+/// Parses a dry-run (`kind` "dry_run") or handoff request and derives its entry id; a key
+/// already used answers from the history.
+async fn begin(
+    state: &AppState,
+    actor: &str,
+    headers: &HeaderMap,
+    body: &RawBody,
+    kind: &str,
+) -> ApiResult<Begun> {
+    let r = parse_request(body, kind == "handoff")?;
+    let key = idempotency_key(headers)?;
+    let id = entry_id(actor, &r, kind, key);
+    if key.is_some() {
+        if let Some(answer) = replay(state, &id, &r).await? {
+            return Ok(Begun::Replay(answer));
+        }
+    }
+    Ok(Begun::New(r, id))
 }
 
 /// `POST /api/v1/alerts/recurrence/work-item/dry-run` `{work_item_id, project_id?, provider?,
@@ -274,14 +303,10 @@ pub async fn dry_run(
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<Response> {
-    let r = parse_request(&body, false)?;
-    let key = idempotency_key(&headers)?;
-    let id = entry_id(&claims.sub, &r, "dry_run", key);
-    if key.is_some() {
-        if let Some(answer) = replay(&state, &id, &r).await? {
-            return Ok(answer);
-        }
-    }
+    let (r, id) = match begin(&state, &claims.sub, &headers, &body, "dry_run").await? {
+        Begun::Replay(answer) => return Ok(answer),
+        Begun::New(r, id) => (r, id),
+    };
     let (g, plan) = current(&state, &r).await?;
     let data = entry_data(&claims.sub, &g, &plan)?;
     record(&state, &g, &r, ("dry_run", &id), data, None).await
@@ -461,19 +486,17 @@ pub async fn handoff(
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<Response> {
-    let r = parse_request(&body, true)?;
-    let key = idempotency_key(&headers)?;
-    let id = entry_id(&claims.sub, &r, "handoff", key);
-    if key.is_some() {
-        if let Some(answer) = replay(&state, &id, &r).await? {
-            return Ok(answer);
-        }
-    }
-    // The group's project names the subject; it is known only from the group, so the
-    // group is found twice: before the bus is asked (for the subject) and after (for the
-    // guards, on a database that has every handoff the bus has).
-    let (g, _) = current(&state, &r).await?;
-    let last = last_handoff_seq(&state, &r, &g.project_id).await?;
+    let (r, id) = match begin(&state, &claims.sub, &headers, &body, "handoff").await? {
+        Begun::Replay(answer) => return Ok(answer),
+        Begun::New(r, id) => (r, id),
+    };
+    // The group's project names the subject and is known only from the group: it is found
+    // before the bus is asked (a kept page), and planned after, on a database that has
+    // every handoff the bus has.
+    let project = find(&state, &r.filters(), r.limit, &r.work_item_id)
+        .await?
+        .project_id;
+    let last = last_handoff_seq(&state, &r, &project).await?;
     let (g, plan) = current(&state, &r).await?;
     let dry = sqlx::query(
         "SELECT entry_id, passed, occurrences, latest_occurrence_at FROM work_item_history \

@@ -442,6 +442,20 @@ pub(super) async fn find(
         })
 }
 
+/// Work item `id`'s group (see [`find`]) and its plan in `mode` as they stand now.
+pub(super) async fn plan_now(
+    state: &AppState,
+    filters: &Filters<'_>,
+    limit: i64,
+    id: &str,
+    mode: &str,
+) -> ApiResult<(PageGroup, Plan)> {
+    let g = find(state, filters, limit, id).await?;
+    let open = open_handoff(&state.db.readers, id, g.runs.classification()).await?;
+    let plan = plan(&g.runs, mode, g.facts(open.as_deref()), now_ms());
+    Ok((g, plan))
+}
+
 /// The entry id of work item `id`'s open handoff: its latest handoff, while the item is not
 /// `verified` (a verified repair closes it; a recurrence after that needs a new one).
 pub(super) async fn open_handoff(
@@ -477,10 +491,8 @@ pub async fn preview(
     }
     let filters = Filters::parse(&params, true)?;
     let limit = params.int("limit", 1, 300, 300)?;
-    let g = find(&state, &filters, limit, id).await?;
+    let (g, plan) = plan_now(&state, &filters, limit, id, mode).await?;
     let class = g.runs.classification();
-    let open = open_handoff(&state.db.readers, id, class).await?;
-    let plan = plan(&g.runs, mode, g.facts(open.as_deref()), now_ms());
     let work_item = json!({
         "id": id,
         "project_id": g.project_id,
