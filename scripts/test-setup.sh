@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Tests the set-up scripts themselves: with a decoy of another version of every tool first on
+# PATH, on PYTHONPATH and in the user's site-packages, each ensure-* script must still print
+# the project's pinned copy, and that copy must be the version pinned. Exits non-zero naming
+# the first script that would have run a decoy. Installs nothing the test command does not.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+decoy=$(mktemp -d)
+trap 'rm -rf "$decoy"' EXIT
+passed=0
+failed=0
+check() { # name, condition...
+  local name=$1; shift
+  if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
+}
+
+# Decoys: a nats-server 2.12.0 (new enough for the old lookup to accept it), a chromium, and a
+# schemathesis 0.0.1 that the machine's python3 imports without complaint.
+mkdir -p "$decoy/bin" "$decoy/site/schemathesis" "$decoy/user"
+printf '#!/bin/sh\necho "nats-server: v2.12.0"\n' >"$decoy/bin/nats-server"
+printf '#!/bin/sh\necho "Decoy Chromium 1.0"\n' >"$decoy/bin/chromium"
+printf '#!/bin/sh\necho "schemathesis, version 0.0.1"\n' >"$decoy/bin/schemathesis"
+chmod +x "$decoy/bin/"*
+echo '__version__ = "0.0.1"' >"$decoy/site/schemathesis/__init__.py"
+usersite=$(PYTHONUSERBASE="$decoy/user" python3 -c 'import site; print(site.getusersitepackages())')
+mkdir -p "$usersite"
+cp -r "$decoy/site/schemathesis" "$usersite/"
+run() { # the environment of a used machine: decoys first everywhere a lookup might go
+  env -u ORRERY_NATS_SERVER -u ORRERY_CHROMIUM PATH="$decoy/bin:$PATH" \
+    PYTHONPATH="$decoy/site" PYTHONUSERBASE="$decoy/user" "$@"
+}
+
+check "the decoys are found first (the old lookups would have used them)" \
+  run sh -c '[ "$(command -v nats-server)" = "$0/bin/nats-server" ] &&
+             [ "$(python3 -c "import schemathesis; print(schemathesis.__version__)")" = 0.0.1 ]' "$decoy"
+
+nats=$(run scripts/ensure-nats-server.sh)
+pinned_nats=$(sed -n 's/^pinned=//p' scripts/ensure-nats-server.sh)
+check "ensure-nats-server prints .tools/nats, not the nats-server on PATH" \
+  test "$nats" = "$root/.tools/nats/bin/nats-server"
+check "that nats-server is the pinned $pinned_nats" \
+  sh -c '"$0" --version | grep -qx "nats-server: v$1"' "$nats" "$pinned_nats"
+check "ORRERY_NATS_SERVER naming a too-old server is refused" \
+  sh -c '! ORRERY_NATS_SERVER="$0" "$1" 2>/dev/null' "$(scripts/ensure-old-nats-server.sh)" scripts/ensure-nats-server.sh
+
+old=$(run scripts/ensure-old-nats-server.sh)
+check "ensure-old-nats-server prints .tools/nats-2.10, pinned 2.10.26" \
+  sh -c '[ "$0" = "$1/.tools/nats-2.10/bin/nats-server" ] && "$0" --version | grep -qx "nats-server: v2.10.26"' \
+  "$old" "$root"
+
+py=$(run scripts/ensure-py-tools.sh)
+check "ensure-py-tools prints the project's venv" test "$py" = "$root/.tools/venv/bin/python"
+pinned_st=$(sed -n 's/^schemathesis==//p' scripts/py-tools.txt)
+st_version=$(run "$py" -I "$(dirname "$py")/schemathesis" --version 2>&1 || true)
+check "schemathesis as api-fuzz.sh runs it is the pinned $pinned_st, not the decoy" \
+  test "$st_version" = "schemathesis, version $pinned_st"
+check "the api-fuzz script runs schemathesis that way" \
+  grep -q '"$py" -I "$venv_bin/schemathesis" run' scripts/api-fuzz.sh
+
+chromium=$(run scripts/ensure-chromium.sh 2>/dev/null)
+check "ensure-chromium prints Debian's /usr/bin/chromium, not the chromium on PATH" \
+  test "$chromium" = /usr/bin/chromium
+
+echo "setup: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
