@@ -168,3 +168,74 @@ fn every_setting_refuses_bad_values_with_exit_code_2_and_one_line_naming_it() {
     }
     assert!(checked > 200, "{checked}");
 }
+
+/// Runs `orrery probe` with `args` against the daemon listening on `listen`.
+fn probe(listen: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .arg("probe")
+        .args(args)
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_LISTEN", listen)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exits_0_when_ready_1_naming_what_it_heard_else_and_2_for_bad_arguments() {
+    let nats = orrery::natsd::NatsServer::start().unwrap();
+    let app = crate::helpers::spawn_app(&nats).await;
+    app.wait_caught_up().await;
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    // A wildcard listen address, as in the image, is probed on its loopback.
+    let listen = format!("0.0.0.0:{port}");
+    for args in [&[][..], &["ready"], &["health"]] {
+        let out = tokio::task::block_in_place(|| probe(&listen, args));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(stdout.contains("answered 200"), "{stdout}");
+    }
+
+    // Not ready: /ready's reasons reach the health check's output.
+    drop(nats);
+    let started = std::time::Instant::now();
+    let out = loop {
+        let out = tokio::task::block_in_place(|| probe(&listen, &["ready"]));
+        if out.status.code() == Some(1) || started.elapsed() > std::time::Duration::from_secs(30) {
+            break out;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("answered 503") && stderr.contains("reasons"),
+        "{stderr}"
+    );
+    // Liveness does not look at the bus.
+    let health = tokio::task::block_in_place(|| probe(&listen, &["health"]));
+    assert_eq!(health.status.code(), Some(0), "{health:?}");
+    app.stop().await;
+
+    // Nobody listening: exit 1 with one line naming the address.
+    let free = orrery::natsd::free_port().unwrap();
+    let out = probe(&format!("127.0.0.1:{free}"), &["--timeout", "2s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{free}/ready did not answer")),
+        "{stderr}"
+    );
+
+    for bad in [
+        &["--timeout", "0s"][..],
+        &["--timeout", "soon"],
+        &["--timeout", "2h"],
+        &["live"],
+    ] {
+        let out = probe(&listen, bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{bad:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}

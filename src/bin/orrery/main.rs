@@ -80,6 +80,61 @@ enum Command {
     /// Measure throughput on this machine.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Ask the daemon at --listen for /ready (or /health) and exit 0 when it answers 200:
+    /// a container health check that needs no shell or curl in the image.
+    Probe {
+        /// ready: caught up, connected and not draining; health: the process answers.
+        #[arg(value_enum, default_value = "ready")]
+        probe: Probe,
+        /// Give up after this long, e.g. 5s.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// What `orrery probe` asks.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Probe {
+    Ready,
+    Health,
+}
+
+/// Where a client on this host reaches a server listening on `listen`: a wildcard listen
+/// address is no place to connect or browse to, its loopback is.
+fn local_address(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut at = listen;
+    if at.ip().is_unspecified() {
+        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    at
+}
+
+/// `orrery probe`: Ok when the daemon answers 200, else an error naming what it said.
+async fn probe(
+    listen: std::net::SocketAddr,
+    probe: Probe,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let path = match probe {
+        Probe::Ready => "/ready",
+        Probe::Health => "/health",
+    };
+    let url = format!("http://{}{path}", local_address(listen));
+    let client = reqwest::Client::builder().timeout(timeout).build()?;
+    let res = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    // /ready's reasons are what an operator reads in `docker inspect` or `kubectl describe`.
+    let said: String = body.chars().take(500).collect();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}: {said}");
+    println!("{url} answered {status}");
+    Ok(())
 }
 
 fn init_tracing(json: bool) {
@@ -260,14 +315,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ttl = orrery::window::parse_duration(&ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl `{ttl}`: {e}"))?;
             if login_url {
-                let base = base_url.unwrap_or_else(|| {
-                    // A wildcard listen address is no place to browse to.
-                    let mut at = config.listen;
-                    if at.ip().is_unspecified() {
-                        at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                    }
-                    format!("http://{at}")
-                });
+                let base =
+                    base_url.unwrap_or_else(|| format!("http://{}", local_address(config.listen)));
                 let login = token::mint_login(&secret, &sub, role, ttl.as_secs())?;
                 println!("{}/#login={login}", base.trim_end_matches('/'));
             } else {
@@ -278,6 +327,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(bench) => {
             init_tracing(false);
             bench::run(bench).await
+        }
+        Command::Probe {
+            probe: what,
+            timeout,
+            settings,
+        } => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            let timeout = orrery::window::parse_duration(&timeout)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .and_then(|t| {
+                    anyhow::ensure!(
+                        !t.is_zero() && t <= std::time::Duration::from_secs(600),
+                        "accepts 1ms to 10m"
+                    );
+                    Ok(t)
+                })
+                .map_err(|e| refused(anyhow::anyhow!("--timeout `{timeout}`: {e}")))?;
+            probe(config.listen, what, timeout).await
         }
     }
 }
