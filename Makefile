@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`.
-.PHONY: run cluster demo test check nats-server bench clean
+.PHONY: run cluster demo test test-deploy image base-image check nats-server bench clean
 
 ## Run the daemon on its defaults, with a local JetStream-enabled nats-server.
 run:
@@ -27,6 +27,21 @@ test:
 	  chromium=$$(scripts/ensure-chromium.sh) && ORRERY_NATS_SERVER="$$nats" \
 	  ORRERY_OLD_NATS_SERVER="$$old" ORRERY_CHROMIUM="$$chromium" cargo test --all-targets
 	scripts/api-fuzz.sh
+
+## The deployment as users run it (as root; installs podman, podman-compose and what they
+## need): manifests checked strictly, the image built, docker-compose.yml brought up single
+## node and as the `cluster` profile, driven, stopped and taken down. See README, "Deploy".
+test-deploy:
+	scripts/test-deploy.sh
+
+## The Orrery image (orrery:<version>, orrery:latest) with docker or podman: from source
+## where a registry answers, else from this machine's release binary.
+image:
+	scripts/build-image.sh
+
+## debian:bookworm-slim made with debootstrap, for a machine that reaches no registry.
+base-image:
+	scripts/make-base-image.sh
 
 ## Formatting and lints, as CI runs them.
 check:

@@ -8,6 +8,7 @@ mod cluster;
 mod consistency;
 mod dashboard;
 mod demo;
+mod deploy;
 mod durability;
 mod engine;
 mod fleet;
