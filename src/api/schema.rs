@@ -569,8 +569,9 @@ pub struct AlertEvent {
     target_resource: Option<String>,
     /// Fingerprint.
     fingerprint: Option<String>,
-    /// The recurrence group.
-    recurrence_key: String,
+    /// The recurrence group; null for provider heartbeats and alerts labelled synthetic,
+    /// which arrive on a schedule by design and so belong to no group.
+    recurrence_key: Option<String>,
     /// Labels, redacted.
     #[schema(value_type = Option<Object>)]
     labels: Option<Value>,

@@ -161,6 +161,19 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
         .await
         .await
         .unwrap();
+    // A provider heartbeat, newest in the dossier: it belongs to no recurrence group.
+    let heartbeat = json!({"id": "hb-openapi", "data": {"provider_event_id": "heartbeat-openapi",
+        "stage": "heartbeat", "alertname": "SourceProviderHeartbeat", "severity": "info",
+        "labels": {"synthetic": "true"}}});
+    publish_raw(
+        &js,
+        "alert.signoz.shop",
+        "hb-openapi",
+        heartbeat.to_string().into_bytes(),
+    )
+    .await
+    .await
+    .unwrap();
     app.wait_caught_up().await;
 
     let doc = document(&app).await;
