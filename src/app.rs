@@ -54,8 +54,8 @@ impl Application {
     /// Opens the database (migrating it), connects to NATS in the background, starts the
     /// provisioning and projector tasks and binds the HTTP listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let bus_connects: Arc<std::sync::atomic::AtomicU64> = Arc::default();
-        let nats = bus::connect_counting(&config.nats, Arc::clone(&bus_connects)).await?;
+        let bus_events: Arc<bus::BusEvents> = Arc::default();
+        let nats = bus::connect_watching(&config.nats, Arc::clone(&bus_events)).await?;
         let js = jetstream::new(nats.clone());
         if let Some(snapshots) = &config.snapshot {
             if !config.database.exists() {
@@ -108,6 +108,7 @@ impl Application {
             tokio::spawn(supervise(
                 js.clone(),
                 provisioning,
+                config.provision_streams,
                 runs,
                 Arc::clone(&refusal),
                 cancel.clone(),
@@ -162,7 +163,7 @@ impl Application {
             logins: Arc::default(),
             telemetry,
             sse_counters: Arc::default(),
-            bus_connects,
+            bus_events,
         };
         let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let port = listener.local_addr()?.port();
@@ -365,11 +366,13 @@ async fn sample_rates(progress: Arc<[Progress]>, cancel: CancellationToken) {
     }
 }
 
-/// Provisions streams (retrying until the bus answers), then runs the projectors. A server
+/// Provisions streams (retrying until the bus answers; without `create`, waits until someone
+/// else has made them), then runs the projectors. A server
 /// older than [`bus::MIN_SERVER_VERSION`] stops the daemon with a [`Refusal`] instead.
 async fn supervise(
     js: jetstream::Context,
     provisioning: streams::Provisioning,
+    create: bool,
     runs: Vec<BoxFuture<'static, ()>>,
     refusal: Arc<std::sync::OnceLock<String>>,
     cancel: CancellationToken,
@@ -405,7 +408,7 @@ async fn supervise(
         }
         let provisioned = tokio::select! {
             _ = cancel.cancelled() => return,
-            result = streams::provision(&js, provisioning) => result,
+            result = streams::check(&js, provisioning, create) => result,
         };
         match provisioned {
             Ok(()) => break,

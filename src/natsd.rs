@@ -51,6 +51,19 @@ impl NatsServer {
         Self::spawn(binary(), store, port, Vec::new())
     }
 
+    /// Starts a server reading `config` (nats-server's configuration language: users,
+    /// permissions, TLS…) as well, with its store in a fresh temporary directory. The port,
+    /// address and store given on the command line win over the file.
+    pub fn start_with_config(config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a temporary NATS store")?;
+        let file = dir.path().join("nats.conf");
+        std::fs::write(&file, config).context("writing the nats-server configuration")?;
+        let extra = vec!["-c".to_owned(), file.display().to_string()];
+        let mut server = Self::spawn(binary(), dir.path().join("store"), free_port()?, extra)?;
+        server._tempdir = Some(dir);
+        Ok(server)
+    }
+
     /// Starts `bin` (another nats-server version) with its store in a temporary directory.
     pub fn start_binary(bin: PathBuf) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temporary NATS store")?;

@@ -54,6 +54,8 @@ pub struct Scrape {
     pub bus_connected: bool,
     /// Connections (re)established since start, the first one included.
     pub bus_connects: u64,
+    /// Permission violations NATS reported since start.
+    pub bus_denied: u64,
     /// Live streams open.
     pub sse_open: u64,
     /// Event frames written to live streams.
@@ -259,6 +261,13 @@ impl Collector for Scrape {
             "orrery_bus_reconnects",
             "Connections to NATS re-established after a loss.",
             ConstCounter::new(self.bus_connects.saturating_sub(1)),
+        )?;
+        single(
+            &mut e,
+            "orrery_bus_permission_denied",
+            "Publishes and subscriptions NATS refused for want of a permission (the log and \
+             /ready name the subject).",
+            ConstCounter::new(self.bus_denied),
         )?;
         single(
             &mut e,

@@ -50,6 +50,9 @@ pub struct Lag {
     /// At that rate, seconds until the lag is 0 (absent when caught up or not moving).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eta_secs: Option<u64>,
+    /// JetStream answered that the stream does not exist (rather than not answering).
+    #[serde(skip)]
+    pub missing: bool,
 }
 
 impl Lag {
@@ -66,6 +69,7 @@ impl Lag {
                 .map(|(first, last)| last.saturating_sub(checkpoint.max(first.saturating_sub(1)))),
             rate_per_sec: None,
             eta_secs: None,
+            missing: false,
         }
     }
 
@@ -89,6 +93,11 @@ impl Lag {
     /// Why this projection is unwell with `max_lag` allowed, if it is.
     fn reason(&self, max_lag: u64) -> Option<String> {
         match self.lag {
+            None if self.missing => Some(format!(
+                "stream {} does not exist: Orrery creates it when its NATS user may \
+                 (--provision-streams, README: NATS permissions), else create it",
+                self.stream
+            )),
             None => Some(format!("stream {} could not be read", self.stream)),
             Some(lag) if lag > max_lag => Some(format!(
                 "projection {} lags by {lag} messages (threshold {max_lag})",
@@ -103,16 +112,18 @@ impl Lag {
 pub async fn lags(state: &AppState) -> Vec<Lag> {
     let lookups = state.projections.iter().map(|p| async move {
         let checkpoint = *p.checkpoint.borrow();
-        let last = tokio::time::timeout(state.bus_timeout, async {
-            let stream = state.js.get_stream(p.stream.name).await.ok()?;
+        let looked_up = tokio::time::timeout(state.bus_timeout, state.js.get_stream(p.stream.name))
+            .await
+            .ok();
+        let missing = matches!(&looked_up, Some(Err(e)) if bus::streams::is_not_found(e));
+        let last = looked_up.and_then(Result::ok).map(|stream| {
             let held = &stream.cached_info().state;
-            Some((held.first_sequence, held.last_sequence))
-        })
-        .await
-        .ok()
-        .flatten();
+            (held.first_sequence, held.last_sequence)
+        });
         let rate = p.counters.rate.load(std::sync::atomic::Ordering::Relaxed);
-        Lag::new(p.stream.name, checkpoint, last).with_rate(rate)
+        let mut lag = Lag::new(p.stream.name, checkpoint, last).with_rate(rate);
+        lag.missing = missing;
+        lag
     });
     join_all(lookups).await
 }
@@ -132,6 +143,13 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     if !connected {
         reasons.push("bus: not connected to NATS".to_owned());
     }
+    reasons.extend(
+        state
+            .bus_events
+            .recent_denials(std::time::Instant::now())
+            .iter()
+            .map(bus::events::Denial::reason),
+    );
     let projections = if connected {
         lags(&state).await
     } else {

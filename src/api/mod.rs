@@ -88,8 +88,8 @@ pub struct AppState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Live-stream counters.
     pub sse_counters: Arc<sse::SseCounters>,
-    /// Connections to NATS made since start.
-    pub bus_connects: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections to NATS made since start, and the permissions the server denied.
+    pub bus_events: Arc<crate::bus::BusEvents>,
     /// Sign-in links already exchanged.
     pub logins: Arc<auth::UsedLogins>,
     /// Fires when shutdown is requested, a drain delay before `shutdown`: `/ready` says 503.
@@ -100,12 +100,12 @@ impl AppState {
     /// Publishes events the API originates and waits for every ack (bounded by
     /// `bus_timeout`); 503 when the bus does not confirm them all.
     pub async fn publish(&self, events: Vec<Outgoing>) -> ApiResult<Vec<PublishAck>> {
-        Ok(publish::publish_all(&self.js, self.bus_timeout, events).await?)
+        Ok(publish::publish_all(&self.js, &self.bus_events, self.bus_timeout, events).await?)
     }
 
     /// [`Self::publish`] for one event.
     pub async fn publish_one(&self, event: Outgoing) -> ApiResult<PublishAck> {
-        Ok(publish::publish_one(&self.js, self.bus_timeout, event).await?)
+        Ok(publish::publish_one(&self.js, &self.bus_events, self.bus_timeout, event).await?)
     }
 }
 

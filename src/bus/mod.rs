@@ -5,11 +5,12 @@
 //! reading what it holds without trusting the publisher.
 
 pub mod envelope;
+pub mod events;
 pub mod publish;
 pub mod streams;
 pub mod subjects;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,18 +18,20 @@ use anyhow::Context;
 use async_nats::{Client, ConnectOptions};
 
 use crate::config::NatsConfig;
+pub use events::BusEvents;
 
 /// Connects to NATS in the background: the returned client retries the first connection and
 /// every later one forever, so the daemon can start (and answer `/health`) before the bus is up.
 pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
-    connect_counting(config, Arc::default()).await
+    connect_watching(config, Arc::default()).await
 }
 
-/// [`connect`], adding one to `connects` at every (re)connection.
+/// [`connect`], counting (re)connections in `events` and recording, and logging with its
+/// subject, every permission the server denies.
 #[tracing::instrument(skip_all, fields(url = %config.url))]
-pub async fn connect_counting(
+pub async fn connect_watching(
     config: &NatsConfig,
-    connects: Arc<AtomicU64>,
+    events: Arc<BusEvents>,
 ) -> anyhow::Result<Client> {
     let mut options = match &config.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
@@ -63,14 +66,26 @@ pub async fn connect_counting(
             Duration::from_millis((100u64 << attempts.min(5)).min(2_000))
         })
         .event_callback(move |event| {
-            let connects = Arc::clone(&connects);
+            let events = Arc::clone(&events);
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        connects.fetch_add(1, Ordering::Relaxed);
+                        events.connects.fetch_add(1, Ordering::Relaxed);
                         tracing::info!("connected to NATS")
                     }
                     async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    async_nats::Event::ServerError(async_nats::ServerError::Other(message)) => {
+                        match events.server_error(&message, std::time::Instant::now()) {
+                            Some(denial) if denial.worth_logging() => tracing::error!(
+                                operation = denial.operation,
+                                subject = %denial.subject,
+                                times = denial.count,
+                                "NATS denied a permission Orrery needs: grant it to this user"
+                            ),
+                            Some(_) => {}
+                            None => tracing::warn!(error = %message, "NATS server error"),
+                        }
+                    }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             }

@@ -8,6 +8,8 @@ use tokio::time::Instant;
 
 use async_nats::jetstream::{self, context::PublishErrorKind, publish::PublishAck};
 
+use super::BusEvents;
+
 /// One event to publish: subject, `Nats-Msg-Id` and envelope bytes.
 pub struct Outgoing {
     /// Subject to publish on.
@@ -30,6 +32,9 @@ pub enum PublishError {
     /// Another message landed on the subject since the sequence the publish expected.
     #[error("another event was recorded on {0} meanwhile")]
     Superseded(String),
+    /// The server refused the publish for want of a permission: no retry can help.
+    #[error("NATS denied publish to `{0}`: grant Orrery's NATS user that permission (README: NATS permissions)")]
+    Denied(String),
     /// JetStream refused or the connection failed.
     #[error("publishing to the bus failed: {0}")]
     Failed(#[from] async_nats::error::Error<PublishErrorKind>),
@@ -43,18 +48,44 @@ pub const RETRY_FOR: Duration = Duration::from_secs(20);
 /// ack; the acks come back in the order of `events`. An attempt that fails or takes longer
 /// than `attempt_timeout` is repeated whole, with the same ids, for up to [`RETRY_FOR`]:
 /// JetStream drops what already landed as duplicates and acks it with the original
-/// sequence.
+/// sequence. A publish the server denies (it says so on the connection, seen by `bus`)
+/// fails at once with [`PublishError::Denied`] naming the subject.
 pub async fn publish_all(
     js: &jetstream::Context,
+    bus: &BusEvents,
     attempt_timeout: Duration,
     events: Vec<Outgoing>,
 ) -> Result<Vec<PublishAck>, PublishError> {
     let deadline = Instant::now() + RETRY_FOR;
     let mut delay = Duration::from_millis(100);
     loop {
-        let result = tokio::time::timeout(attempt_timeout, attempt(js, &events))
-            .await
-            .unwrap_or(Err(PublishError::Timeout));
+        let started = std::time::Instant::now();
+        let denied = || {
+            events
+                .iter()
+                .find(|e| bus.publish_denied_since(&e.subject, started))
+                .map(|e| PublishError::Denied(e.subject.clone()))
+        };
+        let publishing = tokio::time::timeout(attempt_timeout, attempt(js, &events));
+        tokio::pin!(publishing);
+        // The server says "denied" on the connection, not in an ack: wait for whichever
+        // comes first, so a denied publish fails now instead of at the timeout.
+        let result = loop {
+            let next_denial = bus.next_denial();
+            tokio::select! {
+                result = &mut publishing => break result.unwrap_or(Err(PublishError::Timeout)),
+                () = next_denial => {
+                    if let Some(error) = denied() {
+                        return Err(error);
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            if let Some(error) = denied() {
+                return Err(error);
+            }
+        }
         match result {
             Ok(acks) => return Ok(acks),
             // Final: retrying cannot make the expectation true. (A retry of a publish that
@@ -107,10 +138,11 @@ async fn attempt(
 /// [`publish_all`] for a single event.
 pub async fn publish_one(
     js: &jetstream::Context,
+    bus: &BusEvents,
     timeout: Duration,
     event: Outgoing,
 ) -> Result<PublishAck, PublishError> {
-    let mut acks = publish_all(js, timeout, vec![event]).await?;
+    let mut acks = publish_all(js, bus, timeout, vec![event]).await?;
     // One event in, one ack out: `publish_all` returns an ack per event or an error.
     acks.pop().ok_or(PublishError::Timeout)
 }

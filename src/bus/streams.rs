@@ -125,10 +125,21 @@ pub fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
 
 /// Creates each missing stream; a stream that exists with another config is reported and left
 /// as it is, because rewriting an operator's stream could drop data.
-#[tracing::instrument(skip_all)]
 pub async fn provision(
     js: &jetstream::Context,
     settings: Provisioning,
+) -> Result<(), async_nats::Error> {
+    check(js, settings, true).await
+}
+
+/// Checks every stream: each missing one is created when `create`, and is an error naming
+/// it otherwise (its creation is someone else's: `--provision-streams=false`). Drift from
+/// `settings` is reported either way.
+#[tracing::instrument(skip_all, fields(create))]
+pub async fn check(
+    js: &jetstream::Context,
+    settings: Provisioning,
+    create: bool,
 ) -> Result<(), async_nats::Error> {
     for spec in ALL {
         let want = settings.config(spec);
@@ -143,6 +154,14 @@ pub async fn provision(
                         "stream config differs from Orrery's defaults; leaving it unchanged"
                     );
                 }
+            }
+            Err(e) if is_not_found(&e) && !create => {
+                return Err(format!(
+                    "stream {} ({}) does not exist, and --provision-streams is false: \
+                     create it, or let Orrery's NATS user create streams",
+                    spec.name, spec.subject
+                )
+                .into());
             }
             Err(e) if is_not_found(&e) => {
                 js.create_stream(want).await?;

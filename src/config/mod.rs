@@ -81,6 +81,11 @@ settings! {
     /// Maximum age of messages in the streams Orrery creates, e.g. `7d`, `12h` [default: 7d].
     #[arg(long, env = "ORRERY_STREAM_MAX_AGE")]
     stream_max_age: String,
+    /// Create the streams Orrery needs when they are missing; `false` for a NATS user that
+    /// may not create streams (someone else does; a missing one is a /ready reason)
+    /// [default: true].
+    #[arg(long, env = "ORRERY_PROVISION_STREAMS", num_args = 0..=1, default_missing_value = "true")]
+    provision_streams: bool,
 
     /// JetStream object-store bucket for database snapshots: a replica starting with no
     /// database restores the newest one, and a serving one writes one every
@@ -205,6 +210,8 @@ pub struct Config {
     pub stream_replicas: usize,
     /// Retention of provisioned streams.
     pub stream_max_age: Duration,
+    /// Whether missing streams are created (else waited for).
+    pub provision_streams: bool,
     /// SQLite file path.
     pub database: PathBuf,
     /// Size of the read-only pool.
@@ -399,6 +406,7 @@ impl Settings {
             nats: self.nats()?,
             stream_replicas,
             stream_max_age,
+            provision_streams: self.provision_streams.unwrap_or(true),
             database: match &self.database {
                 None => PathBuf::from("./orrery.db"),
                 Some(p) if p.as_os_str().is_empty() => {

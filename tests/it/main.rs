@@ -17,6 +17,7 @@ mod helpers;
 mod live;
 mod openapi;
 mod results;
+mod security;
 mod settings;
 mod snapshot;
 mod telemetry;

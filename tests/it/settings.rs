@@ -36,6 +36,7 @@ const BAD: &[(&str, &[&str])] = &[
     ("nats-tls-key", &["/nonexistent/key.pem"]),
     ("stream-replicas", &["0", "6", "-1", "three", ""]),
     ("stream-max-age", &["0s", "3651d", "soon", "", "-1d"]),
+    ("provision-streams", &["maybe", "2", "yes"]),
     ("snapshot-bucket", &["", "a.b", "snaps>", "has space"]),
     ("snapshot-interval-secs", &["0", "604801", "x"]),
     ("snapshot-keep", &["0", "101", "-3"]),

@@ -41,7 +41,7 @@ fn value(x: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Every family the README's metrics table lists.
-const FAMILIES: [&str; 23] = [
+const FAMILIES: [&str; 24] = [
     "orrery_projected_messages",
     "orrery_dead_letters",
     "orrery_projection_batches",
@@ -56,6 +56,7 @@ const FAMILIES: [&str; 23] = [
     "orrery_http_request_duration_seconds",
     "orrery_bus_connected",
     "orrery_bus_reconnects",
+    "orrery_bus_permission_denied",
     "orrery_sse_streams_open",
     "orrery_sse_deliveries",
     "orrery_sse_resyncs",
@@ -143,6 +144,7 @@ async fn a_scrape_parses_as_openmetrics_and_follows_what_happened() {
     );
     assert_eq!(value(&x, "orrery_bus_connected", &[]), Some(1.0));
     assert_eq!(value(&x, "orrery_bus_reconnects", &[]), Some(0.0));
+    assert_eq!(value(&x, "orrery_bus_permission_denied", &[]), Some(0.0));
     assert_eq!(value(&x, "orrery_sse_streams_open", &[]), Some(1.0));
     assert_eq!(value(&x, "orrery_sse_deliveries", &[]), Some(1.0));
     assert_eq!(value(&x, "orrery_sse_resyncs", &[]), Some(0.0));

@@ -201,6 +201,7 @@ async fn record(
     let subject = format!("workitem.{}.{}.{kind}", g.project_id, r.work_item_id);
     let published = crate::bus::publish::publish_one(
         &state.js,
+        &state.bus_events,
         state.bus_timeout,
         Outgoing {
             subject,

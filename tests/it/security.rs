@@ -1,0 +1,332 @@
+//! Orrery against a NATS locked down as in production: users with permissions, and what an
+//! operator sees when one is missing.
+
+use std::time::{Duration, Instant};
+
+use orrery::natsd::NatsServer;
+use orrery::token::Role;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// Users: `admin` may do anything; each other user lacks one permission Orrery needs.
+const USERS: &str = r#"
+authorization {
+  users = [
+    { user: admin, password: admin-pw }
+    { user: no-create, password: pw, permissions: { publish: { deny: ["$JS.API.STREAM.CREATE.>"] } } }
+    { user: no-mutations, password: pw, permissions: { publish: { deny: ["topology.*.mutation.>"] } } }
+  ]
+}
+"#;
+
+async fn app_as(nats: &NatsServer, user: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.nats_user = Some(user.into());
+    s.nats_password = Some(if user == "admin" { "admin-pw" } else { "pw" }.into());
+    spawn_app_with(s, dir).await
+}
+
+/// Polls `/ready` until one of its reasons contains `needle`; that reason and how long it took.
+async fn ready_reason(app: &TestApp, needle: &str) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        let body: Value = app.get("/ready", None).await.json().await.unwrap();
+        let found = body["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|r| r.contains(needle));
+        if let Some(reason) = found {
+            return (reason.to_owned(), started.elapsed());
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/ready never named {needle}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn denied_metric(app: &TestApp) -> f64 {
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("orrery_bus_permission_denied_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no orrery_bus_permission_denied_total in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_denied_stream_creation_is_named_in_ready_and_metrics_and_clears_once_granted() {
+    let nats = NatsServer::start_with_config(USERS).unwrap();
+    let app = app_as(&nats, "no-create").await;
+    let (reason, took) = ready_reason(&app, "NATS denied publish to `$JS.API.STREAM.CREATE.").await;
+    eprintln!("named in /ready after {took:?}: {reason}");
+    assert!(
+        reason.contains("grant this user that permission"),
+        "{reason}"
+    );
+    assert!(denied_metric(&app).await >= 1.0);
+
+    // Someone allowed to creates the streams: the replica carries on and turns ready.
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(admin);
+    let provisioning = orrery::bus::streams::Provisioning {
+        replicas: 1,
+        max_age: Duration::from_secs(7 * 86_400),
+    };
+    orrery::bus::streams::provision(&js, provisioning)
+        .await
+        .unwrap();
+    publish_result(
+        &js,
+        "result.traffic.a1",
+        json!({"result_id": "r1", "exit_code": 0}),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let res = app.get("/ready", None).await;
+        if res.status() == 200 {
+            break;
+        }
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not ready once the streams exist: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(app.count("since=1h").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_denied_publishing_mutations_gets_a_clear_refusal_not_a_timeout() {
+    let nats = NatsServer::start_with_config(USERS).unwrap();
+    let app = app_as(&nats, "no-mutations").await;
+    app.wait_caught_up().await;
+    let started = Instant::now();
+    let res = app
+        .post(
+            "/api/v1/topologies/t1/mutations",
+            Some(Role::Operator),
+            json!({"op": "add", "spec": {}}).to_string(),
+        )
+        .await;
+    let status = res.status();
+    let body = res.text().await.unwrap();
+    eprintln!(
+        "enqueue answered {status} after {:?}: {body}",
+        started.elapsed()
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("NATS denied publish to `topology.t1.mutation.enqueued`"),
+        "{body}"
+    );
+    let (reason, took) = ready_reason(
+        &app,
+        "NATS denied publish to `topology.t1.mutation.enqueued`",
+    )
+    .await;
+    eprintln!("named in /ready {took:?} after the answer: {reason}");
+    assert!(denied_metric(&app).await >= 1.0);
+}
+
+/// A user entry whose permissions are exactly the file `deploy/nats/orrery-{set}.permissions.conf`.
+fn user_with_set(user: &str, set: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("deploy/nats/orrery-{set}.permissions.conf"));
+    let permissions = std::fs::read_to_string(&path).unwrap();
+    format!("{{ user: {user}, password: pw, permissions: {{\n{permissions}\n}} }}")
+}
+
+async fn ready_now(app: &TestApp) -> Value {
+    let started = Instant::now();
+    loop {
+        let res = app.get("/ready", None).await;
+        let ok = res.status() == 200;
+        let body: Value = res.json().await.unwrap();
+        if ok {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orrery_runs_under_exactly_the_documented_permission_sets() {
+    let config = format!(
+        "authorization {{ users = [\n{{ user: admin, password: admin-pw }}\n{}\n{}\n] }}",
+        user_with_set("provisioner", "provisioning"),
+        user_with_set("replica", "replica"),
+    );
+    let nats = NatsServer::start_with_config(&config).unwrap();
+
+    // A replica that may not create streams, started first: the streams' absence is its
+    // /ready reason, by name.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.nats_user = Some("replica".into());
+    s.nats_password = Some("pw".into());
+    s.provision_streams = Some(false);
+    let replica = spawn_app_with(s, dir).await;
+    let (reason, _) = ready_reason(&replica, "does not exist").await;
+    let stream = reason
+        .strip_prefix("stream ")
+        .and_then(|r| r.split(' ').next());
+    assert!(
+        orrery::bus::streams::by_name(stream.unwrap_or_default()).is_some(),
+        "{reason}"
+    );
+
+    // The provisioning set creates them; both replicas then project and serve everything.
+    let provisioner = app_as(&nats, "provisioner").await;
+    ready_now(&provisioner).await;
+    ready_now(&replica).await;
+
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    let js = async_nats::jetstream::new(admin);
+    publish_result(&js, "result.deploy.a1", json!({"result_id": "d1", "workload_id": "shop", "reference": "shop@sha256:01", "exit_code": 0})).await;
+    publish_result(&js, "heartbeat.a1", json!({"hostname": "a1.corp"})).await;
+    publish_result(
+        &js,
+        "topology.t1.status",
+        json!({"status": "active", "name": "lab"}),
+    )
+    .await;
+    for i in 0..3 {
+        publish_result(&js, "alert.sentry.shop", json!({"provider_event_id": format!("e-{i}"), "stage": "firing", "fingerprint": "fp-crash", "alertname": "Crash"})).await;
+    }
+    for app in [&provisioner, &replica] {
+        app.wait_caught_up().await;
+        let (code, body) = (
+            app.get("/api/v1/health/fleet", Some(Role::Viewer))
+                .await
+                .status(),
+            (),
+        );
+        assert_eq!(code, 200, "{body:?}");
+        // Writes through the API: a mutation, a rollback command, a webhook's alert.
+        let res = app
+            .post(
+                "/api/v1/topologies/t1/mutations",
+                Some(Role::Operator),
+                json!({"op": "add", "spec": {}}).to_string(),
+            )
+            .await;
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+        let res = app
+            .post(
+                "/api/v1/workloads/shop/rollback",
+                Some(Role::Admin),
+                json!({"deploy_id": "d1"}).to_string(),
+            )
+            .await;
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+        let res = app
+            .post(
+                "/api/v1/alerts/provider-heartbeat",
+                Some(Role::Operator),
+                json!({"project_id": "shop", "providers": ["sentry"]}).to_string(),
+            )
+            .await;
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+        // A live stream resumed from its first event: read back from the bus.
+        let mut live =
+            SseClient::new(open_stream(&app.http, &app.address, "t1", "perm", Some(0)).await);
+        let first = live
+            .next(Duration::from_secs(10))
+            .await
+            .expect("an event replayed from the bus");
+        assert_ne!(first.event, "reset", "{first:?}");
+    }
+    // A work item of the recurring alert: dry-run, then the handoff (which reads the last
+    // entry on its subject first).
+    provisioner.wait_caught_up().await;
+    let groups = provisioner
+        .get_json("/api/v1/alerts/recurrence", Role::Viewer)
+        .await;
+    let item = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|g| g["work_item"]["id"].as_str())
+        .unwrap_or_else(|| panic!("a work item for the recurring alert: {groups}"))
+        .to_owned();
+    let body = json!({ "work_item_id": item }).to_string();
+    let res = provisioner
+        .post(
+            "/api/v1/alerts/recurrence/work-item/dry-run",
+            Some(Role::Operator),
+            body.clone(),
+        )
+        .await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    provisioner.wait_caught_up().await;
+    let res = replica
+        .post(
+            "/api/v1/alerts/recurrence/work-item/handoff",
+            Some(Role::Operator),
+            body,
+        )
+        .await;
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(status == 202 || status == 409, "{status}: {text}");
+    assert!(!text.contains("denied"), "{text}");
+
+    // Nothing was refused along the way, and both are ready.
+    for app in [&provisioner, &replica] {
+        assert_eq!(denied_metric(app).await, 0.0);
+        let ready = ready_now(app).await;
+        assert_eq!(ready["reasons"], json!([]), "{ready}");
+    }
+}
+
+#[test]
+fn the_readme_lists_every_subject_of_the_permission_sets() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for set in ["replica", "provisioning"] {
+        let file = std::fs::read_to_string(
+            root.join(format!("deploy/nats/orrery-{set}.permissions.conf")),
+        )
+        .unwrap();
+        let subjects: Vec<&str> = file
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| l.split('"').skip(1).step_by(2))
+            .collect();
+        assert!(subjects.len() > 20, "{set}: {subjects:?}");
+        for subject in subjects {
+            // The README writes the per-stream subjects once, with <S> for the stream.
+            let general = ["TOPOLOGY", "HEARTBEATS", "ALERTS", "RESULTS", "COMMANDS"]
+                .iter()
+                .fold(subject.to_owned(), |s, name| s.replace(name, "<S>"));
+            let general = if general.starts_with("$JS.API.STREAM.MSG.GET") {
+                subject.to_owned()
+            } else {
+                general.replace("WORKITEMS", "<S>")
+            };
+            assert!(
+                readme.contains(&format!("`{general}`")),
+                "{set}: the README does not list `{general}` ({subject})"
+            );
+        }
+    }
+}
