@@ -73,8 +73,8 @@ impl Project {
         self.phase = Some((name, Instant::now()));
     }
 
-    /// Runs the compose command with `args`, bounded by `limit`; its output on success.
-    fn compose(&self, args: &[&str], limit: Duration) -> String {
+    /// The compose command of this project (its name, file, profile, ports) with `args`.
+    fn compose_command(&self, args: &[&str]) -> Command {
         let (program, pre) = self.compose.split_first().unwrap();
         let mut cmd = Command::new(program);
         cmd.args(pre)
@@ -85,7 +85,13 @@ impl Project {
         cmd.args(args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
-        bounded(cmd, limit).unwrap_or_else(|e| panic!("compose {args:?}: {e}"))
+        cmd
+    }
+
+    /// Runs the compose command with `args`, bounded by `limit`; its output on success.
+    fn compose(&self, args: &[&str], limit: Duration) -> String {
+        bounded(self.compose_command(args), limit)
+            .unwrap_or_else(|e| panic!("compose {args:?}: {e}"))
     }
 
     fn engine(&self, args: &[&str], limit: Duration) -> String {
@@ -164,17 +170,8 @@ impl Project {
 impl Drop for Project {
     fn drop(&mut self) {
         self.phase("down");
-        let (program, pre) = self.compose.split_first().unwrap();
-        let mut cmd = Command::new(program);
-        cmd.args(pre)
-            .args(["-p", &self.name, "-f", "docker-compose.yml"]);
-        if let Some(profile) = self.profile {
-            cmd.args(["--profile", profile]);
-        }
-        cmd.args(["down", "-v", "-t", "10"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())));
-        if let Err(e) = bounded(cmd, Duration::from_secs(120)) {
+        let down = self.compose_command(&["down", "-v", "-t", "10"]);
+        if let Err(e) = bounded(down, Duration::from_secs(120)) {
             eprintln!("[{}] down: {e}", self.name);
         }
         if let Some((prev, at)) = self.phase.take() {

@@ -98,6 +98,30 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// Enqueues an `add` mutation on topology `tid` as an operator.
+    pub async fn enqueue(&self, tid: &str) -> reqwest::Response {
+        self.post(
+            &format!("/api/v1/topologies/{tid}/mutations"),
+            Some(Role::Operator),
+            serde_json::json!({"op": "add", "spec": {}}).to_string(),
+        )
+        .await
+    }
+
+    /// The id of the first recurrence group's work item (the groups' first page).
+    pub async fn first_work_item(&self) -> String {
+        let groups = self
+            .get_json("/api/v1/alerts/recurrence?limit=300", Role::Viewer)
+            .await;
+        groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|g| g["work_item"]["id"].as_str())
+            .unwrap_or_else(|| panic!("no recurrence group has a work item: {groups}"))
+            .to_owned()
+    }
+
     /// `count` of the results badge.
     pub async fn count(&self, query: &str) -> i64 {
         let v = self

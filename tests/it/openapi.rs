@@ -232,16 +232,7 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
         ("/api/v1/results/stats", "/api/v1/results/stats?since=nope"),
     ];
     // A work item of the demo's recurring alerts, previewed.
-    let groups = app
-        .get_json("/api/v1/alerts/recurrence?limit=300", Role::Viewer)
-        .await;
-    let work_item = groups["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|g| g["work_item"]["id"].as_str())
-        .expect("the demo's alerts recur")
-        .to_owned();
+    let work_item = app.first_work_item().await;
     let preview = format!("/api/v1/alerts/recurrence/work-item/preview?work_item_id={work_item}");
     let reads = reads.into_iter().chain([
         (

@@ -50,6 +50,33 @@ async fn ready_reason(app: &TestApp, needle: &str) -> (String, Duration) {
     }
 }
 
+/// JetStream as `admin`, who may do anything.
+async fn as_admin(nats: &NatsServer) -> async_nats::jetstream::Context {
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .connect(nats.url())
+            .await
+            .unwrap();
+    async_nats::jetstream::new(admin)
+}
+
+async fn ready_now(app: &TestApp) -> Value {
+    let started = Instant::now();
+    loop {
+        let res = app.get("/ready", None).await;
+        let ok = res.status() == 200;
+        let body: Value = res.json().await.unwrap();
+        if ok {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn denied_metric(app: &TestApp) -> f64 {
     let text = app.get("/metrics", None).await.text().await.unwrap();
     text.lines()
@@ -71,12 +98,7 @@ async fn a_user_denied_stream_creation_is_named_in_ready_and_metrics_and_clears_
     assert!(denied_metric(&app).await >= 1.0);
 
     // Someone allowed to creates the streams: the replica carries on and turns ready.
-    let admin =
-        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
-            .connect(nats.url())
-            .await
-            .unwrap();
-    let js = async_nats::jetstream::new(admin);
+    let js = as_admin(&nats).await;
     let provisioning = orrery::bus::streams::Provisioning {
         replicas: 1,
         max_age: Duration::from_secs(7 * 86_400),
@@ -90,19 +112,7 @@ async fn a_user_denied_stream_creation_is_named_in_ready_and_metrics_and_clears_
         json!({"result_id": "r1", "exit_code": 0}),
     )
     .await;
-    let started = Instant::now();
-    loop {
-        let res = app.get("/ready", None).await;
-        if res.status() == 200 {
-            break;
-        }
-        let body: Value = res.json().await.unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "not ready once the streams exist: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    ready_now(&app).await;
     assert_eq!(app.count("since=1h").await, 1);
 }
 
@@ -112,13 +122,7 @@ async fn a_user_denied_publishing_mutations_gets_a_clear_refusal_not_a_timeout()
     let app = app_as(&nats, "no-mutations").await;
     app.wait_caught_up().await;
     let started = Instant::now();
-    let res = app
-        .post(
-            "/api/v1/topologies/t1/mutations",
-            Some(Role::Operator),
-            json!({"op": "add", "spec": {}}).to_string(),
-        )
-        .await;
+    let res = app.enqueue("t1").await;
     let status = res.status();
     let body = res.text().await.unwrap();
     eprintln!(
@@ -145,23 +149,6 @@ fn user_with_set(user: &str, set: &str) -> String {
         .join(format!("deploy/nats/orrery-{set}.permissions.conf"));
     let permissions = std::fs::read_to_string(&path).unwrap();
     format!("{{ user: {user}, password: pw, permissions: {{\n{permissions}\n}} }}")
-}
-
-async fn ready_now(app: &TestApp) -> Value {
-    let started = Instant::now();
-    loop {
-        let res = app.get("/ready", None).await;
-        let ok = res.status() == 200;
-        let body: Value = res.json().await.unwrap();
-        if ok {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "never ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,12 +182,7 @@ async fn orrery_runs_under_exactly_the_documented_permission_sets() {
     ready_now(&provisioner).await;
     ready_now(&replica).await;
 
-    let admin =
-        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
-            .connect(nats.url())
-            .await
-            .unwrap();
-    let js = async_nats::jetstream::new(admin);
+    let js = as_admin(&nats).await;
     publish_result(&js, "result.deploy.a1", json!({"result_id": "d1", "workload_id": "shop", "reference": "shop@sha256:01", "exit_code": 0})).await;
     publish_result(&js, "heartbeat.a1", json!({"hostname": "a1.corp"})).await;
     publish_result(
@@ -214,21 +196,10 @@ async fn orrery_runs_under_exactly_the_documented_permission_sets() {
     }
     for app in [&provisioner, &replica] {
         app.wait_caught_up().await;
-        let (code, body) = (
-            app.get("/api/v1/health/fleet", Some(Role::Viewer))
-                .await
-                .status(),
-            (),
-        );
-        assert_eq!(code, 200, "{body:?}");
+        let fleet = app.get("/api/v1/health/fleet", Some(Role::Viewer)).await;
+        assert_eq!(fleet.status(), 200, "{}", fleet.text().await.unwrap());
         // Writes through the API: a mutation, a rollback command, a webhook's alert.
-        let res = app
-            .post(
-                "/api/v1/topologies/t1/mutations",
-                Some(Role::Operator),
-                json!({"op": "add", "spec": {}}).to_string(),
-            )
-            .await;
+        let res = app.enqueue("t1").await;
         assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
         let res = app
             .post(
@@ -258,16 +229,7 @@ async fn orrery_runs_under_exactly_the_documented_permission_sets() {
     // A work item of the recurring alert: dry-run, then the handoff (which reads the last
     // entry on its subject first).
     provisioner.wait_caught_up().await;
-    let groups = provisioner
-        .get_json("/api/v1/alerts/recurrence", Role::Viewer)
-        .await;
-    let item = groups["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|g| g["work_item"]["id"].as_str())
-        .unwrap_or_else(|| panic!("a work item for the recurring alert: {groups}"))
-        .to_owned();
+    let item = provisioner.first_work_item().await;
     let body = json!({ "work_item_id": item }).to_string();
     let res = provisioner
         .post(
