@@ -124,6 +124,12 @@ impl Application {
             Arc::clone(&progress),
             cancel.clone(),
         )));
+        background.push(tokio::spawn(diagnose_while_unreachable(
+            nats.clone(),
+            config.nats.clone(),
+            Arc::clone(&bus_events),
+            cancel.clone(),
+        )));
         if let Some(snapshots) = config.snapshot.clone() {
             background.push(tokio::spawn(crate::snapshot::take_forever(
                 config.database.clone(),
@@ -305,6 +311,39 @@ const COMPACT_GROUPS: i64 = 500;
 
 /// Until shutdown: prunes stats samples past their retention and merges duration blocks, in
 /// small transactions between the projectors' commits.
+/// While the connection to NATS is down, asks a fresh attempt every few seconds why, so
+/// that `/ready` and the log name the cause (a certificate, a seed, a refused user) rather
+/// than "not connected".
+async fn diagnose_while_unreachable(
+    nats: async_nats::Client,
+    config: crate::config::NatsConfig,
+    events: Arc<bus::BusEvents>,
+    cancel: CancellationToken,
+) {
+    const EVERY: Duration = Duration::from_secs(3);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+        if bus::is_connected(&nats) {
+            events.set_unreachable(None);
+            continue;
+        }
+        let cause = tokio::select! {
+            _ = cancel.cancelled() => return,
+            cause = bus::diagnose(&config) => cause,
+        };
+        // The daemon's own connection may have come back meanwhile.
+        let cause = cause.filter(|_| !bus::is_connected(&nats));
+        if events.set_unreachable(cause.clone()) {
+            if let Some(cause) = cause {
+                tracing::error!(%cause, "NATS cannot be reached; retrying");
+            }
+        }
+    }
+}
+
 async fn prune_samples_forever(
     writer: sqlx::SqlitePool,
     retention: Duration,

@@ -141,7 +141,10 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
     let connected = bus::is_connected(&state.nats);
     if !connected {
-        reasons.push("bus: not connected to NATS".to_owned());
+        reasons.push(match state.bus_events.unreachable() {
+            Some(cause) => format!("bus: not connected to NATS: {cause}"),
+            None => "bus: not connected to NATS".to_owned(),
+        });
     }
     reasons.extend(
         state

@@ -66,6 +66,8 @@ pub struct BusEvents {
     denials: Mutex<Vec<Denial>>,
     /// Woken at every denial, so a publish waiting for its ack learns at once.
     denied: tokio::sync::Notify,
+    /// While NATS cannot be reached: why, as a fresh attempt to connect put it.
+    unreachable: Mutex<Option<String>>,
 }
 
 impl BusEvents {
@@ -103,6 +105,19 @@ impl BusEvents {
         drop(denials);
         self.denied.notify_waiters();
         Some(denial)
+    }
+
+    /// Records why NATS cannot be reached (`None` once it can); `true` when that changed.
+    pub fn set_unreachable(&self, cause: Option<String>) -> bool {
+        let mut current = crate::sync::lock(&self.unreachable);
+        let changed = *current != cause;
+        *current = cause;
+        changed
+    }
+
+    /// Why NATS cannot be reached, as last diagnosed.
+    pub fn unreachable(&self) -> Option<String> {
+        crate::sync::lock(&self.unreachable).clone()
     }
 
     /// Resolves at the next denial (of any subject) reported after this call.

@@ -26,13 +26,9 @@ pub async fn connect(config: &NatsConfig) -> anyhow::Result<Client> {
     connect_watching(config, Arc::default()).await
 }
 
-/// [`connect`], counting (re)connections in `events` and recording, and logging with its
-/// subject, every permission the server denies.
-#[tracing::instrument(skip_all, fields(url = %config.url))]
-pub async fn connect_watching(
-    config: &NatsConfig,
-    events: Arc<BusEvents>,
-) -> anyhow::Result<Client> {
+/// The authentication and TLS of `config`, shared by the daemon's connection and by
+/// [`diagnose`].
+async fn credentials(config: &NatsConfig) -> anyhow::Result<ConnectOptions> {
     let mut options = match &config.creds {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -56,11 +52,31 @@ pub async fn connect_watching(
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    let options = options
+    Ok(options
         .name("orrery")
+        .connection_timeout(Duration::from_secs(5)))
+}
+
+fn server_addrs(config: &NatsConfig) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    config
+        .url
+        .split(',')
+        .map(|s| s.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing NATS URL `{}`", config.url))
+}
+
+/// [`connect`], counting (re)connections in `events` and recording, and logging with its
+/// subject, every permission the server denies.
+#[tracing::instrument(skip_all, fields(url = %config.url))]
+pub async fn connect_watching(
+    config: &NatsConfig,
+    events: Arc<BusEvents>,
+) -> anyhow::Result<Client> {
+    let options = credentials(config)
+        .await?
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
         .reconnect_delay_callback(|attempts| {
             // Capped exponential backoff: quick after a blip, gentle when NATS is down for long.
             Duration::from_millis((100u64 << attempts.min(5)).min(2_000))
@@ -71,6 +87,7 @@ pub async fn connect_watching(
                 match event {
                     async_nats::Event::Connected => {
                         events.connects.fetch_add(1, Ordering::Relaxed);
+                        events.set_unreachable(None);
                         tracing::info!("connected to NATS")
                     }
                     async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
@@ -90,16 +107,45 @@ pub async fn connect_watching(
                 }
             }
         });
-    let servers: Vec<&str> = config.url.split(',').map(str::trim).collect();
-    let addrs = servers
-        .iter()
-        .map(|s| s.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing NATS URL `{}`", config.url))?;
     options
-        .connect(addrs)
+        .connect(server_addrs(config)?)
         .await
         .context("configuring the NATS connection")
+}
+
+/// Why NATS cannot be reached with `config` right now, in the words of one fresh attempt
+/// (`TLS error: invalid peer certificate: UnknownIssuer`, `authorization violation`…), or
+/// `None` if that attempt connects. The daemon's own connection retries in silence: its
+/// events say only "TLS error", not which certificate or why.
+pub async fn diagnose(config: &NatsConfig) -> Option<String> {
+    let attempt = async {
+        let client = credentials(config)
+            .await?
+            .connect(server_addrs(config)?)
+            .await?;
+        drop(client);
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(error_chain(e.as_ref())),
+        Err(_) => Some("no answer within 10 s".to_owned()),
+    }
+}
+
+/// `error: its source: its source…`, each cause once.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Waits up to `limit` for the client's first (or next) connection; `true` once connected.

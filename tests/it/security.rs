@@ -292,3 +292,220 @@ fn the_readme_lists_every_subject_of_the_permission_sets() {
         }
     }
 }
+
+/// A private PKI made by `openssl` for one test: a CA, a server certificate for localhost and
+/// 127.0.0.1, a client certificate, an expired client certificate, and a second, unrelated CA.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Self { dir };
+        pki.ca("ca");
+        pki.ca("wrong-ca");
+        pki.leaf(
+            "server",
+            "localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+            2,
+        );
+        pki.leaf("client", "orrery", "extendedKeyUsage=clientAuth", 2);
+        // Valid for no time at all: expired by the time anyone presents it.
+        pki.leaf("expired", "orrery", "extendedKeyUsage=clientAuth", 0);
+        std::thread::sleep(Duration::from_millis(1100));
+        pki
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl (Debian's openssl package)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn ca(&self, name: &str) {
+        let (key, pem, subject) = (
+            format!("{name}.key"),
+            format!("{name}.pem"),
+            format!("/CN={name}"),
+        );
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+        ]);
+    }
+
+    fn leaf(&self, name: &str, cn: &str, extensions: &str, days: u32) {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(self.path(&ext), extensions).unwrap();
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ]);
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            &days.to_string(),
+            "-extfile",
+            &ext,
+        ]);
+    }
+
+    /// nats-server's `tls` block: the server certificate, and with `verify` client
+    /// certificates checked against the CA (mutual TLS).
+    fn server_block(&self, verify: bool) -> String {
+        format!(
+            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify}, timeout: 5 }}",
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+            self.path("ca.pem").display(),
+        )
+    }
+}
+
+/// Orrery's settings for `nats` over TLS trusting `ca`, presenting `client` (a name in the
+/// PKI) when given.
+fn tls_settings(
+    nats: &NatsServer,
+    pki: &Pki,
+    ca: &str,
+    client: Option<&str>,
+    dir: &std::path::Path,
+) -> orrery::Settings {
+    let mut s = settings(
+        &format!("tls://localhost:{}", nats.port()),
+        &dir.join("orrery.db"),
+    );
+    s.nats_tls_ca = Some(pki.path(&format!("{ca}.pem")));
+    if let Some(client) = client {
+        s.nats_tls_cert = Some(pki.path(&format!("{client}.pem")));
+        s.nats_tls_key = Some(pki.path(&format!("{client}.key")));
+    }
+    s
+}
+
+/// Enqueues a mutation through the API and waits until this replica has projected it: the
+/// daemon connected, published and consumed.
+async fn publishes_and_projects(app: &TestApp) {
+    ready_now(app).await;
+    let res = app.enqueue("t1").await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    app.wait_caught_up().await;
+    let v = app
+        .get_json("/api/v1/topologies/t1/mutations", Role::Viewer)
+        .await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_mutual_tls_connect_project_and_publish() {
+    let pki = Pki::new();
+    for verify in [false, true] {
+        let nats = NatsServer::start_with_config(&pki.server_block(verify)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client = verify.then_some("client");
+        let s = tls_settings(&nats, &pki, "ca", client, dir.path());
+        let app = spawn_app_with(s, dir).await;
+        publishes_and_projects(&app).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nkey_user_connects_and_a_wrong_seed_is_named_in_ready() {
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let config = format!(
+        "authorization {{ users = [ {{ nkey: {} }} ] }}",
+        user.public_key()
+    );
+    let nats = NatsServer::start_with_config(&config).unwrap();
+    for (seed, works) in [
+        (user.seed().unwrap(), true),
+        (stranger.seed().unwrap(), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+        s.nats_nkey = Some(seed);
+        let app = spawn_app_with(s, dir).await;
+        if works {
+            publishes_and_projects(&app).await;
+        } else {
+            let (reason, took) = ready_reason(&app, "not connected to NATS: ").await;
+            eprintln!("wrong seed, after {took:?}: {reason}");
+            assert!(
+                reason.to_lowercase().contains("authorization violation"),
+                "{reason}"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_and_an_expired_client_certificate_are_named_in_ready() {
+    let pki = Pki::new();
+    let nats = NatsServer::start_with_config(&pki.server_block(true)).unwrap();
+    for (ca, client, cause) in [
+        ("wrong-ca", "client", "UnknownIssuer"),
+        ("ca", "expired", "CertificateExpired"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = tls_settings(&nats, &pki, ca, Some(client), dir.path());
+        let app = spawn_app_with(s, dir).await;
+        let (reason, took) = ready_reason(&app, "not connected to NATS: ").await;
+        eprintln!("{ca} + {client}, after {took:?}: {reason}");
+        assert!(reason.contains(cause), "{ca} + {client}: {reason}");
+        app.stop().await;
+    }
+}
