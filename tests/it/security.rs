@@ -509,3 +509,83 @@ async fn a_wrong_ca_and_an_expired_client_certificate_are_named_in_ready() {
         app.stop().await;
     }
 }
+
+/// A NATS JWT (`ed25519-nkey`) for `claims`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let signing_input = format!("{header}.{}", b64.encode(claims.to_string()));
+    let signature = issuer.sign(signing_input.as_bytes()).unwrap();
+    format!("{signing_input}.{}", b64.encode(signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_in_operator_mode_connects_projects_and_publishes() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1,
+        "streams": -1, "consumer": -1});
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "orrery",
+        json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "orrery",
+        json!({"subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    // JetStream needs a system account too.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        json!({"type": "account", "version": 2}),
+    );
+    let config = format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {sys}: {system_jwt}, {acc}: {account_jwt} }}\n",
+        sys = system.public_key(),
+        acc = account.public_key()
+    );
+    let nats = NatsServer::start_with_config(&config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("orrery.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.nats_creds = Some(creds);
+    let app = spawn_app_with(s, dir).await;
+    publishes_and_projects(&app).await;
+}
