@@ -316,7 +316,7 @@ const COMPACT_GROUPS: i64 = 500;
 /// than "not connected".
 async fn diagnose_while_unreachable(
     nats: async_nats::Client,
-    config: crate::config::NatsConfig,
+    config: bus::NatsConfig,
     events: Arc<bus::BusEvents>,
     cancel: CancellationToken,
 ) {

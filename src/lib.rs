@@ -20,6 +20,7 @@
 //! - [`projector`]: the engine: batch → one transaction with the checkpoint → commit.
 //! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
 //! - [`redact`]: secret redaction for alert text.
+//! - [`secret`]: a value that never shows in logs (passwords, seeds, signing keys).
 //! - [`snapshot`]: database snapshots in a JetStream object store, for fresh replicas.
 //! - [`sync`]: locks that outlive a panic elsewhere.
 //! - [`telemetry`]: Prometheus metrics (OpenMetrics text) without touching the hot path.
@@ -39,6 +40,7 @@ pub mod projections;
 pub mod projector;
 pub mod rebuild;
 pub mod redact;
+pub mod secret;
 pub mod snapshot;
 pub mod sync;
 pub mod telemetry;

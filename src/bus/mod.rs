@@ -10,6 +10,7 @@ pub mod publish;
 pub mod streams;
 pub mod subjects;
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,31 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::{Client, ConnectOptions};
 
-use crate::config::NatsConfig;
+use crate::secret::Secret;
 pub use events::BusEvents;
+
+/// How to reach NATS: the bus's own connection settings (the configuration fills them in).
+#[derive(Clone, Debug, Default)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    pub url: String,
+    /// User for user/password auth.
+    pub user: Option<String>,
+    /// Password for user/password auth.
+    pub password: Option<Secret>,
+    /// Token auth.
+    pub token: Option<Secret>,
+    /// Credentials file.
+    pub creds: Option<PathBuf>,
+    /// NKey seed.
+    pub nkey: Option<Secret>,
+    /// CA certificate for TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    pub tls_key: Option<PathBuf>,
+}
 
 /// Connects to NATS in the background: the returned client retries the first connection and
 /// every later one forever, so the daemon can start (and answer `/health`) before the bus is up.

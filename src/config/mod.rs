@@ -13,6 +13,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
 
+pub use crate::bus::NatsConfig;
+pub use crate::secret::Secret;
+
 /// Shortest JWT secret accepted: HS256 keys shorter than the hash output are guessable.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
@@ -294,50 +297,6 @@ pub struct SseConfig {
     pub replay_events: usize,
 }
 
-/// NATS connection options.
-#[derive(Clone, Debug, Default)]
-pub struct NatsConfig {
-    /// Server URL(s), comma separated.
-    pub url: String,
-    /// User for user/password auth.
-    pub user: Option<String>,
-    /// Password for user/password auth.
-    pub password: Option<Secret>,
-    /// Token auth.
-    pub token: Option<Secret>,
-    /// Credentials file.
-    pub creds: Option<PathBuf>,
-    /// NKey seed.
-    pub nkey: Option<Secret>,
-    /// CA certificate for TLS.
-    pub tls_ca: Option<PathBuf>,
-    /// Client certificate for mutual TLS.
-    pub tls_cert: Option<PathBuf>,
-    /// Client key for mutual TLS.
-    pub tls_key: Option<PathBuf>,
-}
-
-/// A string that never shows up in `Debug` output or logs.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
 impl Settings {
     /// Merges flags/env (already in `self`) over the TOML file over defaults, then validates.
     /// A JWT secret is required (unless auth is disabled) when `needs_auth` is set.
@@ -498,10 +457,10 @@ impl Settings {
                 .clone()
                 .unwrap_or_else(|| "nats://127.0.0.1:4222".into()),
             user: self.nats_user.clone(),
-            password: self.nats_password.clone().map(Secret),
-            token: self.nats_token.clone().map(Secret),
+            password: self.nats_password.clone().map(Secret::new),
+            token: self.nats_token.clone().map(Secret::new),
             creds: self.nats_creds.clone(),
-            nkey: self.nats_nkey.clone().map(Secret),
+            nkey: self.nats_nkey.clone().map(Secret::new),
             tls_ca: self.nats_tls_ca.clone(),
             tls_cert: self.nats_tls_cert.clone(),
             tls_key: self.nats_tls_key.clone(),
@@ -548,7 +507,7 @@ impl Settings {
                  (e.g. `openssl rand -hex 32`)",
                 s.len()
             ),
-            (Some(s), _) => Some(Secret(s)),
+            (Some(s), _) => Some(Secret::new(s)),
             (None, true) => None,
             (None, false) if !needs_auth => None,
             (None, false) => bail!(

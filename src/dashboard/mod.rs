@@ -132,7 +132,12 @@ pub async fn docs(request: HeaderMap) -> Response {
 pub async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
         Some((path, media_type, bytes)) => serve(&request, path, media_type, bytes),
-        None => crate::api::error::ApiError::NotFound("asset".into()).into_response(),
+        // The API's error body, without borrowing the API's error type.
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "not_found", "message": "asset not found"})),
+        )
+            .into_response(),
     }
 }
 

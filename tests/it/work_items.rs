@@ -380,7 +380,7 @@ async fn a_preview_proposes_by_classification_and_changes_nothing() {
 
 /// The id /alerts/recurrence would give the group, computed the documented way.
 fn work_item_id_of(project: &str, key: &str) -> String {
-    orrery::api::alerts::work_items::work_item_id(project, key)
+    orrery::api::alerts::plan::work_item_id(project, key)
 }
 
 /// `GET path` with `Orrery-Min-Seq: min_seq` as a viewer; the body.

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use sqlx::Row;
 
+use super::plan::{is_work_item_id, Plan, MODES};
 use super::queries::{json_body, Filters, PageGroup};
-use super::work_items::{find, is_work_item_id, plan_now, work_item_param, Plan, MODES};
+use super::work_items::{find, plan_now, work_item_param};
 use crate::api::consistency::{reach, written};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{

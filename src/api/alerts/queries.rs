@@ -15,7 +15,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
 
-use super::work_items;
+use super::plan;
 use crate::bus::subjects;
 use crate::projections::alerts::MAX_FIELD_LEN;
 use crate::window::{format_unix_ms, now_ms};
@@ -316,7 +316,7 @@ pub(super) struct PageGroup {
     /// Its JSON object, rendered by SQLite with the run fields spliced in.
     pub(super) item: String,
     /// Its linked runs.
-    pub(super) runs: work_items::GroupRuns,
+    pub(super) runs: plan::GroupRuns,
     /// Source references of its latest event.
     pub(super) latest_source_refs: i64,
     /// Its latest occurrence, Unix ms.
@@ -325,8 +325,8 @@ pub(super) struct PageGroup {
 
 impl PageGroup {
     /// What its plan is made from besides its runs.
-    pub(super) fn facts<'a>(&self, open_handoff: Option<&'a str>) -> work_items::Facts<'a> {
-        work_items::Facts {
+    pub(super) fn facts<'a>(&self, open_handoff: Option<&'a str>) -> plan::Facts<'a> {
+        plan::Facts {
             latest_at: self.latest_received_at,
             refs: self.latest_source_refs,
             open_handoff,
@@ -357,7 +357,7 @@ pub(super) async fn recurrence_page(
          FROM alert_recurrence r JOIN alert_events e ON e.seq = r.latest_seq",
         first = sql_time!("r.first_received_at"),
         latest = sql_time!("r.latest_received_at"),
-        figures = work_items::FIGURES_SQL,
+        figures = plan::FIGURES_SQL,
     ));
     filters.push_where(&mut q, "r");
     q.push(" ORDER BY r.latest_seq DESC LIMIT ")
@@ -367,7 +367,7 @@ pub(super) async fn recurrence_page(
         .map(|r| {
             let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
             let occurrences: i64 = r.get("occurrence_total");
-            let g = work_items::group_runs(r.get("own_runs"), r.get("key_runs"))?;
+            let g = plan::group_runs(r.get("own_runs"), r.get("key_runs"))?;
             // The SQL-rendered object, with the run fields added before its closing brace.
             let item: &str = r.get("item");
             Ok(PageGroup {
