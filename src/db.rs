@@ -72,6 +72,47 @@ pub struct Unwritable {
     pub detail: String,
 }
 
+/// The database was migrated by a newer Orrery than this one: its schema has migrations this
+/// binary does not know, and running on it could misread or damage what they added.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database file {path} has schema version {database}, newer than this orrery {release} \
+     knows (schema {binary}): run the release that wrote it or a later one; to go back to \
+     this release, restore a backup taken before the upgrade or rebuild a new file from the bus"
+)]
+pub struct TooNew {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The newest migration the file has.
+    pub database: i64,
+    /// The newest migration this binary has.
+    pub binary: i64,
+    /// This binary's version.
+    pub release: &'static str,
+}
+
+/// The newest schema version this binary knows (its last migration).
+pub fn schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// The newest migration recorded in the database, if it has been migrated at all.
+async fn recorded_schema(pool: &sqlx::SqlitePool) -> anyhow::Result<Option<i64>> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
+    )
+    .fetch_one(pool)
+    .await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// The message of the first SQLite error in a chain whose primary code is one of `codes`.
 fn sqlite_error(error: &anyhow::Error, codes: &[i32]) -> Option<String> {
     error.chain().find_map(|e| {
@@ -82,7 +123,7 @@ fn sqlite_error(error: &anyhow::Error, codes: &[i32]) -> Option<String> {
 }
 
 /// Opens (creating if needed) and migrates the database; a damaged file is a [`Corrupt`],
-/// one that cannot be written an [`Unwritable`].
+/// one that cannot be written an [`Unwritable`], one migrated by a newer release [`TooNew`].
 pub async fn open(path: &Path, readers: u32) -> anyhow::Result<Db> {
     let e = match open_checked(path, readers).await {
         Ok(db) => return Ok(db),
@@ -119,6 +160,19 @@ async fn open_checked(path: &Path, readers: u32) -> anyhow::Result<Db> {
         )
         .await
         .with_context(|| format!("opening database {}", path.display()))?;
+    let binary = schema_version();
+    if let Some(database) = recorded_schema(&writer).await? {
+        if database > binary {
+            writer.close().await;
+            return Err(TooNew {
+                path: path.to_owned(),
+                database,
+                binary,
+                release: env!("CARGO_PKG_VERSION"),
+            }
+            .into());
+        }
+    }
     MIGRATOR
         .run(&writer)
         .await

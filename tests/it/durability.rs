@@ -919,3 +919,45 @@ async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exac
         .unwrap();
     assert_eq!(count["count"], 150_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_from_a_newer_release_is_refused_by_name_with_exit_code_2_and_left_alone() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orrery.db");
+    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
+    app.wait_caught_up().await;
+    app.stop().await;
+    // A later release added a migration this binary does not have.
+    let ours = orrery::db::schema_version();
+    let newer = ours + 1;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (?1, 'from a later release', 1, x'00', 0)",
+    )
+    .bind(newer)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let before = std::fs::read(&db).unwrap();
+
+    let out = serve_until_it_exits(&nats.url(), &db, "orrery serve ran on a newer schema").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("schema version {newer}"))
+            && stderr.contains(&format!("(schema {ours})"))
+            && stderr.contains(env!("CARGO_PKG_VERSION")),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the file is left as it was"
+    );
+}

@@ -369,6 +369,7 @@ async fn main() -> ExitCode {
             if e.downcast_ref::<Refusal>().is_some()
                 || e.downcast_ref::<orrery::db::Corrupt>().is_some()
                 || e.downcast_ref::<orrery::db::Unwritable>().is_some()
+                || e.downcast_ref::<orrery::db::TooNew>().is_some()
             {
                 ExitCode::from(2)
             } else {
