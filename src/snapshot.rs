@@ -62,14 +62,8 @@ pub struct SnapshotInfo {
     pub took_ms: u64,
 }
 
-/// The newest migration this binary knows.
-pub fn schema_version() -> i64 {
-    crate::db::MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0)
-}
+/// The newest migration this binary knows: a snapshot from a newer schema is not restored.
+pub use crate::db::schema_version;
 
 /// Object name: time first, so that names sort oldest to newest.
 fn object_name(schema: i64) -> String {
