@@ -759,14 +759,20 @@ async fn a_database_turned_read_only_stops_projection_visibly_and_it_resumes_exa
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_refuses_a_read_only_database_by_name_with_exit_code_2() {
-    let nats = NatsServer::start().unwrap();
+/// A database a daemon made on `nats` and left, stopped: its directory and its path.
+async fn a_stopped_database(nats: &NatsServer) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("orrery.db");
     let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
     app.wait_caught_up().await;
     app.stop().await;
+    (dir, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_read_only_database_by_name_with_exit_code_2() {
+    let nats = NatsServer::start().unwrap();
+    let (_dir, db) = a_stopped_database(&nats).await;
     let read_only = ReadOnly::make(vec![db.clone()]);
     let out = serve_until_it_exits(
         &nats.url(),
@@ -923,11 +929,7 @@ async fn a_flood_faster_than_projection_stays_bounded_visible_answering_and_exac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_from_a_newer_release_is_refused_by_name_with_exit_code_2_and_left_alone() {
     let nats = NatsServer::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orrery.db");
-    let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
-    app.wait_caught_up().await;
-    app.stop().await;
+    let (_dir, db) = a_stopped_database(&nats).await;
     // A later release added a migration this binary does not have.
     let ours = orrery::db::schema_version();
     let newer = ours + 1;

@@ -335,29 +335,32 @@ impl Pki {
         );
     }
 
+    /// `openssl req`: a new P-256 key into `key` and, for `subject`, a request (or with
+    /// `-x509`, a self-signed certificate) into `out`.
+    fn new_key(&self, extra: &[&str], key: &str, out: &str, subject: &str) {
+        let args = [
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ][..],
+            extra,
+            &["-keyout", key, "-out", out, "-subj", subject],
+        ]
+        .concat();
+        self.openssl(&args);
+    }
+
     fn ca(&self, name: &str) {
         let (key, pem, subject) = (
             format!("{name}.key"),
             format!("{name}.pem"),
             format!("/CN={name}"),
         );
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-        ]);
+        self.new_key(&["-x509", "-days", "2"], &key, &pem, &subject);
     }
 
     fn leaf(&self, name: &str, cn: &str, extensions: &str, days: u32) {
@@ -368,20 +371,7 @@ impl Pki {
             format!("{name}.ext"),
         );
         std::fs::write(self.path(&ext), extensions).unwrap();
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ]);
+        self.new_key(&[], &key, &csr, &format!("/CN={cn}"));
         self.openssl(&[
             "x509",
             "-req",
