@@ -141,12 +141,22 @@ impl Application {
             )));
         }
 
+        let oidc = config
+            .oidc
+            .clone()
+            .map(crate::token::Oidc::new)
+            .transpose()?
+            .map(Arc::new);
+        if let Some(oidc) = &oidc {
+            background.push(tokio::spawn(refresh_keys(Arc::clone(oidc), cancel.clone())));
+        }
+        let auth = Arc::new(Authenticator::new(config.jwt_secret.as_ref(), oidc));
         let telemetry = Arc::new(crate::telemetry::Telemetry::new(Arc::clone(&progress)));
         let state = AppState {
             db: db.clone(),
             nats,
             js,
-            auth: Arc::new(Authenticator::new(config.jwt_secret.as_ref())),
+            auth: Arc::clone(&auth),
             projections: progress,
             read_models,
             ready_max_lag: config.ready_max_lag,
@@ -311,6 +321,30 @@ const COMPACT_GROUPS: i64 = 500;
 
 /// Until shutdown: prunes stats samples past their retention and merges duration blocks, in
 /// small transactions between the projectors' commits.
+/// Fetches the OpenID provider's keys at start and every [`crate::token::oidc::REFRESH_EVERY`]
+/// after, retrying a failed fetch sooner, so the first request rarely waits for the keys
+/// and a key the provider withdrew stops working.
+async fn refresh_keys(oidc: Arc<crate::token::Oidc>, cancel: CancellationToken) {
+    let mut failures = 0u32;
+    loop {
+        let wait = match oidc.refresh().await {
+            Ok(()) => {
+                failures = 0;
+                crate::token::oidc::REFRESH_EVERY
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{e:#}"), failures, "fetching the OpenID provider's keys failed; retrying");
+                Duration::from_secs(5u64 << failures.min(6)).min(crate::token::oidc::REFRESH_EVERY)
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// While the connection to NATS is down, asks a fresh attempt every few seconds why, so
 /// that `/ready` and the log name the cause (a certificate, a seed, a refused user) rather
 /// than "not connected".

@@ -20,6 +20,9 @@ pub enum ApiError {
     /// Authenticated, but the role is too low.
     #[error("this needs the {0} role or higher")]
     Forbidden(Role),
+    /// Authenticated, but refused for the reason given.
+    #[error("{0}")]
+    ForbiddenWhy(&'static str),
     /// The named thing does not exist.
     #[error("{0} not found")]
     NotFound(String),
@@ -95,7 +98,7 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden(_) | Self::ForbiddenWhy(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::NotFoundAs(code, _) => (StatusCode::NOT_FOUND, code),
             Self::InvalidParam { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_parameter"),
@@ -114,7 +117,10 @@ impl ApiError {
 
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
-        Self::Unauthorized(e.message())
+        match e {
+            TokenError::NoRole => Self::ForbiddenWhy(e.message()),
+            e => Self::Unauthorized(e.message()),
+        }
     }
 }
 

@@ -44,7 +44,7 @@ impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let claims = match parts.headers.get(header::AUTHORIZATION) {
-            Some(value) => bearer(&state.auth, value)?,
+            Some(value) => bearer(&state.auth, value).await?,
             None => state
                 .auth
                 .missing("missing `Authorization: Bearer <token>` header")?,
@@ -58,8 +58,8 @@ impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
 }
 
 /// Claims from the value of an `Authorization` header.
-pub fn bearer(auth: &Authenticator, value: &HeaderValue) -> ApiResult<Claims> {
-    Ok(auth.verify_bearer(value.to_str().ok())?)
+pub async fn bearer(auth: &Authenticator, value: &HeaderValue) -> ApiResult<Claims> {
+    Ok(auth.verify_bearer(value.to_str().ok()).await?)
 }
 
 /// Decoded query parameters; unknown ones are ignored, repeated known ones rejected. As an

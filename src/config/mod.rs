@@ -122,6 +122,36 @@ settings! {
     /// Serve the API without authentication (local development only) [default: false].
     #[arg(long, env = "ORRERY_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     insecure_no_auth: bool,
+    /// Issuer URL of an OpenID provider whose tokens are accepted (keys found by discovery);
+    /// https://, or http:// to loopback [default: none].
+    #[arg(long, env = "ORRERY_AUTH_ISSUER")]
+    auth_issuer: String,
+    /// URL of the provider's key set (JWKS), instead of discovery [default: none].
+    #[arg(long, env = "ORRERY_AUTH_JWKS_URL")]
+    auth_jwks_url: String,
+    /// The `aud` values accepted in provider tokens, comma separated; required with a
+    /// provider [default: none].
+    #[arg(long, env = "ORRERY_AUTH_AUDIENCE")]
+    auth_audience: String,
+    /// Claim of provider tokens holding the role(s): a name or a dotted path such as
+    /// `realm_access.roles`; a string or a list of strings [default: orrery_role].
+    #[arg(long, env = "ORRERY_AUTH_ROLE_CLAIM")]
+    auth_role_claim: String,
+    /// The role each claim value grants, `value=role` comma separated; the highest granted
+    /// wins, and a token granted none is refused [default: viewer=viewer,operator=operator,admin=admin].
+    #[arg(long, env = "ORRERY_AUTH_ROLES")]
+    auth_roles: String,
+    /// Shortest time between two key-set fetches asked for by tokens with an unknown key
+    /// id, in seconds [default: 60].
+    #[arg(long, env = "ORRERY_AUTH_JWKS_COOLDOWN_SECS")]
+    auth_jwks_cooldown_secs: u64,
+    /// PEM file of a CA to trust, beside the system's, for the provider's HTTPS.
+    #[arg(long, env = "ORRERY_AUTH_CA")]
+    auth_ca: PathBuf,
+    /// The dashboard's client id at the provider (a public client: authorization code with
+    /// PKCE, redirect URI `<dashboard>/`); enables "Sign in with your provider" [default: none].
+    #[arg(long, env = "ORRERY_AUTH_CLIENT_ID")]
+    auth_client_id: String,
 
     /// Most messages applied in one SQLite transaction [default: 4096].
     #[arg(long, env = "ORRERY_BATCH_SIZE")]
@@ -221,8 +251,11 @@ pub struct Config {
     pub readers: u32,
     /// HTTP listen address (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// API authentication; `None` only with `--insecure-no-auth`.
+    /// The built-in HS256 tokens' secret, if they are accepted.
     pub jwt_secret: Option<Secret>,
+    /// Tokens from an OpenID provider, if they are accepted. Neither this nor a secret
+    /// only with `--insecure-no-auth`.
+    pub oidc: Option<crate::token::OidcConfig>,
     /// Projector batch size.
     pub batch_size: usize,
     /// Projector batch fill wait.
@@ -361,6 +394,7 @@ impl Settings {
     fn into_config(self, needs_auth: bool) -> anyhow::Result<Config> {
         let (stream_replicas, stream_max_age) = self.streams()?;
         let (batch_size, batch_wait, ready_max_lag) = self.projector()?;
+        let (jwt_secret, oidc) = self.auth(needs_auth)?;
         Ok(Config {
             nats: self.nats()?,
             stream_replicas,
@@ -377,7 +411,8 @@ impl Settings {
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            jwt_secret: self.auth(needs_auth)?,
+            jwt_secret,
+            oidc,
             batch_size,
             batch_wait,
             ready_max_lag,
@@ -484,37 +519,6 @@ impl Settings {
         // JetStream's own limit on replicas.
         let replicas = bounded("stream-replicas", self.stream_replicas, 1, 1, 5)?;
         Ok((replicas, max_age))
-    }
-
-    /// The API's token secret: `None` only with auth disabled (or for commands that serve no
-    /// API, when `needs_auth` is false).
-    fn auth(&self, needs_auth: bool) -> anyhow::Result<Option<Secret>> {
-        let insecure = self.insecure_no_auth.unwrap_or(false);
-        let secret = match (&self.jwt_secret, &self.jwt_secret_file) {
-            (Some(_), Some(_)) => bail!("give either --jwt-secret or --jwt-secret-file, not both"),
-            (Some(s), None) => Some(s.clone()),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading JWT secret file {}", path.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
-            (None, None) => None,
-        };
-        Ok(match (secret, insecure) {
-            (Some(s), _) if s.len() < MIN_JWT_SECRET_LEN => bail!(
-                "the JWT secret is {} bytes; use at least {MIN_JWT_SECRET_LEN} random bytes \
-                 (e.g. `openssl rand -hex 32`)",
-                s.len()
-            ),
-            (Some(s), _) => Some(Secret::new(s)),
-            (None, true) => None,
-            (None, false) if !needs_auth => None,
-            (None, false) => bail!(
-                "no JWT secret: set ORRERY_JWT_SECRET (or --jwt-secret / --jwt-secret-file), \
-                 or pass --insecure-no-auth for local development"
-            ),
-        })
     }
 
     /// The projector's batches and the readiness lag: (batch size, batch wait, max lag).
@@ -724,3 +728,5 @@ fn list(s: Option<&str>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+mod auth;

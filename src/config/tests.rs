@@ -66,7 +66,7 @@ struct Cli {
 }
 
 /// Settings that are simply absent unless given: credentials, files and the secret.
-const OPTIONAL: [&str; 11] = [
+const OPTIONAL: [&str; 12] = [
     "config",
     "nats-user",
     "nats-password",
@@ -78,14 +78,24 @@ const OPTIONAL: [&str; 11] = [
     "nats-tls-key",
     "jwt-secret",
     "jwt-secret-file",
+    "auth-ca",
 ];
 
 #[test]
 fn every_documented_default_is_the_value_used() {
     use clap::CommandFactory;
     let secret = "x".repeat(32);
+    // A provider, so that the --auth-* defaults are resolved too.
     let resolve = |args: &[&str]| {
-        let mut argv = vec!["orrery", "--jwt-secret", &secret];
+        let mut argv = vec![
+            "orrery",
+            "--jwt-secret",
+            &secret,
+            "--auth-issuer",
+            "https://idp.example",
+            "--auth-audience",
+            "orrery",
+        ];
         argv.extend_from_slice(args);
         let cli = <Cli as clap::Parser>::try_parse_from(&argv).unwrap();
         format!("{:?}", cli.settings.resolve().unwrap())
@@ -218,5 +228,119 @@ fn snapshot_settings_name_what_they_accept() {
     ] {
         let err = bad.resolve().unwrap_err().to_string();
         assert!(err.contains(named) && err.contains("accepts"), "{err}");
+    }
+}
+
+#[test]
+fn provider_settings_are_checked_and_need_a_provider() {
+    let with = |f: &dyn Fn(&mut Settings)| {
+        let mut s = Settings {
+            auth_issuer: Some("https://idp.example/realms/ops".into()),
+            auth_audience: Some("orrery".into()),
+            ..Default::default()
+        };
+        f(&mut s);
+        s.resolve().map_err(|e| format!("{e:#}"))
+    };
+    // A provider alone is enough: no HS256 secret needed.
+    let c = with(&|_| {}).unwrap();
+    let oidc = c.oidc.unwrap();
+    assert!(c.jwt_secret.is_none());
+    assert_eq!(oidc.role_claim, ["orrery_role"]);
+    assert_eq!(oidc.roles.len(), 3);
+    assert_eq!(oidc.cooldown, Duration::from_secs(60));
+    let c = with(&|s| {
+        s.auth_role_claim = Some("realm_access.roles".into());
+        s.auth_roles = Some("ops = operator, admins=admin".into());
+    })
+    .unwrap()
+    .oidc
+    .unwrap();
+    assert_eq!(c.role_claim, ["realm_access", "roles"]);
+    assert_eq!(
+        c.roles,
+        [
+            ("ops".to_owned(), crate::token::Role::Operator),
+            ("admins".to_owned(), crate::token::Role::Admin)
+        ]
+    );
+    for (bad, named) in [
+        (
+            with(&|s| s.auth_issuer = Some("http://idp.example".into())),
+            "--auth-issuer",
+        ),
+        (
+            with(&|s| s.auth_issuer = Some("idp".into())),
+            "--auth-issuer",
+        ),
+        (
+            with(&|s| s.auth_jwks_url = Some("ftp://x/jwks".into())),
+            "--auth-jwks-url",
+        ),
+        (with(&|s| s.auth_audience = None), "--auth-audience"),
+        (
+            with(&|s| s.auth_audience = Some(" , ".into())),
+            "--auth-audience",
+        ),
+        (
+            with(&|s| s.auth_audience = Some("é".repeat(300))),
+            "--auth-audience",
+        ),
+        (
+            with(&|s| s.auth_role_claim = Some("a..b".into())),
+            "--auth-role-claim",
+        ),
+        (
+            with(&|s| s.auth_role_claim = Some(String::new())),
+            "--auth-role-claim",
+        ),
+        (
+            with(&|s| s.auth_roles = Some("ops=root".into())),
+            "--auth-roles",
+        ),
+        (with(&|s| s.auth_roles = Some("ops".into())), "--auth-roles"),
+        (
+            with(&|s| s.auth_roles = Some("=admin".into())),
+            "--auth-roles",
+        ),
+        (with(&|s| s.auth_roles = Some(",".into())), "--auth-roles"),
+        (
+            with(&|s| s.auth_jwks_cooldown_secs = Some(0)),
+            "--auth-jwks-cooldown-secs",
+        ),
+        (
+            with(&|s| s.auth_jwks_cooldown_secs = Some(3601)),
+            "--auth-jwks-cooldown-secs",
+        ),
+        (
+            with(&|s| s.auth_ca = Some("/nonexistent/ca.pem".into())),
+            "--auth-ca",
+        ),
+        (
+            with(&|s| s.auth_client_id = Some("a\u{1}b".into())),
+            "--auth-client-id",
+        ),
+        (
+            with(&|s| {
+                s.auth_issuer = None;
+                s.auth_jwks_url = Some("https://idp.example/jwks".into());
+                s.auth_client_id = Some("dash".into());
+            }),
+            "--auth-client-id",
+        ),
+        (
+            with(&|s| s.insecure_no_auth = Some(true)),
+            "--insecure-no-auth",
+        ),
+        (
+            with(&|s| {
+                s.auth_issuer = None;
+                s.jwt_secret = Some("x".repeat(32));
+            }),
+            "--auth-audience is set but no OpenID provider",
+        ),
+    ] {
+        let err = bad.unwrap_err();
+        assert!(err.contains(named), "{named}: {err}");
     }
 }

@@ -15,6 +15,7 @@ mod fleet;
 mod handoff;
 mod helpers;
 mod live;
+mod oidc;
 mod openapi;
 mod results;
 mod security;

@@ -46,6 +46,19 @@ const BAD: &[(&str, &[&str])] = &[
     ("jwt-secret", &["", "short"]),
     ("jwt-secret-file", &["/nonexistent/secret"]),
     ("insecure-no-auth", &["maybe", "2"]),
+    (
+        "auth-issuer",
+        &["http://idp.example", "idp", "ftp://idp.example"],
+    ),
+    ("auth-jwks-url", &["http://idp.example/jwks", "nope"]),
+    // Alone, each of these is refused for want of a provider; with one, the unit tests
+    // of config::auth walk their values.
+    ("auth-audience", &["orrery", ""]),
+    ("auth-role-claim", &["a..b", "groups"]),
+    ("auth-roles", &["ops=root", "ops=admin"]),
+    ("auth-jwks-cooldown-secs", &["0", "3601", "x"]),
+    ("auth-ca", &["/nonexistent/ca.pem"]),
+    ("auth-client-id", &["dash"]),
     ("batch-size", &["0", "100001", "big"]),
     ("batch-wait-ms", &["10001", "-5", "soon"]),
     ("ready-max-lag", &["1000000001", "-1", "x"]),

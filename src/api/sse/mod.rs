@@ -71,9 +71,9 @@ pub async fn ticket(
 }
 
 /// Bearer header, else `?ticket=`, else `?token=`; 401 when none is valid.
-fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiResult<Claims> {
+async fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiResult<Claims> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
-        return bearer(&state.auth, value);
+        return bearer(&state.auth, value).await;
     }
     if let Some(ticket) = params.get("ticket")? {
         return state.tickets.redeem(ticket).ok_or(ApiError::Unauthorized(
@@ -81,7 +81,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap, params: &Params) -> ApiRe
         ));
     }
     if let Some(token) = params.get("token")? {
-        return Ok(state.auth.verify(token)?);
+        return Ok(state.auth.verify(token).await?);
     }
     Ok(state
         .auth
@@ -431,7 +431,7 @@ pub async fn events(
     params: Params,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let claims = authenticate(&state, &headers, &params)?;
+    let claims = authenticate(&state, &headers, &params).await?;
     let resume_from = last_event_id(&headers, &params)?;
     if !subjects::is_token(&tid) {
         return Err(ApiError::NotFound("topology".into()));

@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(settings) => {
             let config = settings.resolve().map_err(refused)?;
             init_tracing(config.log_json);
-            if config.jwt_secret.is_none() {
+            if config.jwt_secret.is_none() && config.oidc.is_none() {
                 tracing::warn!(
                     "authentication is DISABLED (--insecure-no-auth): every caller is admin"
                 );

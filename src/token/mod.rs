@@ -2,13 +2,25 @@
 //!
 //! Nothing here knows about HTTP: the API turns a [`TokenError`] into its 401 in one place
 //! (`api::error`), and `orrery token`, the bench and the tests sign tokens with [`mint`].
+//! Tokens from the operator's OpenID provider are checked by [`oidc`]; both kinds may be
+//! accepted at once, told apart by their header's algorithm.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
+
+pub mod oidc;
+
+pub use oidc::{Oidc, OidcConfig};
+
+/// The claim listing the projects a token may see (absent: all).
+pub const PROJECTS_CLAIM: &str = "orrery_projects";
+/// The claim listing the topologies a token may see (absent: all).
+pub const TOPOLOGIES_CLAIM: &str = "orrery_topologies";
 
 /// Roles, ordered: each one can do what the ones before it can.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -63,6 +75,20 @@ pub struct Claims {
     /// A sign-in link's session length, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_secs: Option<u64>,
+    /// The projects (alerts, work items, workloads) the token may see; `None` for all.
+    #[serde(
+        default,
+        rename = "orrery_projects",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub projects: Option<Vec<String>>,
+    /// The topologies the token may see; `None` for all.
+    #[serde(
+        default,
+        rename = "orrery_topologies",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub topologies: Option<Vec<String>>,
 }
 
 impl Claims {
@@ -75,6 +101,8 @@ impl Claims {
             purpose: None,
             jti: None,
             session_secs: None,
+            projects: None,
+            topologies: None,
         }
     }
 }
@@ -95,6 +123,8 @@ pub enum TokenError {
     Expired,
     /// A bad signature, algorithm or claim set.
     Invalid,
+    /// A valid token from the identity provider that grants no Orrery role.
+    NoRole,
 }
 
 impl TokenError {
@@ -104,6 +134,10 @@ impl TokenError {
             Self::Missing(m) | Self::Malformed(m) => m,
             Self::Expired => "the token has expired",
             Self::Invalid => "the token is invalid",
+            Self::NoRole => {
+                "the identity provider grants this user no Orrery role (see --auth-role-claim \
+                 and --auth-roles)"
+            }
         }
     }
 }
@@ -122,11 +156,14 @@ pub struct Authenticator {
     /// Signs the session tokens sign-in links are exchanged for.
     signer: Option<EncodingKey>,
     validation: Validation,
+    /// Tokens from the operator's OpenID provider, when configured.
+    oidc: Option<Arc<Oidc>>,
 }
 
 impl Authenticator {
-    /// `None` disables authentication (`--insecure-no-auth`).
-    pub fn new(secret: Option<&Secret>) -> Self {
+    /// Built-in HS256 tokens signed with `secret`, tokens from an OpenID provider, both, or
+    /// (neither: `--insecure-no-auth`) no authentication at all.
+    pub fn new(secret: Option<&Secret>, oidc: Option<Arc<Oidc>>) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -134,20 +171,35 @@ impl Authenticator {
             key: secret.map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             signer: secret.map(|s| EncodingKey::from_secret(s.expose().as_bytes())),
             validation,
+            oidc,
         }
     }
 
     /// Whether tokens are checked at all.
     pub fn enabled(&self) -> bool {
-        self.key.is_some()
+        self.key.is_some() || self.oidc.is_some()
     }
 
-    /// Checks a raw API token and returns its claims. A sign-in link's token is refused:
-    /// it is only good for [`Self::verify_login`].
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let Some(key) = &self.key else {
+    /// The OpenID provider's verifier, when one is configured.
+    pub fn oidc(&self) -> Option<&Arc<Oidc>> {
+        self.oidc.as_ref()
+    }
+
+    /// Checks a raw API token and returns its claims: the provider's when its header names
+    /// an asymmetric algorithm, else the built-in HS256 kind. A sign-in link's token is
+    /// refused: it is only good for [`Self::verify_login`].
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if !self.enabled() {
             return Ok(Self::anonymous());
-        };
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if Oidc::claims_token(&header) {
+            return match &self.oidc {
+                Some(oidc) => oidc.verify(token, &header).await,
+                None => Err(TokenError::Invalid),
+            };
+        }
+        let key = self.key.as_ref().ok_or(TokenError::Invalid)?;
         let claims = self.decode(key, token)?;
         match claims.purpose {
             None => Ok(claims),
@@ -188,7 +240,7 @@ impl Authenticator {
     }
 
     /// Checks the value of an `Authorization: Bearer <token>` header.
-    pub fn verify_bearer(&self, header: Option<&str>) -> Result<Claims, TokenError> {
+    pub async fn verify_bearer(&self, header: Option<&str>) -> Result<Claims, TokenError> {
         if !self.enabled() {
             return Ok(Self::anonymous());
         }
@@ -199,15 +251,16 @@ impl Authenticator {
             .ok_or(TokenError::Malformed(
                 "the Authorization header must be `Bearer <token>`",
             ))?;
-        self.verify(token)
+        self.verify(token).await
     }
 
     /// The answer when a request carries no credentials: refused with `why`, or admin with
     /// auth disabled.
     pub fn missing(&self, why: &'static str) -> Result<Claims, TokenError> {
-        match self.key {
-            None => Ok(Self::anonymous()),
-            Some(_) => Err(TokenError::Missing(why)),
+        if self.enabled() {
+            Err(TokenError::Missing(why))
+        } else {
+            Ok(Self::anonymous())
         }
     }
 

@@ -1,0 +1,510 @@
+//! Tokens from the operator's OpenID provider: its signing keys (JWKS) fetched and cached,
+//! a token's signature and registered claims checked, and its claims mapped to a role and a
+//! scope.
+//!
+//! Only the provider's published asymmetric keys are trusted: a token naming `alg: none`,
+//! an HMAC algorithm, or carrying its own key (`jwk`, `jku`, `x5u`, `x5c`) is refused before
+//! any key is looked at. An unknown `kid` refreshes the key set, but at most once per
+//! cooldown, so a caller spraying made-up ids costs one fetch a minute, not one per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use super::{Claims, Role, TokenError};
+
+/// Largest discovery document or key set read from the provider.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Longest wait for the provider.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 30;
+/// The key set is fetched again this often even when no unknown `kid` asks for it, so a
+/// key the provider withdrew stops working.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// How tokens from an OpenID provider are checked and mapped (`--auth-*` settings).
+#[derive(Clone, Debug)]
+pub struct OidcConfig {
+    /// The provider's issuer URL: discovery is at `<issuer>/.well-known/openid-configuration`
+    /// and tokens must carry it as `iss`.
+    pub issuer: Option<String>,
+    /// The key set's URL, when given directly (else discovered from the issuer).
+    pub jwks_url: Option<String>,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audiences: Vec<String>,
+    /// Path of the claim holding the role(s), split at dots (`realm_access.roles`).
+    pub role_claim: Vec<String>,
+    /// Claim values and the role each grants; the highest granted role wins.
+    pub roles: Vec<(String, Role)>,
+    /// Shortest time between two key-set fetches asked for by unknown key ids.
+    pub cooldown: Duration,
+    /// PEM file of a CA to trust beside the system's for the provider's HTTPS.
+    pub ca: Option<std::path::PathBuf>,
+    /// The dashboard's OAuth client id for sign-in with the provider, if enabled.
+    pub client_id: Option<String>,
+}
+
+/// One of the provider's public keys and the algorithms it may verify.
+struct Key {
+    kid: Option<String>,
+    algorithms: Vec<Algorithm>,
+    key: DecodingKey,
+}
+
+/// Where the key set was last fetched from, and when.
+#[derive(Default)]
+struct FetchState {
+    last: Option<Instant>,
+    jwks_url: Option<String>,
+    issuer: Option<String>,
+}
+
+/// A verifier of the provider's tokens, with its cached key set.
+pub struct Oidc {
+    config: OidcConfig,
+    http: reqwest::Client,
+    keys: RwLock<Arc<Vec<Key>>>,
+    /// Bumped on every key-set replacement, so a waiter knows another request refreshed.
+    generation: AtomicU64,
+    /// The `iss` tokens must carry: the discovered issuer once known, else the configured.
+    issuer: RwLock<Option<String>>,
+    /// Held while fetching: concurrent refreshes wait for one fetch.
+    fetch: tokio::sync::Mutex<FetchState>,
+    /// Key-set fetches made, for `/metrics` and the tests.
+    fetches: AtomicU64,
+}
+
+impl Oidc {
+    /// A verifier with an empty key set; the keys are fetched on first use or by
+    /// [`Self::refresh`].
+    pub fn new(config: OidcConfig) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &config.ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --auth-ca {}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--auth-ca {}: not a PEM certificate", path.display()))?
+            {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        Ok(Self {
+            issuer: RwLock::new(config.issuer.clone()),
+            config,
+            http: http.build()?,
+            keys: RwLock::default(),
+            generation: AtomicU64::new(0),
+            fetch: tokio::sync::Mutex::default(),
+            fetches: AtomicU64::new(0),
+        })
+    }
+
+    /// The settings this verifier was made with.
+    pub fn config(&self) -> &OidcConfig {
+        &self.config
+    }
+
+    /// Key-set fetches made so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Whether `token` looks like it is meant for this verifier rather than the built-in
+    /// HS256 one: its header names an algorithm other than HMAC's.
+    pub fn claims_token(header: &Header) -> bool {
+        !matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        )
+    }
+
+    /// Checks a token from the provider and maps its claims.
+    pub async fn verify(&self, token: &str, header: &Header) -> Result<Claims, TokenError> {
+        if header.jwk.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+            || !Self::claims_token(header)
+        {
+            return Err(TokenError::Invalid);
+        }
+        let keys = match self.find(header) {
+            Some(keys) => keys,
+            None => {
+                let seen = self.generation.load(Ordering::Acquire);
+                if let Err(e) = self.refresh_after(seen, false).await {
+                    tracing::warn!(error = %format!("{e:#}"), "fetching the OpenID provider's keys failed");
+                }
+                self.find(header).ok_or(TokenError::Invalid)?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_audience(&self.config.audiences);
+        let issuer = crate::sync::read(&self.issuer).clone();
+        let mut required = vec!["exp", "sub", "aud"];
+        if let Some(iss) = &issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        let mut last = TokenError::Invalid;
+        for key in keys
+            .iter()
+            .filter(|k| k.algorithms.contains(&header.alg) && kid_matches(k, header))
+        {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation) {
+                Ok(data) => return self.map_claims(data.claims),
+                Err(e) => {
+                    last = match e.kind() {
+                        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                        _ => TokenError::Invalid,
+                    };
+                    // A signature that verified but failed a claim check will not pass with
+                    // another key.
+                    if !matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The current key set when it holds a key for the token's `kid` and algorithm.
+    fn find(&self, header: &Header) -> Option<Arc<Vec<Key>>> {
+        let keys = Arc::clone(&crate::sync::read(&self.keys));
+        keys.iter()
+            .any(|k| k.algorithms.contains(&header.alg) && kid_matches(k, header))
+            .then_some(keys)
+    }
+
+    /// Fetches the key set now (at start and every [`REFRESH_EVERY`]).
+    pub async fn refresh(&self) -> anyhow::Result<()> {
+        let seen = self.generation.load(Ordering::Acquire);
+        self.refresh_after(seen, true).await
+    }
+
+    /// Fetches the key set unless another caller replaced it since `seen`, or (unless
+    /// `force`) the last fetch was within the cooldown.
+    async fn refresh_after(&self, seen: u64, force: bool) -> anyhow::Result<()> {
+        let mut state = self.fetch.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        if !force
+            && state
+                .last
+                .is_some_and(|t| t.elapsed() < self.config.cooldown)
+        {
+            return Ok(());
+        }
+        state.last = Some(Instant::now());
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let url = match (&self.config.jwks_url, &state.jwks_url) {
+            (Some(url), _) | (None, Some(url)) => url.clone(),
+            (None, None) => {
+                let (issuer, url) = self.discover().await?;
+                state.jwks_url = Some(url.clone());
+                state.issuer = Some(issuer.clone());
+                *crate::sync::write(&self.issuer) = Some(issuer);
+                url
+            }
+        };
+        let set: Value = self.get_json(&url).await?;
+        let keys = parse_key_set(&set).with_context(|| format!("key set at {url}"))?;
+        tracing::info!(keys = keys.len(), url, "fetched the OpenID provider's keys");
+        *crate::sync::write(&self.keys) = Arc::new(keys);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Reads the discovery document: the issuer as the provider spells it, and its key set.
+    async fn discover(&self) -> anyhow::Result<(String, String)> {
+        let Some(issuer) = &self.config.issuer else {
+            bail!("neither --auth-issuer nor --auth-jwks-url is set");
+        };
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let doc = self.get_json(&url).await?;
+        let stated = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if stated.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            bail!(
+                "the discovery document at {url} names issuer `{}`, not the configured `{issuer}`",
+                stated.escape_debug()
+            );
+        }
+        let jwks = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .with_context(|| format!("the discovery document at {url} has no jwks_uri"))?;
+        check_url("jwks_uri", jwks)?;
+        Ok((stated.to_owned(), jwks.to_owned()))
+    }
+
+    /// GETs a JSON document of at most [`MAX_DOCUMENT_BYTES`].
+    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+        let mut response = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !response.status().is_success() {
+            bail!("GET {url}: {}", response.status());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("GET {url}"))?
+        {
+            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+                bail!("GET {url}: larger than {MAX_DOCUMENT_BYTES} bytes");
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).with_context(|| format!("GET {url}: not JSON"))
+    }
+
+    /// Role, subject, expiry and scope from a verified token's claims.
+    fn map_claims(&self, claims: Map<String, Value>) -> Result<Claims, TokenError> {
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(TokenError::Invalid)?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(TokenError::Invalid)?;
+        let mut value = claims.get(self.config.role_claim[0].as_str());
+        for part in &self.config.role_claim[1..] {
+            value = value.and_then(|v| v.get(part.as_str()));
+        }
+        let granted = |v: &str| -> Option<Role> {
+            self.config
+                .roles
+                .iter()
+                .filter(|(name, _)| name == v)
+                .map(|(_, role)| *role)
+                .max()
+        };
+        let role = match value {
+            Some(Value::String(s)) => granted(s),
+            Some(Value::Array(values)) => values
+                .iter()
+                .filter_map(Value::as_str)
+                .filter_map(granted)
+                .max(),
+            _ => None,
+        }
+        .ok_or(TokenError::NoRole)?;
+        let mut mapped = Claims::new(sub, role, exp);
+        mapped.projects = scope(&claims, super::PROJECTS_CLAIM)?;
+        mapped.topologies = scope(&claims, super::TOPOLOGIES_CLAIM)?;
+        Ok(mapped)
+    }
+}
+
+/// A scope claim: absent means everything; otherwise a list of strings (a lone string is a
+/// list of one). Anything else is refused rather than read as "everything".
+fn scope(claims: &Map<String, Value>, name: &str) -> Result<Option<Vec<String>>, TokenError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or(TokenError::Invalid))
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(TokenError::Invalid),
+    }
+}
+
+/// A token without a `kid` may be checked by any key; one with a `kid` only by that key.
+fn kid_matches(key: &Key, header: &Header) -> bool {
+    match (&header.kid, &key.kid) {
+        (None, _) => true,
+        (Some(want), Some(have)) => want == have,
+        (Some(_), None) => false,
+    }
+}
+
+/// The signing keys of a JWKS document. Keys for encryption, symmetric keys and keys of
+/// unsupported kinds are skipped; a document with no usable key is an error.
+fn parse_key_set(set: &Value) -> anyhow::Result<Vec<Key>> {
+    let items = set
+        .get("keys")
+        .and_then(Value::as_array)
+        .context("no `keys` array")?;
+    let mut keys = Vec::new();
+    for item in items {
+        let Ok(jwk) = serde_json::from_value::<Jwk>(item.clone()) else {
+            continue;
+        };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let family: &[Algorithm] = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => &[
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                &[Algorithm::ES256]
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                &[Algorithm::ES384]
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                &[Algorithm::EdDSA]
+            }
+            // Symmetric (`oct`) keys would let anyone who reads the key set sign tokens.
+            _ => continue,
+        };
+        // A key's own `alg`, when given, narrows it to that one algorithm.
+        let algorithms: Vec<Algorithm> = match jwk.common.key_algorithm {
+            None => family.to_vec(),
+            Some(alg) => family
+                .iter()
+                .copied()
+                .filter(|a| key_algorithm(*a) == Some(alg))
+                .collect(),
+        };
+        if algorithms.is_empty() {
+            continue;
+        }
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            algorithms,
+            key,
+        });
+    }
+    if keys.is_empty() {
+        bail!("no RSA, P-256, P-384 or Ed25519 signing key");
+    }
+    Ok(keys)
+}
+
+/// The JWK `alg` name of a signing algorithm.
+fn key_algorithm(alg: Algorithm) -> Option<KeyAlgorithm> {
+    Some(match alg {
+        Algorithm::RS256 => KeyAlgorithm::RS256,
+        Algorithm::RS384 => KeyAlgorithm::RS384,
+        Algorithm::RS512 => KeyAlgorithm::RS512,
+        Algorithm::PS256 => KeyAlgorithm::PS256,
+        Algorithm::PS384 => KeyAlgorithm::PS384,
+        Algorithm::PS512 => KeyAlgorithm::PS512,
+        Algorithm::ES256 => KeyAlgorithm::ES256,
+        Algorithm::ES384 => KeyAlgorithm::ES384,
+        Algorithm::EdDSA => KeyAlgorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// An issuer or key-set URL: `https://`, or `http://` to a loopback address only (a
+/// provider on the same host); no user info or fragment.
+pub fn check_url(flag: &str, url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| u.username().is_empty() && u.password().is_none() && u.fragment().is_none());
+    let Some(parsed) = parsed else {
+        bail!("--{flag} `{}`: accepts an https:// URL", url.escape_debug());
+    };
+    let loopback = match parsed.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback()),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => bail!(
+            "--{flag} `{}`: accepts an https:// URL (http:// only to a loopback address)",
+            url.escape_debug()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_https_except_to_loopback() {
+        for good in [
+            "https://idp.example/realms/ops",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9000/x",
+            "http://localhost:3000",
+        ] {
+            assert!(check_url("auth-issuer", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://idp.example",
+            "ftp://idp.example",
+            "https://user:pw@idp.example",
+            "https://idp.example/#frag",
+            "idp.example",
+            "",
+            "https://",
+        ] {
+            let e = check_url("auth-issuer", bad).unwrap_err().to_string();
+            assert!(e.starts_with("--auth-issuer"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_key_set_keeps_only_asymmetric_signing_keys() {
+        let set = serde_json::json!({"keys": [
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "EC", "crv": "P-256", "use": "enc", "kid": "enc",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "EC", "crv": "P-256", "kid": "ec",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "ed", "alg": "EdDSA",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "mislabelled", "alg": "RS256",
+             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+            {"kty": "weird"},
+            "not an object"
+        ]});
+        let keys = parse_key_set(&set).unwrap();
+        let kids: Vec<_> = keys.iter().map(|k| k.kid.clone().unwrap()).collect();
+        assert_eq!(kids, ["ec", "ed"]);
+        assert_eq!(keys[0].algorithms, [Algorithm::ES256]);
+        assert_eq!(keys[1].algorithms, [Algorithm::EdDSA]);
+        assert!(parse_key_set(&serde_json::json!({"keys": [{"kty": "oct", "k": "eA"}]})).is_err());
+        assert!(parse_key_set(&serde_json::json!({"nokeys": []})).is_err());
+        assert!(parse_key_set(&serde_json::json!([1, 2])).is_err());
+    }
+}
