@@ -9,8 +9,9 @@ use std::sync::Mutex;
 
 use axum::extract::State;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{json_body, AsViewer, Authorized, RawBody};
@@ -95,6 +96,99 @@ pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>)
         "expires_at": expires_at,
         "auth": state.auth.enabled(),
     }))
+}
+
+/// How a user may sign in to the dashboard.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInOptions {
+    /// Whether authentication is on at all (off: everyone is admin).
+    pub auth: bool,
+    /// Whether a pasted built-in token or a sign-in link works (a JWT secret is set).
+    pub token: bool,
+    /// The operator's OpenID provider, when the dashboard may sign in with it
+    /// (`--auth-client-id`); null otherwise.
+    pub oidc: Option<ProviderSignIn>,
+}
+
+/// What the dashboard needs for the authorization code flow with PKCE.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSignIn {
+    /// The provider's issuer URL (shown to the user).
+    pub issuer: String,
+    /// The dashboard's public client id at the provider.
+    pub client_id: String,
+    /// Where the user is sent to sign in.
+    pub authorization_endpoint: String,
+    /// Where the code is traded for tokens.
+    pub token_endpoint: String,
+    /// Where the user is sent to sign out at the provider; null when it has no such endpoint.
+    pub end_session_endpoint: Option<String>,
+    /// Scopes to ask for.
+    pub scope: String,
+    /// The resource indicator (RFC 8707) naming Orrery, so the access token's `aud` is one
+    /// Orrery accepts: the first `--auth-audience`.
+    pub resource: String,
+}
+
+/// `GET /api/v1/auth/providers`: how to sign in (no credentials needed: the sign-in page
+/// asks before anyone has a token).
+#[utoipa::path(get, path = "/auth/providers", operation_id = "get_auth_providers", tag = "auth", responses((status = 200, description = "OK", body = SignInOptions), (status = 503, description = "the identity provider's discovery document cannot be read", body = crate::api::schema::ErrorBody)))]
+pub async fn providers(State(state): State<AppState>) -> ApiResult<Json<SignInOptions>> {
+    let oidc = match state.auth.oidc() {
+        Some(oidc) if oidc.config().client_id.is_some() => {
+            let d = oidc.discovery().await.map_err(|e| {
+                tracing::warn!(error = %format!("{e:#}"), "reading the OpenID provider's discovery document failed");
+                ApiError::Unavailable("the identity provider cannot be reached; retry shortly".into())
+            })?;
+            let config = oidc.config();
+            let (Some(authorization_endpoint), Some(token_endpoint)) =
+                (d.authorization_endpoint.clone(), d.token_endpoint.clone())
+            else {
+                return Err(ApiError::Unavailable(
+                    "the identity provider's discovery document names no authorization or token endpoint".into(),
+                ));
+            };
+            Some(ProviderSignIn {
+                issuer: d.issuer.clone(),
+                client_id: config.client_id.clone().unwrap_or_default(),
+                authorization_endpoint,
+                token_endpoint,
+                end_session_endpoint: d.end_session_endpoint.clone(),
+                scope: "openid".into(),
+                resource: config.audiences.first().cloned().unwrap_or_default(),
+            })
+        }
+        _ => None,
+    };
+    Ok(Json(SignInOptions {
+        auth: state.auth.enabled(),
+        token: state.auth.accepts_builtin(),
+        oidc,
+    }))
+}
+
+/// The origins the dashboard calls to sign in with the provider (its issuer and token
+/// endpoint), for the page's Content-Security-Policy; none without dashboard sign-in.
+pub fn provider_origins(state: &AppState) -> Vec<String> {
+    let Some(oidc) = state.auth.oidc().filter(|o| o.config().client_id.is_some()) else {
+        return Vec::new();
+    };
+    let discovered = oidc.discovered_now();
+    let urls = [
+        oidc.config().issuer.clone(),
+        discovered.and_then(|d| d.token_endpoint.clone()),
+    ];
+    let mut origins: Vec<String> = urls
+        .iter()
+        .flatten()
+        .filter_map(|u| reqwest::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .collect();
+    origins.dedup();
+    origins
 }
 
 #[cfg(test)]

@@ -127,6 +127,7 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .routes(routes!(sse::ticket))
         .routes(routes!(auth::login))
         .routes(routes!(auth::whoami))
+        .routes(routes!(auth::providers))
         .routes(routes!(agents::list))
         .routes(routes!(agents::get))
         .routes(routes!(system::history))
@@ -176,7 +177,16 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
     let router = routes
         // The live stream also answers outside /api/v1 (documented there).
         .route("/topologies/{tid}/events", get(sse::events))
-        .route("/", get(crate::dashboard::index))
+        .route(
+            "/",
+            get({
+                let state = state.clone();
+                move |headers: axum::http::HeaderMap| {
+                    let origins = auth::provider_origins(&state);
+                    async move { crate::dashboard::index(&headers, &origins) }
+                }
+            }),
+        )
         .route("/api/docs", get(crate::dashboard::docs))
         .route("/assets/{*path}", get(crate::dashboard::asset))
         .fallback(|| async { ApiError::NotFound("route".into()) })

@@ -16,7 +16,8 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "Orrery",
         description = "NATS JetStream in, live SQLite read models, HTTP and SSE out. \
-            Every route but /health, /ready, /metrics and /api/v1/auth/login needs a JWT \
+            Every route but /health, /ready, /metrics, /api/v1/auth/login and \
+            /api/v1/auth/providers needs a JWT \
             (`Authorization: Bearer`); the roles an operation needs are listed in its \
             security requirement (viewer < operator < admin). Reads accept \
             `Orrery-Min-Seq: STREAM:seq[,…]`; writes answer `Orrery-Seq: STREAM:seq`.",

@@ -16,8 +16,13 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 
 /// Every asset: path under `/assets/`, media type, bytes.
-static ASSETS: [(&str, &str, &[u8]); 11] = [
+static ASSETS: [(&str, &str, &[u8]); 12] = [
     ("app.js", "text/javascript", include_bytes!("assets/app.js")),
+    (
+        "oidc.js",
+        "text/javascript",
+        include_bytes!("assets/oidc.js"),
+    ),
     ("api.js", "text/javascript", include_bytes!("assets/api.js")),
     (
         "views.js",
@@ -66,6 +71,21 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                    img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
                    form-action 'none'; frame-ancestors 'none'";
 
+/// [`CSP`], also letting the page call `origins` (the identity provider's token endpoint,
+/// for signing in with it).
+fn csp_with(origins: &[String]) -> HeaderValue {
+    let extra: String = origins
+        .iter()
+        .filter(|o| {
+            o.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        })
+        .map(|o| format!(" {o}"))
+        .collect();
+    HeaderValue::from_str(&CSP.replace("connect-src 'self'", &format!("connect-src 'self'{extra}")))
+        .unwrap_or_else(|_| HeaderValue::from_static(CSP))
+}
+
 /// A strong ETag per asset (by path; "" is the page), computed once.
 fn etag(path: &str) -> HeaderValue {
     static TAGS: OnceLock<Vec<(&'static str, HeaderValue)>> = OnceLock::new();
@@ -93,13 +113,11 @@ fn serve(
     path: &str,
     media_type: &'static str,
     bytes: &'static [u8],
+    csp: HeaderValue,
 ) -> Response {
     let tag = etag(path);
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, csp);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -118,20 +136,39 @@ fn serve(
     (headers, bytes).into_response()
 }
 
-/// `GET /`: the dashboard's page.
-pub async fn index(request: HeaderMap) -> Response {
-    serve(&request, "", "text/html; charset=utf-8", INDEX)
+/// `GET /`: the dashboard's page, which may also call `connect` (the identity provider's
+/// origins, when the dashboard signs in with one).
+pub fn index(request: &HeaderMap, connect: &[String]) -> Response {
+    serve(
+        request,
+        "",
+        "text/html; charset=utf-8",
+        INDEX,
+        csp_with(connect),
+    )
 }
 
 /// `GET /api/docs`: the API reference, offline (Swagger UI is embedded).
 pub async fn docs(request: HeaderMap) -> Response {
-    serve(&request, "docs", "text/html; charset=utf-8", DOCS)
+    serve(
+        &request,
+        "docs",
+        "text/html; charset=utf-8",
+        DOCS,
+        HeaderValue::from_static(CSP),
+    )
 }
 
 /// `GET /assets/{*path}`: one embedded asset; 404 for anything else.
 pub async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
-        Some((path, media_type, bytes)) => serve(&request, path, media_type, bytes),
+        Some((path, media_type, bytes)) => serve(
+            &request,
+            path,
+            media_type,
+            bytes,
+            HeaderValue::from_static(CSP),
+        ),
         // The API's error body, without borrowing the API's error type.
         None => (
             StatusCode::NOT_FOUND,
@@ -144,6 +181,21 @@ pub async fn asset(Path(path): Path<String>, request: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_lets_the_page_call_only_the_providers_origins() {
+        let csp = csp_with(&[
+            "https://idp.example".into(),
+            "https://x; script-src *".into(),
+        ]);
+        let csp = csp.to_str().unwrap();
+        assert!(
+            csp.contains("connect-src 'self' https://idp.example;"),
+            "{csp}"
+        );
+        assert!(!csp.contains("script-src *"), "{csp}");
+        assert_eq!(csp_with(&[]).to_str().unwrap(), CSP);
+    }
 
     #[test]
     fn every_asset_has_its_own_tag() {

@@ -180,6 +180,11 @@ impl Authenticator {
         self.key.is_some() || self.oidc.is_some()
     }
 
+    /// Whether the built-in HS256 tokens are accepted (a secret is configured).
+    pub fn accepts_builtin(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// The OpenID provider's verifier, when one is configured.
     pub fn oidc(&self) -> Option<&Arc<Oidc>> {
         self.oidc.as_ref()

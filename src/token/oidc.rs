@@ -57,12 +57,25 @@ struct Key {
     key: DecodingKey,
 }
 
-/// Where the key set was last fetched from, and when.
+/// When the key set was last fetched.
 #[derive(Default)]
 struct FetchState {
     last: Option<Instant>,
-    jwks_url: Option<String>,
-    issuer: Option<String>,
+}
+
+/// What the provider's discovery document says, as far as Orrery uses it.
+#[derive(Clone, Debug)]
+pub struct Discovery {
+    /// The issuer, as the provider spells it (what tokens carry as `iss`).
+    pub issuer: String,
+    /// The key set.
+    pub jwks_uri: String,
+    /// Where the dashboard sends a user to sign in.
+    pub authorization_endpoint: Option<String>,
+    /// Where the dashboard trades the code for tokens.
+    pub token_endpoint: Option<String>,
+    /// Where the dashboard sends a user to sign out at the provider, if it has one.
+    pub end_session_endpoint: Option<String>,
 }
 
 /// A verifier of the provider's tokens, with its cached key set.
@@ -76,6 +89,8 @@ pub struct Oidc {
     issuer: RwLock<Option<String>>,
     /// Held while fetching: concurrent refreshes wait for one fetch.
     fetch: tokio::sync::Mutex<FetchState>,
+    /// The discovery document, once read.
+    discovery: RwLock<Option<Arc<Discovery>>>,
     /// Key-set fetches made, for `/metrics` and the tests.
     fetches: AtomicU64,
 }
@@ -103,6 +118,7 @@ impl Oidc {
             keys: RwLock::default(),
             generation: AtomicU64::new(0),
             fetch: tokio::sync::Mutex::default(),
+            discovery: RwLock::default(),
             fetches: AtomicU64::new(0),
         })
     }
@@ -210,15 +226,9 @@ impl Oidc {
         }
         state.last = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let url = match (&self.config.jwks_url, &state.jwks_url) {
-            (Some(url), _) | (None, Some(url)) => url.clone(),
-            (None, None) => {
-                let (issuer, url) = self.discover().await?;
-                state.jwks_url = Some(url.clone());
-                state.issuer = Some(issuer.clone());
-                *crate::sync::write(&self.issuer) = Some(issuer);
-                url
-            }
+        let url = match &self.config.jwks_url {
+            Some(url) => url.clone(),
+            None => self.discovered().await?.jwks_uri.clone(),
         };
         let set: Value = self.get_json(&url).await?;
         let keys = parse_key_set(&set).with_context(|| format!("key set at {url}"))?;
@@ -228,8 +238,34 @@ impl Oidc {
         Ok(())
     }
 
-    /// Reads the discovery document: the issuer as the provider spells it, and its key set.
-    async fn discover(&self) -> anyhow::Result<(String, String)> {
+    /// The discovery document, read once (the caller holds the fetch lock or accepts a
+    /// second read racing this one).
+    async fn discovered(&self) -> anyhow::Result<Arc<Discovery>> {
+        if let Some(d) = crate::sync::read(&self.discovery).clone() {
+            return Ok(d);
+        }
+        let d = Arc::new(self.discover().await?);
+        *crate::sync::write(&self.issuer) = Some(d.issuer.clone());
+        *crate::sync::write(&self.discovery) = Some(Arc::clone(&d));
+        Ok(d)
+    }
+
+    /// The provider's endpoints for the dashboard's sign-in, read once (single flight).
+    pub async fn discovery(&self) -> anyhow::Result<Arc<Discovery>> {
+        if let Some(d) = crate::sync::read(&self.discovery).clone() {
+            return Ok(d);
+        }
+        let _state = self.fetch.lock().await;
+        self.discovered().await
+    }
+
+    /// The discovery document, cached or not: `None` before it was read.
+    pub fn discovered_now(&self) -> Option<Arc<Discovery>> {
+        crate::sync::read(&self.discovery).clone()
+    }
+
+    /// Reads the discovery document and checks what Orrery will use of it.
+    async fn discover(&self) -> anyhow::Result<Discovery> {
         let Some(issuer) = &self.config.issuer else {
             bail!("neither --auth-issuer nor --auth-jwks-url is set");
         };
@@ -253,7 +289,19 @@ impl Oidc {
             .and_then(Value::as_str)
             .with_context(|| format!("the discovery document at {url} has no jwks_uri"))?;
         check_url("jwks_uri", jwks)?;
-        Ok((stated.to_owned(), jwks.to_owned()))
+        let endpoint = |name: &str| -> anyhow::Result<Option<String>> {
+            match doc.get(name).and_then(Value::as_str) {
+                None => Ok(None),
+                Some(e) => check_url(name, e).map(|()| Some(e.to_owned())),
+            }
+        };
+        Ok(Discovery {
+            issuer: stated.to_owned(),
+            jwks_uri: jwks.to_owned(),
+            authorization_endpoint: endpoint("authorization_endpoint")?,
+            token_endpoint: endpoint("token_endpoint")?,
+            end_session_endpoint: endpoint("end_session_endpoint")?,
+        })
     }
 
     /// GETs a JSON document of at most [`MAX_DOCUMENT_BYTES`].

@@ -53,6 +53,7 @@ async fn the_page_and_its_assets_are_served_with_a_strict_policy_and_revalidated
     let mut assets = vec![
         "/assets/app.js",
         "/assets/api.js",
+        "/assets/oidc.js",
         "/assets/views.js",
         "/assets/style.css",
         "/assets/vendor/uplot.esm.js",

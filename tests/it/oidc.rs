@@ -83,7 +83,8 @@ impl Provider {
             .arg(tools.join("node_modules/oidc-provider/lib/index.js"))
             .arg(config)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            // Its warnings and any crash, for whoever debugs a failing test.
+            .stderr(std::fs::File::create(config.with_extension("log")).unwrap())
             .kill_on_drop(true)
             .spawn()
             .expect("start node (scripts/ensure-node-tools.sh links it into .tools/node)");
@@ -94,6 +95,8 @@ impl Provider {
             .unwrap()
             .unwrap_or_default();
         assert!(line.starts_with("listening"), "provider said {line:?}");
+        // The provider logs to stdout now and then; a closed pipe would kill it (EPIPE).
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         child
     }
 
@@ -555,4 +558,149 @@ async fn unknown_key_ids_cost_at_most_one_fetch_per_cooldown() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(whoami(&app, &fresh).await.0, 200, "after the cooldown");
     assert_eq!(set.hits.load(Ordering::SeqCst), base + 2);
+}
+
+/// From the dashboard's sign-in page, signs in at the provider as `login` and returns who
+/// the dashboard's header then says is signed in.
+async fn sign_in_as(b: &mut crate::cdp::Browser, login: &str, home: &str) -> Value {
+    click_provider_sign_in(b).await;
+    sign_in_at_provider(b, login, home).await;
+    b.wait_for(
+        "document.getElementById('top').hidden === false && document.getElementById('who').innerText",
+        "the overview, signed in",
+        Duration::from_secs(20),
+    )
+    .await
+}
+
+/// On the dashboard's sign-in page: clicks "Sign in with <provider>".
+async fn click_provider_sign_in(b: &mut crate::cdp::Browser) {
+    b.wait_for(
+        "!document.getElementById('signin').hidden && \
+         !document.getElementById('signin-oidc').hidden && \
+         (document.getElementById('signin-oidc').click(), true)",
+        "the provider's sign-in button",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// At the provider's own pages: signs in as `login` (any password), passing the consent
+/// page if one is shown, until the browser is back at `home`.
+async fn sign_in_at_provider(b: &mut crate::cdp::Browser, login: &str, home: &str) {
+    b.wait_for(
+        "document.querySelector('input[name=login]') !== null",
+        "the provider's sign-in page",
+        Duration::from_secs(20),
+    )
+    .await;
+    b.eval(&format!(
+        "document.querySelector('input[name=login]').value = {login:?}; \
+         document.querySelector('input[name=password]').value = 'any'; \
+         document.querySelector('.login-submit').click(); true"
+    ))
+    .await;
+    b.wait_for(
+        &format!(
+            "location.href.startsWith({home:?}) || \
+             (document.querySelector('.login-submit') && !document.querySelector('input[name=login]') \
+              && (document.querySelector('.login-submit').click(), false))"
+        ),
+        "the way back to the dashboard",
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_dashboard_signs_in_with_the_provider_by_code_and_pkce_and_out_again() {
+    let nats = orrery::natsd::NatsServer::start().unwrap();
+    let port = free_port();
+    let home = format!("http://127.0.0.1:{port}/");
+    let mut provider = Provider::start(
+        json!([]),
+        json!({"alice": {"groups": ["orrery-operators"]}, "mallory": {"groups": ["staff"]}}),
+        Some(json!({"client_id": "orrery-dashboard", "redirect_uris": [home], "alg": "ES256"})),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = with_provider(&nats, &provider.issuer, &dir);
+    s.listen = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    s.auth_client_id = Some("orrery-dashboard".into());
+    s.auth_jwks_cooldown_secs = Some(1);
+    let app = spawn_app_with(s, dir).await;
+
+    // The page may call the provider's token endpoint, and nothing else outside.
+    let res = app.get("/", None).await;
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("connect-src 'self' {};", provider.issuer)),
+        "{csp}"
+    );
+    let options: Value = app
+        .get("/api/v1/auth/providers", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(options["oidc"]["client_id"], "orrery-dashboard");
+    assert_eq!(options["oidc"]["resource"], AUDIENCE);
+
+    let mut b = crate::cdp::Browser::start().await;
+    b.goto(&home).await;
+    assert_eq!(sign_in_as(&mut b, "alice", &home).await, "alice · operator");
+    // The code and state are gone from the address bar; the role's controls are shown.
+    let href = b.eval("location.href").await;
+    assert!(!href.as_str().unwrap().contains("code="), "{href}");
+    assert_eq!(b.eval("document.body.dataset.role").await, "operator");
+
+    // Sign-out ends the session at the provider too, and lands on the sign-in page.
+    b.eval("document.getElementById('signout').click(); true")
+        .await;
+    b.wait_for(
+        "document.querySelector('button[name=logout]') && (document.querySelector('button[name=logout]').click(), true)",
+        "the provider's sign-out page",
+        Duration::from_secs(20),
+    )
+    .await;
+    b.wait_for(
+        &format!("location.href.startsWith({home:?}) && !document.getElementById('signin').hidden"),
+        "the sign-in page after signing out",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        b.eval("sessionStorage.getItem('orrery.token')").await,
+        Value::Null
+    );
+
+    // A user the provider knows but grants no Orrery role gets a clear refusal.
+    click_provider_sign_in(&mut b).await;
+    sign_in_at_provider(&mut b, "mallory", &home).await;
+    let why = b
+        .wait_for(
+            "document.getElementById('signin').dataset.refused === 'true' && document.getElementById('signin-why').innerText",
+            "the refusal page",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(why.as_str().unwrap().contains("no Orrery role"), "{why}");
+    // Nothing of the dashboard shows; only a way out.
+    let shown = b
+        .eval(
+            "['top', 'signin-oidc', 'signin-form', 'signin-signout']
+               .map((id) => getComputedStyle(document.getElementById(id)).display !== 'none')",
+        )
+        .await;
+    assert_eq!(shown, json!([false, false, false, true]));
+    b.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots/oidc-refused.png"),
+    )
+    .await;
+
+    // The provider rotates its keys (a restart makes new ones): the next sign-in works.
+    provider.rotate_keys().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    b.goto(&home).await;
+    assert_eq!(sign_in_as(&mut b, "alice", &home).await, "alice · operator");
 }

@@ -55,6 +55,7 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
         ("post", "/api/v1/auth/sse-ticket"),
         ("post", "/api/v1/auth/login"),
         ("get", "/api/v1/auth/whoami"),
+        ("get", "/api/v1/auth/providers"),
         ("get", "/api/v1/agents"),
         ("get", "/api/v1/agents/{id}"),
         ("get", "/api/v1/system/stats/history"),
@@ -81,6 +82,7 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
         "/metrics",
         "/api/v1/openapi.json",
         "/api/v1/auth/login",
+        "/api/v1/auth/providers",
     ];
     let mut count = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -177,7 +179,7 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
     app.wait_caught_up().await;
 
     let doc = document(&app).await;
-    let reads: [(&str, &str); 25] = [
+    let reads: [(&str, &str); 26] = [
         ("/health", "/health"),
         ("/ready", "/ready"),
         ("/api/v1/openapi.json", "/api/v1/openapi.json"),
@@ -199,6 +201,7 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
             "/api/v1/topologies/lab-eu/mutations?limit=500",
         ),
         ("/api/v1/auth/whoami", "/api/v1/auth/whoami"),
+        ("/api/v1/auth/providers", "/api/v1/auth/providers"),
         ("/api/v1/agents", "/api/v1/agents?limit=2"),
         ("/api/v1/agents/{id}", "/api/v1/agents/agent-0000"),
         (

@@ -1,7 +1,9 @@
-// The dashboard's shell: sign-in (a pasted token or a single-use link), the navigation and
-// the hash router. What a view may offer follows the role `whoami` reports.
+// The dashboard's shell: sign-in (the operator's identity provider, a pasted token or a
+// single-use link), the navigation and the hash router. What a view may offer follows the
+// role `whoami` reports.
 
 import { api, exchangeLogin, session, Unauthorized } from "./api.js";
+import { beginSignIn, finishSignIn, providerSignOut, signInOptions } from "./oidc.js";
 import * as views from "./views.js";
 
 const ROLES = ["viewer", "operator", "admin"];
@@ -19,6 +21,20 @@ function showSignIn(why = "") {
   $("signin").hidden = false;
   $("signin-why").textContent = why;
   document.title = "Orrery — sign in";
+  signInOptions().then((o) => {
+    $("signin-oidc").hidden = !o.oidc;
+    if (o.oidc) $("signin-oidc").textContent = `Sign in with ${new URL(o.oidc.issuer).host}`;
+    $("signin-form").hidden = !o.token;
+    $("signin-hint").hidden = !o.token;
+  }).catch((e) => { $("signin-why").textContent = `${why} (${e.message})`.trim(); });
+}
+
+/** Signed in, but refused by Orrery (no role): say so, and offer to sign out. */
+function showRefused(message) {
+  showSignIn();
+  document.title = "Orrery — no access";
+  $("signin-why").textContent = `You are signed in, but ${message}. Ask an Orrery admin to grant your account a role.`;
+  $("signin").dataset.refused = "true";
 }
 
 function route() {
@@ -42,9 +58,17 @@ async function start() {
     who = await api("/api/v1/auth/whoami");
   } catch (e) {
     if (e instanceof Unauthorized) return showSignIn(session.token ? e.message : "");
+    if (e.status === 403) {
+      const token = session.token;
+      showRefused(e.message.replace(/^the identity provider grants this user/, "the identity provider grants you"));
+      // Keep the token until sign-out, which may need the provider's session.
+      session.set(token);
+      return;
+    }
     $("main").textContent = `Orrery does not answer: ${e.message}`;
     return;
   }
+  delete $("signin").dataset.refused;
   const level = ROLES.indexOf(who.role);
   ctx = {
     role: who.role,
@@ -69,9 +93,26 @@ $("signin-form").addEventListener("submit", (e) => {
   start();
 });
 
-$("signout").addEventListener("click", () => { ctx = null; showSignIn("signed out"); });
+async function signOut() {
+  ctx = null;
+  session.set(null);
+  if (await providerSignOut()) return;
+  showSignIn("signed out");
+}
+
+$("signout").addEventListener("click", signOut);
+$("signin-signout").addEventListener("click", signOut);
+$("signin-oidc").addEventListener("click", () => {
+  beginSignIn().catch((e) => { $("signin-why").textContent = e.message; });
+});
 
 (async () => {
+  try {
+    const token = await finishSignIn();
+    if (token) session.set(token);
+  } catch (e) {
+    return showSignIn(e.message);
+  }
   const login = new URLSearchParams(location.hash.slice(1)).get("login");
   if (login) {
     // The link is single-use: take it out of the address bar and history at once.
