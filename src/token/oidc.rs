@@ -24,6 +24,10 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 30;
+/// Most verified tokens remembered; a full cache forgets the lot and starts again.
+const CACHE_ENTRIES: usize = 16_384;
+/// Longest a verified token is remembered without being checked again.
+const CACHE_TTL: Duration = Duration::from_secs(60);
 /// The key set is fetched again this often even when no unknown `kid` asks for it, so a
 /// key the provider withdrew stops working.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(15 * 60);
@@ -93,6 +97,11 @@ pub struct Oidc {
     discovery: RwLock<Option<Arc<Discovery>>>,
     /// Key-set fetches made, for `/metrics` and the tests.
     fetches: AtomicU64,
+    /// Tokens verified lately, by their SHA-256, with their claims and when the entry
+    /// lapses: checking an RS256 or ES256 signature costs 150–200 µs of CPU, and a
+    /// dashboard sends the same token with every request. Emptied whenever the key set
+    /// changes, so a withdrawn key stops working at once.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Claims, Instant)>>,
 }
 
 impl Oidc {
@@ -120,6 +129,7 @@ impl Oidc {
             fetch: tokio::sync::Mutex::default(),
             discovery: RwLock::default(),
             fetches: AtomicU64::new(0),
+            verified: std::sync::Mutex::default(),
         })
     }
 
@@ -142,8 +152,32 @@ impl Oidc {
         )
     }
 
-    /// Checks a token from the provider and maps its claims.
+    /// Checks a token from the provider and maps its claims (remembered for a minute, or
+    /// until the key set changes).
     pub async fn verify(&self, token: &str, header: &Header) -> Result<Claims, TokenError> {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        if let Some((claims, until)) = crate::sync::lock(&self.verified).get(&digest) {
+            let unix = super::now_secs().unwrap_or(u64::MAX);
+            if *until > now && claims.exp.saturating_add(LEEWAY_SECS) > unix {
+                return Ok(claims.clone());
+            }
+        }
+        let claims = self.verify_uncached(token, header).await?;
+        let mut cache = crate::sync::lock(&self.verified);
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (claims.clone(), now + CACHE_TTL));
+        Ok(claims)
+    }
+
+    /// [`Self::verify`] without the cache.
+    async fn verify_uncached(&self, token: &str, header: &Header) -> Result<Claims, TokenError> {
         if header.jwk.is_some()
             || header.jku.is_some()
             || header.x5u.is_some()
@@ -234,6 +268,7 @@ impl Oidc {
         let keys = parse_key_set(&set).with_context(|| format!("key set at {url}"))?;
         tracing::info!(keys = keys.len(), url, "fetched the OpenID provider's keys");
         *crate::sync::write(&self.keys) = Arc::new(keys);
+        crate::sync::lock(&self.verified).clear();
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
