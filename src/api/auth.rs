@@ -74,7 +74,7 @@ pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Js
         .clamp(60, MAX_SESSION_SECS);
     let token = state
         .auth
-        .mint(&claims.sub, claims.role, ttl)?
+        .mint(&claims, ttl)?
         .ok_or_else(|| ApiError::NotFound("sign-in".into()))?;
     Ok(Json(json!({
         "token": token,
@@ -95,6 +95,8 @@ pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>)
         "role": claims.role,
         "expires_at": expires_at,
         "auth": state.auth.enabled(),
+        "projects": claims.projects,
+        "topologies": claims.topologies,
     }))
 }
 

@@ -158,6 +158,17 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{e:#}"), "request failed");
                 json!({"error": code, "message": "internal error (see server logs)"})
             }
+            // Refusals name the reason (the request span names the path), never the token.
+            // A 401 is what any stranger gets: debug, so a scan does not flood the log.
+            Self::Unauthorized(reason) => {
+                tracing::debug!(reason, "request refused: not authenticated");
+                json!({"error": code, "message": reason})
+            }
+            Self::Forbidden(_) | Self::ForbiddenWhy(_) => {
+                let reason = self.to_string();
+                tracing::info!(reason, "request refused: not permitted");
+                json!({"error": code, "message": reason})
+            }
             other => json!({"error": code, "message": other.to_string()}),
         };
         let mut response = (status, Json(body)).into_response();

@@ -53,6 +53,13 @@ impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
         if claims.role < needed {
             return Err(ApiError::Forbidden(needed));
         }
+        // What only admins may do (dead letters, the digest, rollbacks) spans every project
+        // and topology, so no scoped token reaches it, whatever its role.
+        if needed == Role::Admin && claims.scoped() {
+            return Err(ApiError::ForbiddenWhy(
+                "this route spans the whole fleet: it needs an admin token without a project or topology scope",
+            ));
+        }
         Ok(Self(claims))
     }
 }

@@ -360,6 +360,10 @@ pub struct WhoAmI {
     expires_at: Option<String>,
     /// Whether authentication is on.
     auth: bool,
+    /// The projects the token may see; null for every project.
+    projects: Option<Vec<String>>,
+    /// The topologies the token may see; null for every topology.
+    topologies: Option<Vec<String>>,
 }
 
 /// An agent.

@@ -18,6 +18,7 @@ use crate::api::AppState;
 use crate::bus::publish::Outgoing;
 use crate::bus::{envelope, streams, subjects};
 use crate::projections::topology::STATES;
+use crate::token::Claims;
 use crate::window::{format_unix_ms, now_ms};
 
 /// Largest mutation request body.
@@ -92,10 +93,21 @@ fn topology_id(tid: &str) -> ApiResult<()> {
     }
 }
 
+/// A valid topology id the caller's token may see; else the same 404 as an unknown one,
+/// so that what the token may not see does not show that it exists.
+pub fn visible(claims: &Claims, tid: &str) -> ApiResult<()> {
+    topology_id(tid)?;
+    if claims.sees_topology(tid) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("topology".into()))
+    }
+}
+
 /// `GET /api/v1/topologies?limit=`: every topology with its status and in-flight count.
 #[utoipa::path(get, path = "/topologies", operation_id = "get_topologies", tag = "topologies", security(("bearer" = ["viewer"])), params(("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 100)", minimum = 1, maximum = 1000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Topologies), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn list(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
@@ -104,9 +116,12 @@ pub async fn list(
         "SELECT t.id, t.name, t.status, t.updated_at, t.last_seq, \
          (SELECT COUNT(*) FROM topology_mutations m WHERE m.topology_id = t.id \
           AND m.state IN ('enqueued', 'applying')) AS in_flight \
-         FROM topologies t ORDER BY t.id LIMIT ?",
+         FROM topologies t \
+         WHERE ?2 IS NULL OR t.id IN (SELECT value FROM json_each(?2)) \
+         ORDER BY t.id LIMIT ?1",
     )
     .bind(limit)
+    .bind(claims.topologies_json())
     .fetch_all(&state.db.readers)
     .await?;
     let items: Vec<Value> = rows
@@ -128,11 +143,11 @@ pub async fn list(
 /// `GET /api/v1/topologies/<tid>`: the topology with its in-flight mutations.
 #[utoipa::path(get, path = "/topologies/{tid}", operation_id = "get_topologies_tid", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Topology), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn get(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     Path(tid): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    topology_id(&tid)?;
+    visible(&claims, &tid)?;
     let mut tx = state.db.readers.begin().await?;
     let Some(mut topology) = topology_json(&mut tx, &tid).await? else {
         return Err(ApiError::NotFound("topology".into()));
@@ -145,7 +160,7 @@ pub async fn get(
 /// `GET /api/v1/topologies/<tid>/mutations?state=&limit=`: newest first.
 #[utoipa::path(get, path = "/topologies/{tid}/mutations", operation_id = "get_topologies_tid_mutations", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("state" = Option<String>, Query, description = "enqueued, applying, applied or failed", pattern = "^(enqueued|applying|applied|failed)$"), ("limit" = Option<i64>, Query, description = "rows, 1–500 (default 100)", minimum = 1, maximum = 500), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Mutations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn mutations(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     Path(tid): Path<String>,
     params: Params,
@@ -158,7 +173,7 @@ pub async fn mutations(
         ));
     }
     let limit = params.int("limit", 1, 500, 100)?;
-    topology_id(&tid)?;
+    visible(&claims, &tid)?;
     let mut tx = state.db.readers.begin().await?;
     if topology_json(&mut tx, &tid).await?.is_none() {
         return Err(ApiError::NotFound("topology".into()));
@@ -189,7 +204,7 @@ struct NewMutation<'a> {
 /// `topology.<tid>.mutation.enqueued` and answers 202 `{"mutation_id","seq"}` after the
 /// publish ack. `Idempotency-Key` makes retries return the same mutation; `?wait=true`
 /// answers once the local projection has reached the event (bounded by a timeout).
-#[utoipa::path(post, path = "/topologies/{tid}/mutations", operation_id = "post_topologies_tid_mutations", tag = "topologies", security(("bearer" = ["operator"])), request_body = crate::api::schema::EnqueueRequest, params(("tid" = String, Path, description = "topology id (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("wait" = Option<bool>, Query, description = "answer once the mutation is projected (at most --mutation-wait-ms)"), ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the same mutation")), responses((status = 202, description = "published on the bus", body = crate::api::schema::Enqueued), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/topologies/{tid}/mutations", operation_id = "post_topologies_tid_mutations", tag = "topologies", security(("bearer" = ["operator"])), request_body = crate::api::schema::EnqueueRequest, params(("tid" = String, Path, description = "topology id (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("wait" = Option<bool>, Query, description = "answer once the mutation is projected (at most --mutation-wait-ms)"), ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the same mutation")), responses((status = 202, description = "published on the bus", body = crate::api::schema::Enqueued), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn enqueue(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
@@ -201,6 +216,9 @@ pub async fn enqueue(
     let body = body_bytes(&body, MAX_MUTATION_BYTES)?;
     if !subjects::is_token(&tid) {
         return Err(ApiError::invalid("topology_id", subjects::TOKEN_FORM));
+    }
+    if !claims.sees_topology(&tid) {
+        return Err(ApiError::NotFound("topology".into()));
     }
     let wait = params.bool("wait")?.unwrap_or(false);
     let request: NewMutation = parse_json(body, r#"{"op": string, "spec": object}"#)?;

@@ -107,6 +107,41 @@ impl Claims {
     }
 }
 
+impl Claims {
+    /// Whether the token may see project `project` (its alerts, groups and work items).
+    pub fn sees_project(&self, project: &str) -> bool {
+        self.projects
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == project))
+    }
+
+    /// Whether the token may see topology `tid` (its state, mutations and live stream).
+    pub fn sees_topology(&self, tid: &str) -> bool {
+        self.topologies
+            .as_ref()
+            .is_none_or(|ts| ts.iter().any(|t| t == tid))
+    }
+
+    /// The token's projects as a JSON array, for SQL's `json_each`; `None` for all.
+    pub fn projects_json(&self) -> Option<String> {
+        self.projects
+            .as_ref()
+            .map(|p| serde_json::Value::from(p.clone()).to_string())
+    }
+
+    /// The token's topologies as a JSON array, for SQL's `json_each`; `None` for all.
+    pub fn topologies_json(&self) -> Option<String> {
+        self.topologies
+            .as_ref()
+            .map(|t| serde_json::Value::from(t.clone()).to_string())
+    }
+
+    /// Whether the token is limited to some projects or topologies.
+    pub fn scoped(&self) -> bool {
+        self.projects.is_some() || self.topologies.is_some()
+    }
+}
+
 /// How long a sign-in link works.
 pub const LOGIN_LINK_TTL_SECS: u64 = 300;
 /// The `purpose` of a sign-in link's token.
@@ -231,12 +266,15 @@ impl Authenticator {
             })
     }
 
-    /// Signs an API token for `sub` with `role`, valid `ttl_secs` (none with auth off).
-    pub fn mint(&self, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Result<Option<String>> {
+    /// Signs an API token valid `ttl_secs` (none without a secret).
+    /// The token keeps `from`'s subject, role and scope.
+    pub fn mint(&self, from: &Claims, ttl_secs: u64) -> anyhow::Result<Option<String>> {
         let Some(signer) = &self.signer else {
             return Ok(None);
         };
-        let claims = Claims::new(sub, role, now_secs()?.saturating_add(ttl_secs));
+        let mut claims = Claims::new(&from.sub, from.role, now_secs()?.saturating_add(ttl_secs));
+        claims.projects.clone_from(&from.projects);
+        claims.topologies.clone_from(&from.topologies);
         Ok(Some(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -288,10 +326,19 @@ fn sign(secret: &Secret, claims: &Claims) -> anyhow::Result<String> {
 
 /// Signs a token for `sub` with `role`, valid for `ttl_secs` from now.
 pub fn mint(secret: &Secret, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Result<String> {
-    sign(
-        secret,
-        &Claims::new(sub, role, now_secs()?.saturating_add(ttl_secs)),
-    )
+    mint_scoped(secret, &Claims::new(sub, role, 0), ttl_secs)
+}
+
+/// Signs a token with `template`'s subject, role and scope, valid for `ttl_secs` from now.
+pub fn mint_scoped(secret: &Secret, template: &Claims, ttl_secs: u64) -> anyhow::Result<String> {
+    let mut claims = Claims::new(
+        &template.sub,
+        template.role,
+        now_secs()?.saturating_add(ttl_secs),
+    );
+    claims.projects.clone_from(&template.projects);
+    claims.topologies.clone_from(&template.topologies);
+    sign(secret, &claims)
 }
 
 /// Signs a sign-in link's token: valid [`LOGIN_LINK_TTL_SECS`], exchanged once
@@ -302,9 +349,24 @@ pub fn mint_login(
     role: Role,
     session_secs: u64,
 ) -> anyhow::Result<String> {
-    let mut claims = Claims::new(sub, role, now_secs()?.saturating_add(LOGIN_LINK_TTL_SECS));
+    mint_login_scoped(secret, &Claims::new(sub, role, 0), session_secs)
+}
+
+/// [`mint_login`] for `template`'s subject, role and scope, which the session keeps.
+pub fn mint_login_scoped(
+    secret: &Secret,
+    template: &Claims,
+    session_secs: u64,
+) -> anyhow::Result<String> {
+    let mut claims = Claims::new(
+        &template.sub,
+        template.role,
+        now_secs()?.saturating_add(LOGIN_LINK_TTL_SECS),
+    );
     claims.purpose = Some(LOGIN.to_owned());
     claims.jti = Some(uuid::Uuid::new_v4().simple().to_string());
     claims.session_secs = Some(session_secs);
+    claims.projects.clone_from(&template.projects);
+    claims.topologies.clone_from(&template.topologies);
     sign(secret, &claims)
 }

@@ -44,16 +44,7 @@ async fn chromium_event_source_gets_the_snapshot_and_live_events() {
     .await;
     app.wait_caught_up().await;
 
-    let ticket: serde_json::Value = app
-        .http
-        .post(format!("{}/api/v1/auth/sse-ticket", app.address))
-        .bearer_auth(token(Role::Viewer))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket = app.sse_ticket(&token(Role::Viewer)).await;
     let page = format!(
         r#"<!doctype html><html><head><title>waiting</title></head><body><ul id="log"></ul><script>
 const log = (t) => {{ const li = document.createElement("li"); li.textContent = t;

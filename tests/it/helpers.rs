@@ -98,6 +98,35 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// `POST /api/v1/auth/sse-ticket` with `token`: the answer (`ticket`, `expires_in`).
+    pub async fn sse_ticket(&self, token: &str) -> Value {
+        let res = self
+            .http
+            .post(format!("{}/api/v1/auth/sse-ticket", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    /// Five seconds of `orrery demo` traffic on every subject (300 events/s, 6 agents),
+    /// projected: no list is empty after it.
+    pub async fn demo_traffic(&self, nats_url: &str) {
+        let out = run_demo(
+            nats_url,
+            &["--rate", "300", "--duration", "5s", "--agents", "6"],
+        )
+        .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.wait_caught_up().await;
+    }
+
     /// Enqueues an `add` mutation on topology `tid` as an operator.
     pub async fn enqueue(&self, tid: &str) -> reqwest::Response {
         self.post(

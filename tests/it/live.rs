@@ -446,16 +446,7 @@ async fn auth_comes_first_then_existence_and_tickets_are_single_use() {
     assert_eq!(res.status(), 422);
 
     // A ticket works once; ?token= works for compatibility.
-    let t: serde_json::Value = app
-        .http
-        .post(format!("{}/api/v1/auth/sse-ticket", app.address))
-        .bearer_auth(token(Role::Viewer))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t = app.sse_ticket(&token(Role::Viewer)).await;
     assert_eq!(t["expires_in"], 60);
     let ticket = t["ticket"].as_str().unwrap();
     let first = app

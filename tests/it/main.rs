@@ -18,6 +18,7 @@ mod live;
 mod oidc;
 mod openapi;
 mod results;
+mod scope;
 mod security;
 mod settings;
 mod snapshot;

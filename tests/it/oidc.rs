@@ -230,16 +230,7 @@ async fn provider_tokens_of_each_algorithm_work_for_the_api_and_live_streams() {
 
     // Live streams: an SSE ticket bought with a provider token, and `?token=` itself.
     publish_topology(&js, "web", "status", json!({"status": "running"})).await;
-    let ticket: Value = app
-        .http
-        .post(format!("{}/api/v1/auth/sse-ticket", app.address))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ticket = app.sse_ticket(&viewer).await;
     for query in [
         format!("ticket={}", ticket["ticket"].as_str().unwrap()),
         format!("token={operator}"),
@@ -253,7 +244,13 @@ async fn provider_tokens_of_each_algorithm_work_for_the_api_and_live_streams() {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 200, "{query}");
+        if res.status() != 200 {
+            panic!(
+                "{query}: {} {}",
+                res.status(),
+                res.text().await.unwrap_or_default()
+            );
+        }
         let mut events = SseClient::new(res);
         let first = events
             .next(Duration::from_secs(10))

@@ -146,17 +146,7 @@ async fn real_answers_of_the_read_endpoints_match_the_document() {
     let nats = NatsServer::start().unwrap();
     let app = spawn_app(&nats).await;
     // Traffic on every subject, from the demo, so that no list is empty.
-    let out = run_demo(
-        &nats.url(),
-        &["--rate", "300", "--duration", "5s", "--agents", "6"],
-    )
-    .await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    app.wait_caught_up().await;
+    app.demo_traffic(&nats.url()).await;
     // A dead letter, so that its shape is checked too.
     let js = jetstream(&nats).await;
     publish_raw(&js, "result.traffic.a1", "bad", b"{ nope".to_vec())

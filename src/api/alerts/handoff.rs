@@ -25,6 +25,7 @@ use crate::api::AppState;
 use crate::bus::publish::{Outgoing, PublishError};
 use crate::bus::{envelope, streams, subjects};
 use crate::projections::work_items::HANDOFF_KINDS;
+use crate::token::Claims;
 use crate::window::{format_unix_ms, now_ms};
 
 /// Largest dry-run or handoff request body.
@@ -47,6 +48,8 @@ struct Request {
     mode: String,
     limit: i64,
     handoff_kind: Option<String>,
+    /// The projects the caller's token may see (`None`: all); not part of the body.
+    scope: Option<Vec<String>>,
 }
 
 /// Parses a request body field by field, so that each bad field gets a 422 naming it.
@@ -125,6 +128,7 @@ fn parse_request(body: &RawBody, handoff: bool) -> ApiResult<Request> {
         mode,
         limit,
         handoff_kind,
+        scope: None,
     })
 }
 
@@ -259,7 +263,11 @@ fn entry_data(actor: &str, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
 
 impl Request {
     fn filters(&self) -> Filters<'_> {
-        Filters::new(self.project_id.as_deref(), self.provider.as_deref())
+        Filters::new(
+            self.project_id.as_deref(),
+            self.provider.as_deref(),
+            self.scope.as_deref(),
+        )
     }
 }
 
@@ -279,12 +287,14 @@ enum Begun {
 /// already used answers from the history.
 async fn begin(
     state: &AppState,
-    actor: &str,
+    claims: &Claims,
     headers: &HeaderMap,
     body: &RawBody,
     kind: &str,
 ) -> ApiResult<Begun> {
-    let r = parse_request(body, kind == "handoff")?;
+    let actor = claims.sub.as_str();
+    let mut r = parse_request(body, kind == "handoff")?;
+    r.scope.clone_from(&claims.projects);
     let key = idempotency_key(headers)?;
     let id = entry_id(actor, &r, kind, key);
     if key.is_some() {
@@ -305,7 +315,7 @@ pub async fn dry_run(
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<Response> {
-    let (r, id) = match begin(&state, &claims.sub, &headers, &body, "dry_run").await? {
+    let (r, id) = match begin(&state, &claims, &headers, &body, "dry_run").await? {
         Begun::Replay(answer) => return Ok(answer),
         Begun::New(r, id) => (r, id),
     };
@@ -488,7 +498,7 @@ pub async fn handoff(
     headers: HeaderMap,
     body: RawBody,
 ) -> ApiResult<Response> {
-    let (r, id) = match begin(&state, &claims.sub, &headers, &body, "handoff").await? {
+    let (r, id) = match begin(&state, &claims, &headers, &body, "handoff").await? {
         Begun::Replay(answer) => return Ok(answer),
         Begun::New(r, id) => (r, id),
     };
@@ -526,7 +536,7 @@ pub async fn handoff(
 /// item's dry-runs and handoffs, newest first.
 #[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)", pattern = "^wi_[0-9a-f]{24}$"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)", pattern = "^(dry_run|handoff)$"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn history(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
@@ -538,11 +548,14 @@ pub async fn history(
     let limit = params.int("limit", 1, 200, 50)?;
     let entries: Vec<String> = sqlx::query_scalar(
         "SELECT entry FROM work_item_history WHERE work_item_id = ?1 \
-         AND (?2 IS NULL OR kind = ?2) ORDER BY seq DESC LIMIT ?3",
+         AND (?2 IS NULL OR kind = ?2) \
+         AND (?4 IS NULL OR project_id IN (SELECT value FROM json_each(?4))) \
+         ORDER BY seq DESC LIMIT ?3",
     )
     .bind(id)
     .bind(kind)
     .bind(limit)
+    .bind(claims.projects_json())
     .fetch_all(&state.db.readers)
     .await?;
     Ok(json_body(format!(

@@ -41,7 +41,7 @@ struct HeartbeatRequest {
 
 /// `POST /api/v1/alerts/provider-heartbeat`: publishes one synthetic `heartbeat` alert per
 /// provider, so freshness can tell a quiet provider from a dead feed.
-#[utoipa::path(post, path = "/alerts/provider-heartbeat", operation_id = "post_alerts_provider_heartbeat", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::HeartbeatRequest, responses((status = 202, description = "published on the bus", body = crate::api::schema::HeartbeatsSent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/provider-heartbeat", operation_id = "post_alerts_provider_heartbeat", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::HeartbeatRequest, responses((status = 202, description = "published on the bus", body = crate::api::schema::HeartbeatsSent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn provider_heartbeat(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
@@ -54,6 +54,9 @@ pub async fn provider_heartbeat(
             "project_id must be {}",
             subjects::TOKEN_FORM
         )));
+    }
+    if !claims.sees_project(&req.project_id) {
+        return Err(ApiError::NotFound("project".into()));
     }
     let mut providers = req.providers.clone();
     providers.sort();
@@ -223,9 +226,9 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
 /// `POST /api/v1/alerts/webhook/alertmanager?project_id=`: Alertmanager's webhook (v4);
 /// one alert event per alert on `alert.alertmanager.<project_id>`. Everything is validated
 /// before anything is published.
-#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = crate::api::schema::WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = crate::api::schema::WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn alertmanager_webhook(
-    _: AsOperator,
+    Authorized(claims): AsOperator,
     State(state): State<AppState>,
     params: Params,
     body: RawBody,
@@ -233,6 +236,9 @@ pub async fn alertmanager_webhook(
     let project = params
         .token("project_id")?
         .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;
+    if !claims.sees_project(project) {
+        return Err(ApiError::NotFound("project".into()));
+    }
     let events = parse_webhook(body_bytes(&body, MAX_BODY_BYTES)?)?;
     let now = format_unix_ms(now_ms());
     let mut outgoing = Vec::with_capacity(events.len());

@@ -32,6 +32,8 @@ type Stamp = (u64, u64);
 struct Key {
     project_id: Option<String>,
     provider: Option<String>,
+    /// The caller's projects: tokens of different scopes never share a page.
+    scope: Option<Vec<String>>,
     limit: i64,
 }
 
@@ -73,6 +75,7 @@ impl PageCache {
         let key = Key {
             project_id: filters.project_id().map(str::to_owned),
             provider: filters.provider().map(str::to_owned),
+            scope: filters.scope().map(<[String]>::to_vec),
             limit,
         };
         let cell = {

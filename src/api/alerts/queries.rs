@@ -12,8 +12,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::extract::{AsViewer, Params};
+use crate::api::extract::{AsViewer, Authorized, Params};
 use crate::api::AppState;
+use crate::token::Claims;
 
 use super::plan;
 use crate::bus::subjects;
@@ -89,10 +90,13 @@ fn json_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
     out
 }
 
-/// Filters shared by the dossier queries, validated.
+/// Filters shared by the dossier queries, validated, with the projects the caller's token
+/// may see.
 pub(super) struct Filters<'a> {
     project_id: Option<&'a str>,
     provider: Option<&'a str>,
+    /// The token's projects; `None` for all.
+    scope: Option<&'a [String]>,
 }
 
 impl<'a> Filters<'a> {
@@ -106,23 +110,40 @@ impl<'a> Filters<'a> {
         self.provider
     }
 
-    /// Filters from values already validated.
-    pub(super) fn new(project_id: Option<&'a str>, provider: Option<&'a str>) -> Self {
+    /// The projects the caller may see; `None` for all.
+    pub(super) fn scope(&self) -> Option<&'a [String]> {
+        self.scope
+    }
+
+    /// Filters from values already validated, for a caller who may see the projects in
+    /// `scope` (`None`: all).
+    pub(super) fn new(
+        project_id: Option<&'a str>,
+        provider: Option<&'a str>,
+        scope: Option<&'a [String]>,
+    ) -> Self {
         Self {
             project_id,
             provider,
+            scope,
         }
     }
 
-    pub(super) fn parse(params: &'a Params, with_provider: bool) -> ApiResult<Self> {
-        Ok(Self {
-            project_id: params.token("project_id")?,
-            provider: if with_provider {
-                params.token("provider")?
-            } else {
-                None
-            },
-        })
+    pub(super) fn parse(
+        params: &'a Params,
+        with_provider: bool,
+        claims: &'a Claims,
+    ) -> ApiResult<Self> {
+        let provider = if with_provider {
+            params.token("provider")?
+        } else {
+            None
+        };
+        Ok(Self::new(
+            params.token("project_id")?,
+            provider,
+            claims.projects.as_deref(),
+        ))
     }
 
     /// Appends ` WHERE …` for the filters on table alias `t`; returns what joins a further
@@ -137,6 +158,16 @@ impl<'a> Filters<'a> {
             q.push(format!("{sep}{t}.provider = ")).push_bind(p);
             sep = " AND ";
         }
+        // A project outside the token's scope is filtered like one with no events: what
+        // the token may not see does not show that it exists.
+        if let Some(projects) = self.scope {
+            q.push(format!(
+                "{sep}{t}.project_id IN (SELECT value FROM json_each("
+            ))
+            .push_bind(serde_json::Value::from(projects.to_vec()).to_string())
+            .push("))");
+            sep = " AND ";
+        }
         sep
     }
 }
@@ -145,11 +176,11 @@ impl<'a> Filters<'a> {
 /// and a summary of them.
 #[utoipa::path(get, path = "/alerts/dossier", operation_id = "get_alerts_dossier", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_event_id" = Option<String>, Query, description = "one provider event", min_length = 1, max_length = 256), ("limit" = Option<i64>, Query, description = "rows, 1–50 (default 20)", minimum = 1, maximum = 50), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Dossier), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn dossier(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
-    let filters = Filters::parse(&params, false)?;
+    let filters = Filters::parse(&params, false, &claims)?;
     let event_id = params.get("provider_event_id")?;
     if event_id.is_some_and(|id| id.is_empty() || id.len() > MAX_FIELD_LEN) {
         return Err(ApiError::invalid(
@@ -236,11 +267,11 @@ impl Coverage {
 /// events, what each provider contributed.
 #[utoipa::path(get, path = "/alerts/coverage", operation_id = "get_alerts_coverage", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 100)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Coverage), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn coverage(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
-    let filters = Filters::parse(&params, true)?;
+    let filters = Filters::parse(&params, true, &claims)?;
     let limit = params.int("limit", 1, 200, 100)?;
     let mut q = QueryBuilder::new(
         "SELECT e.provider, e.is_duplicate, e.has_redacted_content, e.source_ref_total, \
@@ -276,11 +307,11 @@ pub async fn coverage(
 /// first, with the fields of each group's latest event. Synthetic heartbeats never count.
 #[utoipa::path(get, path = "/alerts/recurrence", operation_id = "get_alerts_recurrence", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–300 (default 100)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Recurrence), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn recurrence(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
-    let filters = Filters::parse(&params, true)?;
+    let filters = Filters::parse(&params, true, &claims)?;
     let limit = params.int("limit", 1, 300, 100)?;
     let page = state.recurrence_pages.page(&state, &filters, limit).await?;
     let mut s = Summary::default();
@@ -425,11 +456,11 @@ impl Summary {
 /// `GET /api/v1/alerts/recent?project_id=&provider_prefix=&limit=`: newest events first.
 #[utoipa::path(get, path = "/alerts/recent", operation_id = "get_alerts_recent", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_prefix" = Option<String>, Query, description = "providers starting with this", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 20)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Recent), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn recent(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
-    let filters = Filters::parse(&params, false)?;
+    let filters = Filters::parse(&params, false, &claims)?;
     let prefix = params.get("provider_prefix")?;
     if prefix.is_some_and(|p| p.len() > 64 || !subjects::is_token(p)) {
         return Err(ApiError::invalid(
@@ -457,11 +488,11 @@ pub async fn recent(
 /// included) and whether it is older than the configured threshold.
 #[utoipa::path(get, path = "/alerts/freshness", operation_id = "get_alerts_freshness", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Freshness), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn freshness(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Json<Value>> {
-    let filters = Filters::parse(&params, false)?;
+    let filters = Filters::parse(&params, false, &claims)?;
     let mut q = QueryBuilder::new(
         "SELECT e.provider AS provider, MAX(e.last_received_at) AS last \
          FROM alert_freshness e",

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::plan::{is_work_item_id, plan, work_item_id, Plan, GUARANTEES, MODES};
 use super::queries::{json_body, Filters, PageGroup};
 use crate::api::error::{ApiError, ApiResult};
-use crate::api::extract::{AsViewer, Params};
+use crate::api::extract::{AsViewer, Authorized, Params};
 use crate::api::AppState;
 use crate::window::now_ms;
 
@@ -80,7 +80,7 @@ pub(super) async fn open_handoff(
 /// pre-flight checks. Reads only.
 #[utoipa::path(get, path = "/alerts/recurrence/work-item/preview", operation_id = "get_work_item_preview", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits), as /alerts/recurrence lists it", pattern = "^wi_[0-9a-f]{24}$"), ("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("mode" = Option<String>, Query, description = "auto (default: by classification), automation or manual", pattern = "^(auto|automation|manual)$"), ("limit" = Option<i64>, Query, description = "the work item is looked for among the latest `limit` groups, 1–300 (default 300)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::WorkItemPreview), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
 pub async fn preview(
-    _: AsViewer,
+    Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
 ) -> ApiResult<Response> {
@@ -89,7 +89,7 @@ pub async fn preview(
     if !MODES.contains(&mode) {
         return Err(ApiError::invalid("mode", "auto, automation or manual"));
     }
-    let filters = Filters::parse(&params, true)?;
+    let filters = Filters::parse(&params, true, &claims)?;
     let limit = params.int("limit", 1, 300, 300)?;
     let (g, plan) = plan_now(&state, &filters, limit, id, mode).await?;
     let class = g.runs.classification();

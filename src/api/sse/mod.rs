@@ -32,7 +32,7 @@ use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{bearer, AsViewer, Authorized, Params};
 use crate::api::topologies::{in_flight, topology_json};
 use crate::api::AppState;
-use crate::bus::{streams, subjects};
+use crate::bus::streams;
 use crate::live::{epoch_token, event_id, frame, parse_event_id, Join, LiveEvent, Resume, View};
 use crate::projections::topology;
 use crate::projector::load_checkpoint;
@@ -433,9 +433,7 @@ pub async fn events(
 ) -> ApiResult<Response> {
     let claims = authenticate(&state, &headers, &params).await?;
     let resume_from = last_event_id(&headers, &params)?;
-    if !subjects::is_token(&tid) {
-        return Err(ApiError::NotFound("topology".into()));
-    }
+    crate::api::topologies::visible(&claims, &tid)?;
     let slot = state.limits.acquire(&claims.sub)?;
 
     let mut initial = VecDeque::new();

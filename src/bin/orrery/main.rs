@@ -52,6 +52,14 @@ enum Command {
         /// Subject (who the token is for).
         #[arg(long, default_value = "orrery-cli")]
         sub: String,
+        /// Limit the token to these projects (alerts, work items): repeat or separate with
+        /// commas; without it, every project.
+        #[arg(long = "project", value_delimiter = ',')]
+        projects: Vec<String>,
+        /// Limit the token to these topologies: repeat or separate with commas; without it,
+        /// every topology.
+        #[arg(long = "topology", value_delimiter = ',')]
+        topologies: Vec<String>,
         /// Print a single-use sign-in link for the dashboard instead (valid 5 minutes; the
         /// session it opens lasts --ttl).
         #[arg(long)]
@@ -304,10 +312,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             role,
             ttl,
             sub,
+            projects,
+            topologies,
             login_url,
             base_url,
             settings,
         } => {
+            for (flag, ids) in [("--project", &projects), ("--topology", &topologies)] {
+                if let Some(bad) = ids.iter().find(|id| !orrery::bus::subjects::is_token(id)) {
+                    return Err(refused(anyhow::anyhow!(
+                        "{flag} `{}`: accepts ids that are {}",
+                        bad.escape_debug(),
+                        orrery::bus::subjects::TOKEN_FORM
+                    )));
+                }
+            }
+            let mut template = token::Claims::new(&sub, role, 0);
+            template.projects = (!projects.is_empty()).then_some(projects);
+            template.topologies = (!topologies.is_empty()).then_some(topologies);
             let config = settings.resolve().map_err(refused)?;
             let secret = config
                 .jwt_secret
@@ -317,10 +339,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if login_url {
                 let base =
                     base_url.unwrap_or_else(|| format!("http://{}", local_address(config.listen)));
-                let login = token::mint_login(&secret, &sub, role, ttl.as_secs())?;
+                let login = token::mint_login_scoped(&secret, &template, ttl.as_secs())?;
                 println!("{}/#login={login}", base.trim_end_matches('/'));
             } else {
-                println!("{}", token::mint(&secret, &sub, role, ttl.as_secs())?);
+                println!("{}", token::mint_scoped(&secret, &template, ttl.as_secs())?);
             }
             Ok(())
         }

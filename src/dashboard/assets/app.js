@@ -77,7 +77,9 @@ async function start() {
   };
   $("signin").hidden = true;
   $("top").hidden = false;
+  const scope = [...(who.projects || []), ...(who.topologies || [])];
   $("who").textContent = who.auth ? `${who.sub} · ${who.role}` : "authentication off · admin";
+  if (scope.length) $("who").title = `limited to: ${scope.join(", ")}`;
   $("signout").hidden = !who.auth;
   document.body.dataset.role = who.role;
   if (!location.hash || location.hash === "#") location.hash = "#/overview";
