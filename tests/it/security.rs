@@ -579,3 +579,80 @@ async fn a_creds_file_in_operator_mode_connects_projects_and_publishes() {
     let app = spawn_app_with(s, dir).await;
     publishes_and_projects(&app).await;
 }
+
+/// The bucket the permission sets grant for snapshots.
+const SNAPSHOT_BUCKET: &str = "orrery-snapshots";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_written_pruned_and_restored_under_the_documented_permission_sets() {
+    let config = format!(
+        "authorization {{ users = [\n{{ user: admin, password: admin-pw }}\n{}\n{}\n] }}",
+        user_with_set("provisioner", "provisioning"),
+        user_with_set("replica", "replica"),
+    );
+    let nats = NatsServer::start_with_config(&config).unwrap();
+    // A serving daemon writing a snapshot every second and keeping two: uploads and prunes.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.nats_user = Some("provisioner".into());
+    s.nats_password = Some("pw".into());
+    s.snapshot_bucket = Some(SNAPSHOT_BUCKET.into());
+    s.snapshot_interval_secs = Some(1);
+    s.snapshot_keep = Some(2);
+    let writer = spawn_app_with(s, dir).await;
+    ready_now(&writer).await;
+    let js = as_admin(&nats).await;
+    for i in 0..20 {
+        publish_result(
+            &js,
+            "result.scan.a1",
+            json!({"result_id": format!("r{i}"), "job_id": "j", "exit_code": 0}),
+        )
+        .await;
+    }
+    writer.wait_caught_up().await;
+    // Three names seen while no more than two are kept prove uploads and pruning.
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut kept = 0;
+        if let Ok(store) = js.get_object_store(SNAPSHOT_BUCKET).await {
+            if let Ok(list) = store.list().await {
+                let listed: Vec<_> = futures::TryStreamExt::try_collect(list)
+                    .await
+                    .unwrap_or_default();
+                for info in listed.into_iter().filter(|i| !i.deleted) {
+                    kept += 1;
+                    seen.insert(info.name);
+                }
+            }
+        }
+        if seen.len() >= 3 && kept <= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots seen: {seen:?}, kept {kept}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stream forgets what was snapshotted: only a restore can bring it back.
+    let stream = js.get_stream("RESULTS").await.unwrap();
+    stream.purge().await.unwrap();
+
+    // A replica that may not create streams restores the newest snapshot and catches up.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
+    s.nats_user = Some("replica".into());
+    s.nats_password = Some("pw".into());
+    s.provision_streams = Some(false);
+    s.snapshot_bucket = Some(SNAPSHOT_BUCKET.into());
+    let reader = spawn_app_with(s, dir).await;
+    reader.wait_caught_up().await;
+    assert_eq!(reader.count("since=1h").await, 20);
+    for app in [&writer, &reader] {
+        assert_eq!(denied_metric(app).await, 0.0);
+        let ready = ready_now(app).await;
+        assert_eq!(ready["reasons"], json!([]), "{ready}");
+    }
+}
