@@ -192,3 +192,50 @@ async fn a_short_soak_reports_memory_files_lag_and_latency_every_interval() {
     assert!(report["published"].as_u64().unwrap() > 300, "{report}");
     assert_eq!(report["final_lag"], 0, "{report}");
 }
+
+/// `orrery bench ingest` measures what agents send (UUID ids, spread times) and then the
+/// labelled best case, each projected whole; a bad window is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_ingest_measures_the_realistic_shape_and_the_labelled_best_case() {
+    let run = |args: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_orrery"))
+                .args(["bench", "ingest", "--events", "3000", "--json"])
+                .args(args)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["--spread", "6h"]).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shapes: Vec<_> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["shape"].clone())
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            serde_json::json!({"realistic": {"spread_secs": 21600}}),
+            serde_json::json!("sequential")
+        ]
+    );
+    for r in reports.as_array().unwrap() {
+        assert_eq!(r["rows"], 3000, "{r}");
+        assert!(r["catchup_eps"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let out = run(&["--spread", "0s"]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--spread"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

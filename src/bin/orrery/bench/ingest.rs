@@ -1,6 +1,10 @@
 //! `orrery bench ingest`: publishes N result events, then times (1) the raw ordered-consumer
 //! ceiling — the same consumption with no decoding and no SQLite — and (2) the projector's
 //! catch-up from a fresh database to lag 0, and prints both with their ratio.
+//!
+//! The events are what agents send ([`Shape::Realistic`]: random UUID v4 ids, seven jobs,
+//! 300 agents, finish times spread at random over a window), or the labelled best case
+//! ([`Shape::Sequential`]: ids in key order and one timestamp), which flatters the B-trees.
 
 use std::time::{Duration, Instant};
 
@@ -66,9 +70,38 @@ impl CpuMeter {
     }
 }
 
+/// What the published results look like.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Shape {
+    /// What agents send: UUID v4 `id` and `result_id`, 7 jobs, 300 agents, one in ten
+    /// failing, finished at random times over the last `spread_secs`, 0.2–30 s long.
+    Realistic {
+        /// The window finish times are spread over.
+        spread_secs: u64,
+    },
+    /// The best case, labelled as such: `bench-<i>` ids in key order, one timestamp.
+    Sequential,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Realistic { spread_secs } => write!(
+                f,
+                "realistic: UUID ids, finish times spread over {:.1} h",
+                *spread_secs as f64 / 3600.0
+            ),
+            Self::Sequential => f.write_str("best case: sequential ids, one timestamp"),
+        }
+    }
+}
+
 /// Figures of one `bench ingest` run.
 #[derive(Debug, Serialize)]
 pub struct IngestReport {
+    /// What the events looked like.
+    pub shape: Shape,
     /// Events published and projected.
     pub events: u64,
     /// Publish rate with acks pipelined, events/s.
@@ -89,7 +122,39 @@ pub struct IngestReport {
     pub catchup_cpu: CpuCost,
 }
 
-/// One result event body, about the size agents send.
+/// The jobs of the realistic shape.
+const JOBS: [&str; 7] = [
+    "probe-http",
+    "probe-dns",
+    "scan-web",
+    "scan-ports",
+    "mail-thread",
+    "file-drop",
+    "traffic-replay",
+];
+
+/// One realistic result: subject and body.
+fn realistic_event(rng: &mut fastrand::Rng, now_ms: i64, spread_ms: i64) -> (String, Vec<u8>) {
+    const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
+    let finished = now_ms - rng.i64(0..spread_ms.max(1));
+    let took = rng.i64(200..30_000);
+    let agent = rng.u32(0..300);
+    let body = format!(
+        r#"{{"specversion":"1.0","id":"{id}","type":"result","source":"agent/agent-{agent:04}","time":"{f}","data":{{"result_id":"{rid}","job_id":"{job}","exit_code":{code},"started_at":"{s}","finished_at":"{f}"}}}}"#,
+        id = uuid::Uuid::new_v4(),
+        rid = uuid::Uuid::new_v4(),
+        job = JOBS[rng.usize(0..JOBS.len())],
+        code = u8::from(rng.u8(0..10) == 0),
+        s = orrery::window::format_unix_ms(finished - took),
+        f = orrery::window::format_unix_ms(finished),
+    );
+    (
+        format!("result.{}.agent-{agent:04}", KINDS[rng.usize(0..4)]),
+        body.into_bytes(),
+    )
+}
+
+/// One result event body of the sequential best case.
 fn result_event(i: u64) -> Vec<u8> {
     let ok = i % 10 != 0;
     format!(
@@ -100,16 +165,32 @@ fn result_event(i: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Publishes `events` results into RESULTS with up to 4096 acks in flight.
-async fn publish(js: &jetstream::Context, events: u64, run: &str) -> anyhow::Result<Duration> {
+/// Publishes `events` results of `shape` into RESULTS with up to 4096 acks in flight.
+async fn publish(
+    js: &jetstream::Context,
+    events: u64,
+    run: &str,
+    shape: Shape,
+) -> anyhow::Result<Duration> {
     const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
-    publish_with(js, events, run, |i| {
-        (
-            format!("result.{}.agent-{:04}", KINDS[(i % 4) as usize], i % 1000),
-            result_event(i),
-        )
-    })
-    .await
+    match shape {
+        Shape::Sequential => {
+            publish_with(js, events, run, |i| {
+                (
+                    format!("result.{}.agent-{:04}", KINDS[(i % 4) as usize], i % 1000),
+                    result_event(i),
+                )
+            })
+            .await
+        }
+        Shape::Realistic { spread_secs } => {
+            // Seeded: two runs publish the same times and jobs (the ids are random).
+            let mut rng = fastrand::Rng::with_seed(42);
+            let now = orrery::window::now_ms();
+            let spread = i64::try_from(spread_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            publish_with(js, events, run, |_| realistic_event(&mut rng, now, spread)).await
+        }
+    }
 }
 
 async fn raw_consume(js: &jetstream::Context, from: u64, to: u64) -> anyhow::Result<Duration> {
@@ -140,6 +221,7 @@ pub async fn run(
     nats_pid: Option<u32>,
     events: u64,
     batch_size: usize,
+    shape: Shape,
 ) -> anyhow::Result<IngestReport> {
     if events == 0 {
         bail!("--events must be at least 1");
@@ -147,7 +229,7 @@ pub async fn run(
     let js = connect_provisioned(nats_url, Duration::from_secs(86_400)).await?;
     let before = last_seq(&js, streams::RESULTS.name).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let publish_time = publish(&js, events, &run).await?;
+    let publish_time = publish(&js, events, &run, shape).await?;
     let last = last_seq(&js, streams::RESULTS.name).await?;
     if last - before != events {
         bail!(
@@ -173,6 +255,7 @@ pub async fn run(
     let raw = eps(events, raw_time);
     let catchup = eps(events, catchup_time);
     Ok(IngestReport {
+        shape,
         events,
         publish_eps: eps(events, publish_time),
         raw_consumer_eps: raw,
@@ -189,8 +272,8 @@ impl std::fmt::Display for IngestReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "orrery bench ingest — {} result events, batch size {}",
-            self.events, self.batch_size
+            "orrery bench ingest — {} result events ({}), batch size {}",
+            self.events, self.shape, self.batch_size
         )?;
         writeln!(f, "  {:<34} {:>12}", "measure", "events/s")?;
         writeln!(

@@ -53,6 +53,13 @@ pub enum Bench {
         /// Projector batch size.
         #[arg(long, default_value_t = 4096)]
         batch_size: usize,
+        /// The window realistic finish times are spread over, e.g. 24h, 1h.
+        #[arg(long, default_value = "24h")]
+        spread: String,
+        /// Only the best case (sequential ids, one timestamp), labelled as such; without
+        /// it, the realistic shape and then the best case are both measured.
+        #[arg(long)]
+        sequential: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -168,11 +175,38 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             events,
             nats_url,
             batch_size,
+            spread,
+            sequential,
             json,
         } => {
+            let spread = orrery::window::parse_duration(&spread)
+                .ok()
+                .filter(|d| !d.is_zero() && d.as_secs() <= 365 * 86_400)
+                .with_context(|| format!("--spread `{spread}`: accepts 1s to 365d, e.g. 24h"))?;
+            let shapes = if sequential {
+                vec![ingest::Shape::Sequential]
+            } else {
+                vec![
+                    ingest::Shape::Realistic {
+                        spread_secs: spread.as_secs(),
+                    },
+                    ingest::Shape::Sequential,
+                ]
+            };
             let (private, url) = bench_nats(nats_url)?;
             let pid = private.as_ref().map(|n| n.pid());
-            print_report(&ingest::run(&url, pid, events, batch_size).await?, json)
+            let mut reports = Vec::new();
+            for shape in shapes {
+                reports.push(ingest::run(&url, pid, events, batch_size, shape).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    println!("{r}\n");
+                }
+            }
+            Ok(())
         }
         Bench::Cluster {
             events,
