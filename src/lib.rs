@@ -29,6 +29,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backup;
 pub mod bus;
 pub mod config;
 pub mod dashboard;

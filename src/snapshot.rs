@@ -83,7 +83,7 @@ fn schema_of(name: &str) -> Option<i64> {
     schema.strip_prefix('s')?.parse().ok()
 }
 
-async fn open_pool(path: &Path, read_only: bool) -> anyhow::Result<SqlitePool> {
+pub(crate) async fn open_pool(path: &Path, read_only: bool) -> anyhow::Result<SqlitePool> {
     let url = format!("sqlite://{}", path.display());
     let options = SqliteConnectOptions::from_str(&url)?
         .read_only(read_only)
@@ -96,7 +96,7 @@ async fn open_pool(path: &Path, read_only: bool) -> anyhow::Result<SqlitePool> {
 }
 
 /// Schema version, checkpoints and digest of a database file.
-async fn describe(
+pub(crate) async fn describe(
     path: &Path,
     read_models: &[ReadModel],
     retention: Duration,
@@ -203,7 +203,7 @@ pub async fn take(
 }
 
 /// A scratch directory beside the database: same filesystem, so a restore is one rename.
-fn scratch_dir(database: &Path) -> anyhow::Result<tempfile::TempDir> {
+pub(crate) fn scratch_dir(database: &Path) -> anyhow::Result<tempfile::TempDir> {
     let parent = match database.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

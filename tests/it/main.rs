@@ -2,6 +2,7 @@
 
 mod alerts;
 mod api;
+mod backup;
 mod browser;
 mod cdp;
 mod cluster;

@@ -41,6 +41,22 @@ enum Command {
     /// Write a snapshot of the database to --snapshot-bucket now (safe beside a serving
     /// daemon with the same settings) and print what it holds.
     Snapshot(Settings),
+    /// Copy the database to FILE, a consistent online copy with its checkpoints and digest
+    /// recorded inside (safe beside a serving daemon with the same settings).
+    Backup {
+        /// The backup file to write (never overwritten).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Put the backup FILE in place as --database (which must not exist) once its digest
+    /// and schema check out; `serve` then catches up from its checkpoints.
+    Restore {
+        /// The backup file, as `orrery backup` wrote it.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        settings: Settings,
+    },
     /// Print an API token signed with the configured secret.
     Token {
         /// viewer, operator or admin.
@@ -268,6 +284,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
+        Command::Backup { file, settings } => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            init_tracing(config.log_json);
+            let read_models = orrery::projections::read_models(&config);
+            let info = orrery::backup::backup(
+                &config.database,
+                &file,
+                &read_models,
+                config.fleet.sample_retention,
+            )
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+        Command::Restore { file, settings } => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            init_tracing(config.log_json);
+            let read_models = orrery::projections::read_models(&config);
+            let info = orrery::backup::restore(&file, &config.database, &read_models).await?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
         Command::Demo {
             rate,
             duration,
@@ -392,6 +430,7 @@ async fn main() -> ExitCode {
                 || e.downcast_ref::<orrery::db::Corrupt>().is_some()
                 || e.downcast_ref::<orrery::db::Unwritable>().is_some()
                 || e.downcast_ref::<orrery::db::TooNew>().is_some()
+                || e.downcast_ref::<orrery::backup::Refused>().is_some()
             {
                 ExitCode::from(2)
             } else {
