@@ -24,8 +24,11 @@ fi
 [ -x "$node_bin" ] || { echo "the auth tests need Node.js 20 or later at $node_bin (or ORRERY_NODE)" >&2; exit 1; }
 major=$("$node_bin" -p 'process.versions.node.split(".")[0]')
 [ "$major" -ge 20 ] || { echo "$node_bin is Node.js $major; the auth tests need 20 or later" >&2; exit 1; }
-npm_cli="$(dirname "$(readlink -f "$node_bin")")/npm"
-[ -x "$npm_cli" ] || npm_cli=$(command -v npm) || { echo "npm is needed beside $node_bin" >&2; exit 1; }
+# npm's own script, run by the checked node: `npm` is `#!/usr/bin/env node`, which would run
+# under whatever node comes first on PATH.
+npm_cli=$(readlink -f "$(dirname "$node_bin")/npm" 2>/dev/null || true)
+[ -f "$npm_cli" ] || npm_cli=$(readlink -f "$(command -v npm)" 2>/dev/null || true)
+[ -f "$npm_cli" ] || { echo "npm is needed beside $node_bin" >&2; exit 1; }
 
 installed() {
   [ -f "$stamp" ] && cat "$src/package.json" "$src/package-lock.json" | cmp -s - "$stamp" &&
@@ -38,7 +41,8 @@ if ! installed; then
   rm -rf "$dir"
   mkdir -p "$dir"
   cp "$src/package.json" "$src/package-lock.json" "$dir/"
-  (cd "$dir" && "$npm_cli" ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  (cd "$dir" && PATH="$(dirname "$node_bin"):$PATH" "$node_bin" "$npm_cli" ci --ignore-scripts \
+    --no-audit --no-fund --loglevel=error >&2)
   cat "$src/package.json" "$src/package-lock.json" >"$stamp"
 fi
 ln -sfn "$node_bin" "$dir/node"

@@ -15,24 +15,31 @@ check() { # name, condition...
   if "$@"; then passed=$((passed + 1)); echo "ok   $name"; else failed=$((failed + 1)); echo "FAIL $name"; fi
 }
 
-# Decoys: a nats-server 2.12.0 (new enough for the old lookup to accept it), a chromium, and a
-# schemathesis 0.0.1 that the machine's python3 imports without complaint.
+# Decoys: a nats-server 2.12.0 (new enough for the old lookup to accept it), a chromium, a
+# schemathesis 0.0.1 that the machine's python3 imports without complaint, a node and an
+# oidc-provider on NODE_PATH.
 mkdir -p "$decoy/bin" "$decoy/site/schemathesis" "$decoy/user"
 printf '#!/bin/sh\necho "nats-server: v2.12.0"\n' >"$decoy/bin/nats-server"
 printf '#!/bin/sh\necho "Decoy Chromium 1.0"\n' >"$decoy/bin/chromium"
 printf '#!/bin/sh\necho "schemathesis, version 0.0.1"\n' >"$decoy/bin/schemathesis"
+printf '#!/bin/sh\necho "v0.0.1"\n' >"$decoy/bin/node"
 chmod +x "$decoy/bin/"*
+# And an oidc-provider 0.0.1 where NODE_PATH would find it.
+mkdir -p "$decoy/node_modules/oidc-provider"
+echo '{"name": "oidc-provider", "version": "0.0.1", "main": "index.js"}' >"$decoy/node_modules/oidc-provider/package.json"
 echo '__version__ = "0.0.1"' >"$decoy/site/schemathesis/__init__.py"
 usersite=$(PYTHONUSERBASE="$decoy/user" python3 -c 'import site; print(site.getusersitepackages())')
 mkdir -p "$usersite"
 cp -r "$decoy/site/schemathesis" "$usersite/"
 run() { # the environment of a used machine: decoys first everywhere a lookup might go
-  env -u ORRERY_NATS_SERVER -u ORRERY_CHROMIUM PATH="$decoy/bin:$PATH" \
+  env -u ORRERY_NATS_SERVER -u ORRERY_CHROMIUM -u ORRERY_NODE -u ORRERY_NODE_TOOLS \
+    PATH="$decoy/bin:$PATH" NODE_PATH="$decoy/node_modules" \
     PYTHONPATH="$decoy/site" PYTHONUSERBASE="$decoy/user" "$@"
 }
 
 check "the decoys are found first (the old lookups would have used them)" \
   run sh -c '[ "$(command -v nats-server)" = "$0/bin/nats-server" ] &&
+             [ "$(command -v node)" = "$0/bin/node" ] &&
              [ "$(python3 -c "import schemathesis; print(schemathesis.__version__)")" = 0.0.1 ]' "$decoy"
 
 nats=$(run scripts/ensure-nats-server.sh)
@@ -61,6 +68,15 @@ check "the api-fuzz script runs schemathesis that way" \
 chromium=$(run scripts/ensure-chromium.sh 2>/dev/null)
 check "ensure-chromium prints Debian's /usr/bin/chromium, not the chromium on PATH" \
   test "$chromium" = /usr/bin/chromium
+
+node_tools=$(run scripts/ensure-node-tools.sh 2>/dev/null)
+check "ensure-node-tools prints .tools/node" test "$node_tools" = "$root/.tools/node"
+check "its node is the Node.js the script checked, not the node on PATH" \
+  sh -c '[ "$("$0/node" --version)" != v0.0.1 ] && [ "$(readlink "$0/node")" = /usr/bin/node ]' "$node_tools"
+pinned_op=$(sed -n 's/.*"oidc-provider": "\([^"]*\)".*/\1/p' scripts/node-tools/package.json)
+check "the oidc-provider the tests import by path is the pinned $pinned_op, not NODE_PATH's" \
+  sh -c '[ "$(NODE_PATH="$2" "$0/node" -p "require(\"$0/node_modules/oidc-provider/package.json\").version")" = "$1" ]' \
+  "$node_tools" "$pinned_op" "$decoy/node_modules"
 
 echo "setup: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
