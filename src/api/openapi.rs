@@ -52,9 +52,210 @@ impl Modify for BearerAuth {
 static DOCUMENT: OnceLock<String> = OnceLock::new();
 
 /// Keeps the generated document for [`document`] (the first router built wins: every
-/// router of a process registers the same routes).
+/// router of a process registers the same routes), with its [`LINKS`].
 pub fn publish(doc: &Document) {
-    let _ = DOCUMENT.get_or_init(|| doc.to_pretty_json().unwrap_or_else(|_| "{}".into()));
+    let _ = DOCUMENT.get_or_init(|| {
+        let mut value = serde_json::to_value(doc).unwrap_or_default();
+        add_links(&mut value);
+        serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into())
+    });
+}
+
+/// A link of an answer to an operation that takes one of its ids: (name, target operation,
+/// parameters, request body), each value a runtime expression.
+type LinkSpec = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    Option<&'static [(&'static str, &'static str)]>,
+);
+
+/// From the answer (operation, status) to the operations that take its ids, so that a client
+/// or a stateful fuzzer walks list → item → sub-resources with ids that exist.
+const LINKS: &[(&str, &str, &[LinkSpec])] = &[
+    (
+        "get_topologies",
+        "200",
+        &[
+            (
+                "topology",
+                "get_topologies_tid",
+                &[("tid", "$response.body#/items/0/id")],
+                None,
+            ),
+            (
+                "mutations",
+                "get_topologies_tid_mutations",
+                &[("tid", "$response.body#/items/0/id")],
+                None,
+            ),
+            (
+                "enqueue",
+                "post_topologies_tid_mutations",
+                &[("tid", "$response.body#/items/0/id")],
+                None,
+            ),
+        ],
+    ),
+    (
+        "post_topologies_tid_mutations",
+        "202",
+        &[
+            (
+                "topology",
+                "get_topologies_tid",
+                &[("tid", "$request.path.tid")],
+                None,
+            ),
+            (
+                "mutations",
+                "get_topologies_tid_mutations",
+                &[("tid", "$request.path.tid")],
+                None,
+            ),
+        ],
+    ),
+    (
+        "get_agents",
+        "200",
+        &[(
+            "agent",
+            "get_agents_id",
+            &[("id", "$response.body#/items/0/agent_id")],
+            None,
+        )],
+    ),
+    (
+        "get_workloads",
+        "200",
+        &[
+            (
+                "deploys",
+                "get_workloads_wid_deploys",
+                &[("wid", "$response.body#/items/0/workload_id")],
+                None,
+            ),
+            (
+                "stats",
+                "get_workloads_wid_stats_history",
+                &[("wid", "$response.body#/items/0/workload_id")],
+                None,
+            ),
+        ],
+    ),
+    (
+        "get_workloads_wid_deploys",
+        "200",
+        &[(
+            "rollback",
+            "post_workloads_wid_rollback",
+            &[("wid", "$request.path.wid")],
+            Some(&[("deploy_id", "$response.body#/items/0/deploy_id")]),
+        )],
+    ),
+    (
+        "get_alerts_dossier",
+        "200",
+        &[(
+            "event",
+            "get_alerts_dossier",
+            &[(
+                "provider_event_id",
+                "$response.body#/items/0/provider_event_id",
+            )],
+            None,
+        )],
+    ),
+    (
+        "get_alerts_recurrence",
+        "200",
+        &[
+            (
+                "preview",
+                "get_work_item_preview",
+                &[("work_item_id", "$response.body#/groups/0/work_item/id")],
+                None,
+            ),
+            (
+                "history",
+                "get_work_item_history",
+                &[("work_item_id", "$response.body#/groups/0/work_item/id")],
+                None,
+            ),
+            (
+                "dry_run",
+                "post_work_item_dry_run",
+                &[],
+                Some(&[("work_item_id", "$response.body#/groups/0/work_item/id")]),
+            ),
+        ],
+    ),
+    (
+        "post_work_item_dry_run",
+        "202",
+        &[
+            (
+                "history",
+                "get_work_item_history",
+                &[("work_item_id", "$response.body#/work_item_id")],
+                None,
+            ),
+            (
+                "handoff",
+                "post_work_item_handoff",
+                &[],
+                Some(&[
+                    ("work_item_id", "$response.body#/work_item_id"),
+                    ("mode", "$response.body#/mode"),
+                ]),
+            ),
+        ],
+    ),
+];
+
+/// Adds [`LINKS`] to the document's answers.
+fn add_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for item in paths.values_mut() {
+        for op in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            let id = op
+                .get("operationId")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            for (_, status, links) in LINKS.iter().filter(|(from, _, _)| *from == id) {
+                let Some(response) = op.pointer_mut(&format!("/responses/{status}")) else {
+                    continue;
+                };
+                let mut map = serde_json::Map::new();
+                for (name, target, params, body) in links.iter() {
+                    let mut link = serde_json::json!({"operationId": target});
+                    if !params.is_empty() {
+                        link["parameters"] = params
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into();
+                    }
+                    if let Some(body) = body {
+                        link["requestBody"] = body
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+                            .collect::<serde_json::Map<_, _>>()
+                            .into();
+                    }
+                    map.insert((*name).to_owned(), link);
+                }
+                response["links"] = map.into();
+            }
+        }
+    }
 }
 
 /// `GET /api/v1/openapi.json`: this document.

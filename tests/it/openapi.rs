@@ -121,6 +121,64 @@ async fn the_description_is_valid_openapi_3_1_and_covers_every_route() {
         }
     }
     assert_eq!(count, operations.len());
+
+    // Links: every one names an operation of the document and parameters it takes, so a
+    // client or a stateful fuzzer walks from a list to its items with ids that exist.
+    let ops: Vec<&Value> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .collect();
+    let by_id = |id: &str| {
+        ops.iter()
+            .find(|op| op["operationId"] == id)
+            .unwrap_or_else(|| panic!("a link names {id}, which is not in the document"))
+    };
+    let mut links = 0;
+    let mut targets = std::collections::BTreeSet::new();
+    for op in &ops {
+        for response in op["responses"].as_object().unwrap().values() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                links += 1;
+                let target = by_id(link["operationId"].as_str().unwrap());
+                targets.insert(link["operationId"].as_str().unwrap().to_owned());
+                for param in link["parameters"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    assert!(
+                        target["parameters"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|p| p["name"] == param.as_str()),
+                        "link {name} of {}: {} takes no parameter {param}",
+                        op["operationId"],
+                        link["operationId"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(links >= 15, "{links} links");
+    // The operations that need an id from another answer are all reached by a link.
+    for id in [
+        "get_topologies_tid",
+        "get_topologies_tid_mutations",
+        "get_workloads_wid_deploys",
+        "get_workloads_wid_stats_history",
+        "get_work_item_preview",
+        "get_work_item_history",
+        "post_work_item_dry_run",
+        "post_work_item_handoff",
+        "post_workloads_wid_rollback",
+        "get_agents_id",
+    ] {
+        assert!(targets.contains(id), "no link reaches {id}");
+    }
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
