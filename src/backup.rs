@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::digest::ReadModel;
-use crate::snapshot::{describe, open_pool, scratch_dir};
+use crate::snapshot::{describe, open_pool, scratch_dir, vacuum_into};
 
 /// What a backup holds, as `orrery backup` and `orrery restore` print it.
 #[derive(Clone, Debug, Serialize)]
@@ -62,13 +62,7 @@ pub async fn backup(
     }
     let dir = scratch_dir(file)?;
     let copy = dir.path().join("backup.db");
-    let source = open_pool(database, false).await?;
-    let vacuumed = sqlx::query("VACUUM INTO ?")
-        .bind(copy.to_string_lossy().into_owned())
-        .execute(&source)
-        .await;
-    source.close().await;
-    vacuumed.context("copying the database (VACUUM INTO)")?;
+    vacuum_into(database, &copy).await?;
     let (schema_version, checkpoints, digest) = describe(&copy, read_models, retention).await?;
     let pool = open_pool(&copy, false).await?;
     let recorded = async {

@@ -161,14 +161,7 @@ pub async fn take(
     }
     let dir = scratch_dir(database)?;
     let copy = dir.path().join("snapshot.db");
-    // A connection of its own, not the daemon's writer: VACUUM INTO only reads the source.
-    let source = open_pool(database, false).await?;
-    let vacuumed = sqlx::query("VACUUM INTO ?")
-        .bind(copy.to_string_lossy().into_owned())
-        .execute(&source)
-        .await;
-    source.close().await;
-    vacuumed.context("copying the database (VACUUM INTO)")?;
+    vacuum_into(database, &copy).await?;
     let (schema_version, checkpoints, digest) = describe(&copy, read_models, retention).await?;
 
     let store = bucket(js, config).await?;
@@ -200,6 +193,19 @@ pub async fn take(
         bytes,
         took_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Copies `database` to `copy` in one read transaction (rows and checkpoints belong
+/// together), on a connection of its own: a serving daemon's writer keeps writing.
+pub(crate) async fn vacuum_into(database: &Path, copy: &Path) -> anyhow::Result<()> {
+    let source = open_pool(database, false).await?;
+    let vacuumed = sqlx::query("VACUUM INTO ?")
+        .bind(copy.to_string_lossy().into_owned())
+        .execute(&source)
+        .await;
+    source.close().await;
+    vacuumed.context("copying the database (VACUUM INTO)")?;
+    Ok(())
 }
 
 /// A scratch directory beside the database: same filesystem, so a restore is one rename.

@@ -151,14 +151,20 @@ fn user_with_set(user: &str, set: &str) -> String {
     format!("{{ user: {user}, password: pw, permissions: {{\n{permissions}\n}} }}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orrery_runs_under_exactly_the_documented_permission_sets() {
+/// A nats-server with `admin` (anything), `provisioner` (the provisioning set) and `replica`
+/// (the replica set).
+fn nats_with_both_sets() -> NatsServer {
     let config = format!(
         "authorization {{ users = [\n{{ user: admin, password: admin-pw }}\n{}\n{}\n] }}",
         user_with_set("provisioner", "provisioning"),
         user_with_set("replica", "replica"),
     );
-    let nats = NatsServer::start_with_config(&config).unwrap();
+    NatsServer::start_with_config(&config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orrery_runs_under_exactly_the_documented_permission_sets() {
+    let nats = nats_with_both_sets();
 
     // A replica that may not create streams, started first: the streams' absence is its
     // /ready reason, by name.
@@ -585,12 +591,7 @@ const SNAPSHOT_BUCKET: &str = "orrery-snapshots";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_written_pruned_and_restored_under_the_documented_permission_sets() {
-    let config = format!(
-        "authorization {{ users = [\n{{ user: admin, password: admin-pw }}\n{}\n{}\n] }}",
-        user_with_set("provisioner", "provisioning"),
-        user_with_set("replica", "replica"),
-    );
-    let nats = NatsServer::start_with_config(&config).unwrap();
+    let nats = nats_with_both_sets();
     // A serving daemon writing a snapshot every second and keeping two: uploads and prunes.
     let dir = tempfile::tempdir().unwrap();
     let mut s = settings(&nats.url(), &dir.path().join("orrery.db"));
