@@ -230,6 +230,8 @@ async fn provider_tokens_of_each_algorithm_work_for_the_api_and_live_streams() {
 
     // Live streams: an SSE ticket bought with a provider token, and `?token=` itself.
     publish_topology(&js, "web", "status", json!({"status": "running"})).await;
+    // A stream of a topology this replica has not projected yet is a 404: wait for it.
+    app.wait_caught_up().await;
     let ticket = app.sse_ticket(&viewer).await;
     for query in [
         format!("ticket={}", ticket["ticket"].as_str().unwrap()),
