@@ -213,6 +213,15 @@ const LINKS: &[(&str, &str, &[LinkSpec])] = &[
     ),
 ];
 
+/// `name: expression` pairs as a JSON object.
+fn expressions(pairs: &[(&str, &str)]) -> serde_json::Value {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// Adds [`LINKS`] to the document's answers.
 fn add_links(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
@@ -237,18 +246,10 @@ fn add_links(doc: &mut serde_json::Value) {
                 for (name, target, params, body) in links.iter() {
                     let mut link = serde_json::json!({"operationId": target});
                     if !params.is_empty() {
-                        link["parameters"] = params
-                            .iter()
-                            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-                            .collect::<serde_json::Map<_, _>>()
-                            .into();
+                        link["parameters"] = expressions(params);
                     }
                     if let Some(body) = body {
-                        link["requestBody"] = body
-                            .iter()
-                            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
-                            .collect::<serde_json::Map<_, _>>()
-                            .into();
+                        link["requestBody"] = expressions(body);
                     }
                     map.insert((*name).to_owned(), link);
                 }

@@ -108,6 +108,24 @@ impl Claims {
 }
 
 impl Claims {
+    /// A token for the same subject, role and scope, expiring at `exp` (Unix seconds).
+    pub fn renewed(&self, exp: u64) -> Self {
+        let mut claims = Self::new(&self.sub, self.role, exp);
+        claims.projects.clone_from(&self.projects);
+        claims.topologies.clone_from(&self.topologies);
+        claims
+    }
+
+    /// The token's projects as a JSON array, for SQL's `json_each`; `None` for all.
+    pub fn projects_json(&self) -> Option<String> {
+        self.projects.as_deref().map(ids_json)
+    }
+
+    /// The token's topologies as a JSON array, for SQL's `json_each`; `None` for all.
+    pub fn topologies_json(&self) -> Option<String> {
+        self.topologies.as_deref().map(ids_json)
+    }
+
     /// Whether the token may see project `project` (its alerts, groups and work items).
     pub fn sees_project(&self, project: &str) -> bool {
         self.projects
@@ -122,24 +140,15 @@ impl Claims {
             .is_none_or(|ts| ts.iter().any(|t| t == tid))
     }
 
-    /// The token's projects as a JSON array, for SQL's `json_each`; `None` for all.
-    pub fn projects_json(&self) -> Option<String> {
-        self.projects
-            .as_ref()
-            .map(|p| serde_json::Value::from(p.clone()).to_string())
-    }
-
-    /// The token's topologies as a JSON array, for SQL's `json_each`; `None` for all.
-    pub fn topologies_json(&self) -> Option<String> {
-        self.topologies
-            .as_ref()
-            .map(|t| serde_json::Value::from(t.clone()).to_string())
-    }
-
     /// Whether the token is limited to some projects or topologies.
     pub fn scoped(&self) -> bool {
         self.projects.is_some() || self.topologies.is_some()
     }
+}
+
+/// Ids as a JSON array (for SQL's `json_each`).
+pub fn ids_json(ids: &[String]) -> String {
+    serde_json::Value::from(ids.to_vec()).to_string()
 }
 
 /// How long a sign-in link works.
@@ -272,9 +281,7 @@ impl Authenticator {
         let Some(signer) = &self.signer else {
             return Ok(None);
         };
-        let mut claims = Claims::new(&from.sub, from.role, now_secs()?.saturating_add(ttl_secs));
-        claims.projects.clone_from(&from.projects);
-        claims.topologies.clone_from(&from.topologies);
+        let claims = from.renewed(now_secs()?.saturating_add(ttl_secs));
         Ok(Some(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &claims,
@@ -331,14 +338,10 @@ pub fn mint(secret: &Secret, sub: &str, role: Role, ttl_secs: u64) -> anyhow::Re
 
 /// Signs a token with `template`'s subject, role and scope, valid for `ttl_secs` from now.
 pub fn mint_scoped(secret: &Secret, template: &Claims, ttl_secs: u64) -> anyhow::Result<String> {
-    let mut claims = Claims::new(
-        &template.sub,
-        template.role,
-        now_secs()?.saturating_add(ttl_secs),
-    );
-    claims.projects.clone_from(&template.projects);
-    claims.topologies.clone_from(&template.topologies);
-    sign(secret, &claims)
+    sign(
+        secret,
+        &template.renewed(now_secs()?.saturating_add(ttl_secs)),
+    )
 }
 
 /// Signs a sign-in link's token: valid [`LOGIN_LINK_TTL_SECS`], exchanged once
@@ -358,15 +361,9 @@ pub fn mint_login_scoped(
     template: &Claims,
     session_secs: u64,
 ) -> anyhow::Result<String> {
-    let mut claims = Claims::new(
-        &template.sub,
-        template.role,
-        now_secs()?.saturating_add(LOGIN_LINK_TTL_SECS),
-    );
+    let mut claims = template.renewed(now_secs()?.saturating_add(LOGIN_LINK_TTL_SECS));
     claims.purpose = Some(LOGIN.to_owned());
     claims.jti = Some(uuid::Uuid::new_v4().simple().to_string());
     claims.session_secs = Some(session_secs);
-    claims.projects.clone_from(&template.projects);
-    claims.topologies.clone_from(&template.topologies);
     sign(secret, &claims)
 }

@@ -61,12 +61,6 @@ struct Key {
     key: DecodingKey,
 }
 
-/// When the key set was last fetched.
-#[derive(Default)]
-struct FetchState {
-    last: Option<Instant>,
-}
-
 /// What the provider's discovery document says, as far as Orrery uses it.
 #[derive(Clone, Debug)]
 pub struct Discovery {
@@ -89,10 +83,9 @@ pub struct Oidc {
     keys: RwLock<Arc<Vec<Key>>>,
     /// Bumped on every key-set replacement, so a waiter knows another request refreshed.
     generation: AtomicU64,
-    /// The `iss` tokens must carry: the discovered issuer once known, else the configured.
-    issuer: RwLock<Option<String>>,
-    /// Held while fetching: concurrent refreshes wait for one fetch.
-    fetch: tokio::sync::Mutex<FetchState>,
+    /// When the key set was last fetched; held while fetching, so that concurrent
+    /// refreshes wait for one fetch.
+    fetch: tokio::sync::Mutex<Option<Instant>>,
     /// The discovery document, once read.
     discovery: RwLock<Option<Arc<Discovery>>>,
     /// Key-set fetches made, for `/metrics` and the tests.
@@ -121,7 +114,6 @@ impl Oidc {
             }
         }
         Ok(Self {
-            issuer: RwLock::new(config.issuer.clone()),
             config,
             http: http.build()?,
             keys: RwLock::default(),
@@ -200,7 +192,11 @@ impl Oidc {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_audience(&self.config.audiences);
-        let issuer = crate::sync::read(&self.issuer).clone();
+        // The issuer as the provider spells it once discovered, else as configured.
+        let issuer = self
+            .discovered_now()
+            .map(|d| d.issuer.clone())
+            .or_else(|| self.config.issuer.clone());
         let mut required = vec!["exp", "sub", "aud"];
         if let Some(iss) = &issuer {
             validation.set_issuer(&[iss]);
@@ -247,18 +243,14 @@ impl Oidc {
     /// Fetches the key set unless another caller replaced it since `seen`, or (unless
     /// `force`) the last fetch was within the cooldown.
     async fn refresh_after(&self, seen: u64, force: bool) -> anyhow::Result<()> {
-        let mut state = self.fetch.lock().await;
+        let mut last = self.fetch.lock().await;
         if self.generation.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        if !force
-            && state
-                .last
-                .is_some_and(|t| t.elapsed() < self.config.cooldown)
-        {
+        if !force && last.is_some_and(|t| t.elapsed() < self.config.cooldown) {
             return Ok(());
         }
-        state.last = Some(Instant::now());
+        *last = Some(Instant::now());
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let url = match &self.config.jwks_url {
             Some(url) => url.clone(),
@@ -280,7 +272,6 @@ impl Oidc {
             return Ok(d);
         }
         let d = Arc::new(self.discover().await?);
-        *crate::sync::write(&self.issuer) = Some(d.issuer.clone());
         *crate::sync::write(&self.discovery) = Some(Arc::clone(&d));
         Ok(d)
     }
@@ -290,7 +281,7 @@ impl Oidc {
         if let Some(d) = crate::sync::read(&self.discovery).clone() {
             return Ok(d);
         }
-        let _state = self.fetch.lock().await;
+        let _fetching = self.fetch.lock().await;
         self.discovered().await
     }
 

@@ -164,7 +164,7 @@ impl<'a> Filters<'a> {
             q.push(format!(
                 "{sep}{t}.project_id IN (SELECT value FROM json_each("
             ))
-            .push_bind(serde_json::Value::from(projects.to_vec()).to_string())
+            .push_bind(crate::token::ids_json(projects))
             .push("))");
             sep = " AND ";
         }
