@@ -131,7 +131,7 @@ fn every_documented_default_is_the_value_used() {
 fn the_example_config_file_parses() {
     let text = include_str!("../../orrery.example.toml");
     let file: Settings = toml::from_str(text).unwrap();
-    assert_eq!(file.batch_size, Some(4096));
+    assert_eq!(file.batch_size, Some(super::DEFAULT_BATCH_SIZE));
 }
 
 #[test]

@@ -33,6 +33,9 @@ use crate::window::to_unix_ms;
 pub use any::{AnyProjection, Drive};
 pub use error::ProjectorError;
 
+/// Most payload bytes collected into one batch, whatever `batch_size` allows: a batch of
+/// large messages (alerts carry whole webhook bodies) must not hold gigabytes in memory.
+const MAX_BATCH_BYTES: usize = 32 << 20;
 /// How long one step waits for a first message before reporting [`Outcome::Idle`].
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// How long the consumer may stay silent before the stream is asked whether it holds
@@ -399,7 +402,8 @@ impl<P: Projection> Projector<P> {
         Ok(self.consumer.as_mut().expect("just set"))
     }
 
-    /// Collects the next batch of up to `batch_size` messages — group commit:
+    /// Collects the next batch of up to `batch_size` messages (and [`MAX_BATCH_BYTES`]) —
+    /// group commit:
     /// - while the previous batch commits, it takes every message that arrives until that
     ///   commit is done (`commit` turns [`Commit::Done`]), so batches grow exactly as long as
     ///   commits take;
@@ -420,9 +424,10 @@ impl<P: Projection> Projector<P> {
             consumer = self.open_consumer() => consumer?,
         };
         let mut batch = Vec::with_capacity(batch_size.min(4096));
+        let mut bytes = 0;
         let mut failure = None;
         let mut linger_until: Option<Instant> = None;
-        while failure.is_none() && batch.len() < batch_size {
+        while failure.is_none() && batch.len() < batch_size && bytes < MAX_BATCH_BYTES {
             let next = match consumer.next().now_or_never() {
                 Some(next) => next,
                 None if cancel.is_cancelled() => break,
@@ -462,7 +467,10 @@ impl<P: Projection> Projector<P> {
                 },
             };
             match next {
-                Some(Ok(m)) => batch.push(m),
+                Some(Ok(m)) => {
+                    bytes += m.payload.len();
+                    batch.push(m);
+                }
                 Some(Err(e)) => failure = Some(ProjectorError::bus("receiving", e)),
                 None => failure = Some(ProjectorError::ConsumerEnded),
             }

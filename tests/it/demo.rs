@@ -194,7 +194,8 @@ async fn a_short_soak_reports_memory_files_lag_and_latency_every_interval() {
 }
 
 /// `orrery bench ingest` measures what agents send (UUID ids, spread times) and then the
-/// labelled best case, each projected whole; a bad window is refused.
+/// labelled best case, each projected whole in process and by a daemon started on it; a
+/// bad window is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_ingest_measures_the_realistic_shape_and_the_labelled_best_case() {
     let run = |args: &'static [&'static str]| {
@@ -230,6 +231,12 @@ async fn bench_ingest_measures_the_realistic_shape_and_the_labelled_best_case() 
     for r in reports.as_array().unwrap() {
         assert_eq!(r["rows"], 3000, "{r}");
         assert!(r["catchup_eps"].as_f64().unwrap() > 0.0, "{r}");
+        // The daemon itself, started on the stream of this shape alone, reached lag 0.
+        let daemon = &r["daemon"];
+        assert!(daemon["seconds"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(daemon["eps"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(daemon["database_mib"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(daemon["peak_rss_mib"].as_f64().unwrap() > 1.0, "{r}");
     }
     let out = run(&["--spread", "0s"]).await.unwrap();
     assert!(!out.status.success());

@@ -18,15 +18,17 @@ async fn engine(
     Projector<ResultsProjection>,
     tempfile::TempDir,
 ) {
-    let (js, projector, _db, dir) = engine_of(nats, ResultsProjection::default()).await;
+    let (js, projector, _db, dir) =
+        engine_of(nats, ResultsProjection::default(), Duration::ZERO).await;
     (js, projector, dir)
 }
 
-/// Streams provisioned and a projector of `projection` over a fresh database, with the
-/// daemon's default of no extra wait once a batch's first message is in.
+/// Streams provisioned and a projector of `projection` over a fresh database, waiting
+/// `batch_wait` for more once a batch's first message is in (the daemon's default is 0).
 async fn engine_of<P: orrery::projector::Projection>(
     nats: &NatsServer,
     projection: P,
+    batch_wait: Duration,
 ) -> (
     async_nats::jetstream::Context,
     Projector<P>,
@@ -47,15 +49,9 @@ async fn engine_of<P: orrery::projector::Projection>(
     let db = orrery::db::open(&dir.path().join("engine.db"), 1)
         .await
         .unwrap();
-    let projector = Projector::new(
-        projection,
-        js.clone(),
-        db.writer.clone(),
-        4096,
-        Duration::ZERO,
-    )
-    .await
-    .unwrap();
+    let projector = Projector::new(projection, js.clone(), db.writer.clone(), 4096, batch_wait)
+        .await
+        .unwrap();
     (js, projector, db, dir)
 }
 
@@ -124,6 +120,108 @@ async fn messages_that_arrive_while_a_batch_commits_form_the_next_batch() {
     assert!(commits <= 20, "201 messages took {commits} commits");
 }
 
+#[tokio::test]
+async fn within_one_batch_the_first_event_of_a_result_id_wins() {
+    let nats = NatsServer::start().unwrap();
+    // A linger of a second: the six are published before the first step, so they form one
+    // batch however the consumer delivers them.
+    let (js, mut projector, db, _dir) =
+        engine_of(&nats, ResultsProjection::default(), Duration::from_secs(1)).await;
+    // Rows are written in result_id order, not stream order: the ids around "m" sort
+    // before and after it, and its three versions must still resolve to the first.
+    for (id, code) in [("z", 0), ("m", 1), ("a", 0), ("m", 2), ("b", 0), ("m", 3)] {
+        publish_result(
+            &js,
+            "result.job.a1",
+            json!({"result_id": id, "exit_code": code}),
+        )
+        .await;
+    }
+    let cancel = CancellationToken::new();
+    let mut batches = Vec::new();
+    for _ in 0..100 {
+        if projector.checkpoint() >= 6 {
+            break;
+        }
+        if let Outcome::Applied { messages, .. } =
+            projector.project_next_batch(&cancel).await.unwrap()
+        {
+            batches.push(messages);
+        }
+    }
+    assert_eq!(batches, vec![6], "all six in one batch");
+    let row: (i64, i64) =
+        sqlx::query_as("SELECT exit_code, seq FROM execution_results WHERE result_id = 'm'")
+            .fetch_one(&db.readers)
+            .await
+            .unwrap();
+    assert_eq!(row, (1, 2));
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+}
+
+#[tokio::test]
+async fn a_batch_of_large_messages_stops_at_its_byte_bound() {
+    let nats = NatsServer::start().unwrap();
+    let js = jetstream(&nats).await;
+    streams::provision(
+        &js,
+        Provisioning {
+            replicas: 1,
+            max_age: Duration::from_secs(3_600),
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = orrery::db::open(&dir.path().join("engine.db"), 1)
+        .await
+        .unwrap();
+    // A long linger and room for 4,096: only the 32 MiB bound can cut the batch short.
+    let mut projector = Projector::new(
+        ResultsProjection::default(),
+        js.clone(),
+        db.writer.clone(),
+        4096,
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let padding = "x".repeat(900_000);
+    for i in 0..40 {
+        publish_result(
+            &js,
+            "result.job.a1",
+            json!({"result_id": format!("big{i}"), "success": true, "padding": padding}),
+        )
+        .await;
+    }
+    let cancel = CancellationToken::new();
+    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(&cancel).await.unwrap();
+    }
+    let Outcome::Started { messages } = outcome else {
+        panic!("expected a batch to start, got {outcome:?}");
+    };
+    // 37 of 0.9 MB stay under 32 MiB; the 38th crosses it and closes the batch.
+    assert_eq!(messages, 38);
+    for _ in 0..100 {
+        if projector.checkpoint() >= 40 {
+            break;
+        }
+        projector.project_next_batch(&cancel).await.unwrap();
+    }
+    assert_eq!(
+        projector.checkpoint(),
+        40,
+        "the rest follow in the next batch"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
     let (rows, dead) = project_around("PANIC").await;
@@ -139,7 +237,7 @@ async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
 async fn project_around(middle: &str) -> (Vec<String>, Vec<(i64, String)>) {
     let nats = NatsServer::start().unwrap();
     let (js, mut projector, db, _dir) =
-        engine_of(&nats, Panicky(ResultsProjection::default())).await;
+        engine_of(&nats, Panicky(ResultsProjection::default()), Duration::ZERO).await;
     result(&js, 1).await;
     publish_result(
         &js,

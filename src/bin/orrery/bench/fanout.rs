@@ -90,14 +90,23 @@ impl Daemon {
 
     /// Waits (≤ 30 s) until `/ready` says 200.
     pub(super) async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        self.wait_ready_within(http, Duration::from_secs(30)).await
+    }
+
+    /// Waits up to `limit` until `/ready` says 200.
+    pub(super) async fn wait_ready_within(
+        &self,
+        http: &reqwest::Client,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
             let ready = http.get(format!("{}/ready", self.base)).send().await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the daemon did not become ready");
+            if started.elapsed() > limit {
+                bail!("the daemon did not become ready within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -113,17 +122,32 @@ impl Drop for Daemon {
 
 /// Starts `orrery serve` with room for `clients` live streams of one user.
 pub(super) fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<Daemon> {
+    spawn_daemon_with(
+        nats_url,
+        &[
+            ("ORRERY_JWT_SECRET", secret.to_owned()),
+            ("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string()),
+            ("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string()),
+        ],
+    )
+}
+
+/// Starts `orrery serve` on a fresh temporary database with `env` added to its settings.
+pub(super) fn spawn_daemon_with(nats_url: &str, env: &[(&str, String)]) -> anyhow::Result<Daemon> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let child = Command::new(std::env::current_exe()?)
+    // Another build's daemon may be measured by the same load (before and after a change).
+    let exe = match std::env::var_os("ORRERY_BENCH_DAEMON") {
+        Some(path) => path.into(),
+        None => std::env::current_exe()?,
+    };
+    let child = Command::new(exe)
         .arg("serve")
         .env("ORRERY_NATS_URL", nats_url)
         .env("ORRERY_DATABASE", dir.path().join("fanout.db"))
         .env("ORRERY_LISTEN", format!("127.0.0.1:{port}"))
-        .env("ORRERY_JWT_SECRET", secret)
-        .env("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string())
-        .env("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string())
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()

@@ -120,6 +120,70 @@ pub struct IngestReport {
     pub raw_cpu: CpuCost,
     /// CPU per event while catching up.
     pub catchup_cpu: CpuCost,
+    /// The daemon's own catch-up, black box (only with a private nats-server).
+    pub daemon: Option<DaemonCatchUp>,
+}
+
+/// `orrery serve` started on a fresh database with the events already in the stream, timed
+/// from its start until `/ready` reports every lag 0: start-up, every read model and the
+/// background tasks included.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct DaemonCatchUp {
+    /// From starting the process to lag 0, seconds.
+    pub seconds: f64,
+    /// Events in the stream per second of that.
+    pub eps: f64,
+    /// The daemon's peak resident memory (`VmHWM`), MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// Its database file and WAL afterwards, MiB.
+    pub database_mib: f64,
+}
+
+/// Peak resident memory of a process, MiB, from `/proc/<pid>/status`.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Size of a database file with its WAL, MiB.
+fn database_mib(path: &std::path::Path) -> f64 {
+    let size = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    (size(path.to_owned()) + size(wal.into())) as f64 / 1_048_576.0
+}
+
+/// Times a daemon's catch-up over the `events` the stream holds.
+async fn daemon_catch_up(
+    nats_url: &str,
+    events: u64,
+    batch_size: usize,
+) -> anyhow::Result<DaemonCatchUp> {
+    let started = Instant::now();
+    let daemon = super::fanout::spawn_daemon_with(
+        nats_url,
+        &[
+            ("ORRERY_READY_MAX_LAG", "0".to_owned()),
+            ("ORRERY_BATCH_SIZE", batch_size.to_string()),
+            ("ORRERY_INSECURE_NO_AUTH", "true".to_owned()),
+            // Its warnings (no auth, the purged stream's gap) are expected here.
+            ("RUST_LOG", "error".to_owned()),
+        ],
+    )?;
+    let http = reqwest::Client::new();
+    // Bounded: a daemon slower than 2,000 events/s is a failure to report, not to wait out.
+    let limit = Duration::from_secs(60 + events / 2_000);
+    daemon.wait_ready_within(&http, limit).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak_rss_mib = peak_rss_mib(daemon.child.id());
+    Ok(DaemonCatchUp {
+        seconds,
+        eps: events as f64 / seconds,
+        peak_rss_mib,
+        database_mib: database_mib(&daemon.database()),
+    })
 }
 
 /// The jobs of the realistic shape.
@@ -227,6 +291,11 @@ pub async fn run(
         bail!("--events must be at least 1");
     }
     let js = connect_provisioned(nats_url, Duration::from_secs(86_400)).await?;
+    if nats_pid.is_some() {
+        // A private server: the stream holds only this shape's events, so that a daemon
+        // started on it catches up exactly these. (Another's bus is never purged.)
+        js.get_stream(streams::RESULTS.name).await?.purge().await?;
+    }
     let before = last_seq(&js, streams::RESULTS.name).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let publish_time = publish(&js, events, &run, shape).await?;
@@ -251,6 +320,10 @@ pub async fn run(
         .fetch_one(&db.writer)
         .await?;
     db.close().await;
+    let daemon = match nats_pid {
+        Some(_) => Some(daemon_catch_up(nats_url, events, batch_size).await?),
+        None => None,
+    };
 
     let raw = eps(events, raw_time);
     let catchup = eps(events, catchup_time);
@@ -265,6 +338,7 @@ pub async fn run(
         rows: rows as u64,
         raw_cpu,
         catchup_cpu,
+        daemon,
     })
 }
 
@@ -307,6 +381,21 @@ impl std::fmt::Display for IngestReport {
             "  CPU per event, catch-up:     {}",
             cpu(&self.catchup_cpu)
         )?;
+        if let Some(d) = &self.daemon {
+            writeln!(
+                f,
+                "  {:<34} {:>12.0}   ({:.1} s from start to lag 0)",
+                "daemon start to lag 0 (black box)", d.eps, d.seconds
+            )?;
+            let rss = d
+                .peak_rss_mib
+                .map_or_else(|| "unknown".to_owned(), |m| format!("{m:.0} MiB"));
+            writeln!(
+                f,
+                "  daemon peak RSS {rss}, database {:.0} MiB",
+                d.database_mib
+            )?;
+        }
         write!(f, "  rows projected: {}", self.rows)
     }
 }

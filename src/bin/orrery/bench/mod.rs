@@ -50,8 +50,8 @@ pub enum Bench {
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
-        /// Projector batch size.
-        #[arg(long, default_value_t = 4096)]
+        /// Projector batch size (the daemon's default unless given).
+        #[arg(long, default_value_t = orrery::config::DEFAULT_BATCH_SIZE)]
         batch_size: usize,
         /// The window realistic finish times are spread over, e.g. 24h, 1h.
         #[arg(long, default_value = "24h")]
@@ -80,8 +80,8 @@ pub enum Bench {
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
-        /// Projector batch size.
-        #[arg(long, default_value_t = 4096)]
+        /// Projector batch size (the daemon's default unless given).
+        #[arg(long, default_value_t = orrery::config::DEFAULT_BATCH_SIZE)]
         batch_size: usize,
         /// Concurrent HTTP clients for the query phase.
         #[arg(long, default_value_t = 32)]
