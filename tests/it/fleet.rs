@@ -816,3 +816,63 @@ async fn every_bad_window_since_by_and_limit_is_a_422() {
         assert_eq!(v["parameter"], parameter, "{path}");
     }
 }
+
+/// A herd of requests for one cold window (every dashboard right after a start) reads it
+/// from the database once: the others wait for that read and answer from memory, alike.
+#[tokio::test]
+async fn concurrent_cold_durations_read_the_database_once() {
+    use orrery::projections::results::durations::{job_durations, DurationCache};
+
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    let now = orrery::window::now_ms();
+    // Runs finished over the last five hours, so that a four-hour window has a start hour
+    // (read from the results) and whole hours (merged from the blocks).
+    for i in 0..300_i64 {
+        let finished = now - 60_000 - i * 60_000;
+        let format = |ms: i64| orrery::window::format_unix_ms(ms);
+        publish_result(
+            &js,
+            "result.job.a1",
+            json!({"result_id": format!("r{i}"), "job_id": format!("job-{}", i % 3),
+                   "success": true, "started_at": format(finished - 100 - i),
+                   "finished_at": format(finished)}),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+    let db = orrery::db::open(&app.db_path, 8).await.unwrap();
+    let since = now - 4 * 3_600_000;
+
+    let cache = DurationCache::new();
+    let herd = (0..8).map(|_| job_durations(&db.readers, &cache, since, now));
+    let answers: Vec<_> = futures::future::join_all(herd)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        cache.reads(),
+        2,
+        "one merged range and one start hour, once"
+    );
+    assert!(answers.iter().all(|a| a == &answers[0]));
+    assert_eq!(answers[0].len(), 3, "{:?}", answers[0]);
+
+    // The same window asked again reads nothing, and answers what a fresh cache reads.
+    let again = job_durations(&db.readers, &cache, since, now)
+        .await
+        .unwrap();
+    assert_eq!(cache.reads(), 2);
+    let fresh = DurationCache::new();
+    assert_eq!(
+        job_durations(&db.readers, &fresh, since, now)
+            .await
+            .unwrap(),
+        again
+    );
+    assert_eq!(again, answers[0]);
+    db.close().await;
+}

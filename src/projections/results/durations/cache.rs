@@ -80,6 +80,11 @@ pub struct Ticket(u64);
 #[derive(Debug, Default)]
 pub struct DurationCache {
     inner: Mutex<Inner>,
+    /// Held by the one request that reads a missing part from the database; the others
+    /// wait for it and then find that part kept, instead of each reading it again.
+    building: tokio::sync::Mutex<()>,
+    /// Merged ranges and window-start hours read from the database (a herd reads each once).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +192,24 @@ impl DurationCache {
             inner.changes.clear();
             inner.floor = inner.counter;
         }
+    }
+
+    /// Waits for the right to read what is missing from the database (single flight): a
+    /// request that found its window's merged range or start hour missing holds it while
+    /// it reads, and the requests behind it look again once it is done.
+    pub async fn build(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.building.lock().await
+    }
+
+    /// Counts one read of a merged range or a window's start hour from the database.
+    pub fn count_read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Merged ranges and start hours read from the database so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The change counter now: take it before reading what [`Self::keep_hour`] will be given.

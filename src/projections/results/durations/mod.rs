@@ -238,15 +238,27 @@ pub async fn job_durations(
     since: i64,
     now: i64,
 ) -> sqlx::Result<Vec<JobStats>> {
-    let ticket = cache.ticket();
     let h0 = hour_of_window_start(since);
     let open = now.div_euclid(HOUR_MS).max(h0 + 1);
-    let mut whole: Vec<Arc<Runs>> = Vec::new();
     let (first, last) = (h0 + 1, open - 1);
+    // Right after a start, every dashboard asks for the same window at once: one request
+    // reads what is missing while the others wait, then they all answer from memory
+    // (without it, 8 clients right after catch-up over 500k results measured p99 704 ms).
+    let cold = (first <= last && cache.merged(first, last).is_none())
+        || cache.hour(h0, Form::Rows).is_none();
+    let building = if cold {
+        Some(cache.build().await)
+    } else {
+        None
+    };
+    // After the wait: what the request ahead kept is no older than this.
+    let ticket = cache.ticket();
+    let mut whole: Vec<Arc<Runs>> = Vec::new();
     if first <= last {
         let merged = match cache.merged(first, last) {
             Some(m) => m,
             None => {
+                cache.count_read();
                 let hours = hours_with_runs(readers, first, last).await?;
                 let parts = whole_hours(readers, cache, &hours, ticket).await?;
                 let m = Arc::new(merge(&parts));
@@ -261,11 +273,13 @@ pub async fn job_durations(
     let edge = match cache.hour(h0, Form::Rows) {
         Some(e) => e,
         None => {
+            cache.count_read();
             let e = Arc::new(read_rows(readers, h0).await?);
             cache.keep_hour(h0, Form::Rows, ticket, e.clone());
             e
         }
     };
+    drop(building);
 
     let mut jobs: BTreeMap<&str, Window<'_>> = BTreeMap::new();
     for part in &whole {
