@@ -103,6 +103,13 @@ impl Browser {
 
     /// Sends one DevTools command and returns its result (events in between are skipped).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let v = self.call_raw(method, params).await;
+        assert!(v.get("error").is_none(), "{method}: {v}");
+        v["result"].clone()
+    }
+
+    /// Sends one DevTools command and returns its whole answer, an error included.
+    async fn call_raw(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"id": id, "method": method, "params": params});
@@ -118,8 +125,7 @@ impl Browser {
             let Message::Text(text) = frame else { continue };
             let v: Value = serde_json::from_str(&text).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return v;
             }
         }
     }
@@ -159,13 +165,23 @@ impl Browser {
     pub async fn wait_for(&mut self, expression: &str, what: &str, limit: Duration) -> Value {
         let started = Instant::now();
         loop {
-            let v = self
-                .call(
+            let answer = self
+                .call_raw(
                     "Runtime.evaluate",
                     json!({"expression": expression, "returnByValue": true,
                            "awaitPromise": true}),
                 )
                 .await;
+            // A page that navigates (a reload, a sign-in redirect) while it is asked
+            // refuses the question; ask the new page.
+            let navigated = answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("navigated or closed") || m.contains("context"));
+            assert!(
+                navigated || answer.get("error").is_none(),
+                "Runtime.evaluate: {answer}"
+            );
+            let v = &answer["result"];
             let value = &v["result"]["value"];
             let truthy = !(value.is_null()
                 || *value == json!(false)
