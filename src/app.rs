@@ -120,6 +120,14 @@ impl Application {
             )),
         ];
 
+        if let Some(results) = progress.iter().find(|p| p.stream == streams::RESULTS) {
+            background.push(tokio::spawn(warm_durations(
+                db.readers.clone(),
+                Arc::clone(&listeners.durations),
+                results.checkpoint.clone(),
+                cancel.clone(),
+            )));
+        }
         background.push(tokio::spawn(sample_rates(
             Arc::clone(&progress),
             cancel.clone(),
@@ -374,6 +382,41 @@ async fn diagnose_while_unreachable(
             if let Some(cause) = cause {
                 tracing::error!(%cause, "NATS cannot be reached; retrying");
             }
+        }
+    }
+}
+
+/// How often the dashboard's durations window is looked at to keep it read.
+const WARM_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps the dashboard's `/results/durations` window (the last 24 h) read into the cache,
+/// so that the first request after a start, or after the window moved into a new hour,
+/// answers from memory. Nothing is read while the results projector is catching up (its
+/// checkpoint moved by more than a batch since the last look): its commits would drop what
+/// was read, and the cores are busy projecting.
+async fn warm_durations(
+    readers: sqlx::SqlitePool,
+    cache: Arc<results::DurationCache>,
+    checkpoint: tokio::sync::watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    const CATCHING_UP: u64 = 5_000;
+    let mut seen = *checkpoint.borrow();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(WARM_EVERY) => {}
+        }
+        let now_seen = *checkpoint.borrow();
+        let moved = now_seen.saturating_sub(seen);
+        seen = now_seen;
+        if moved > CATCHING_UP {
+            continue;
+        }
+        let now = crate::window::now_ms();
+        let since = now - 24 * 3_600_000;
+        if let Err(error) = results::durations::job_durations(&readers, &cache, since, now).await {
+            tracing::debug!(%error, "warming the durations window failed; will retry");
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct Scrape {
     pub sse_resyncs: u64,
     /// Topology snapshots read from SQLite for live streams.
     pub sse_snapshot_loads: u64,
+    /// Durations windows' merged hours and start hours read from SQLite.
+    pub durations_reads: u64,
 }
 
 impl Telemetry {
@@ -289,7 +291,13 @@ impl Collector for Scrape {
         )?;
         single(&mut e, "orrery_sse_snapshot_loads",
             "Snapshots read from SQLite (a connect that finds the topology's view in memory reads none).",
-            ConstCounter::new(self.sse_snapshot_loads))
+            ConstCounter::new(self.sse_snapshot_loads))?;
+        single(
+            &mut e,
+            "orrery_durations_cache_reads",
+            "Parts of /results/durations windows (merged whole hours, a window's start hour) read from SQLite rather than memory.",
+            ConstCounter::new(self.durations_reads),
+        )
     }
 }
 

@@ -52,6 +52,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         sse_deliveries: state.sse_counters.deliveries.load(Ordering::Relaxed),
         sse_resyncs: state.sse_counters.resyncs.load(Ordering::Relaxed),
         sse_snapshot_loads: state.hub.view_loads(),
+        durations_reads: state.durations.reads(),
     };
     (
         [(header::CONTENT_TYPE, OPENMETRICS)],

@@ -876,3 +876,69 @@ async fn concurrent_cold_durations_read_the_database_once() {
     assert_eq!(again, answers[0]);
     db.close().await;
 }
+
+/// The dashboard's 24 h durations window is read in the background once the results are
+/// projected: the requests that come afterwards read nothing from the database.
+#[tokio::test]
+async fn the_default_durations_window_is_warm_before_anyone_asks() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    let now = orrery::window::now_ms();
+    for i in 0..120_i64 {
+        let finished = now - 60_000 - i * 11 * 60_000;
+        let format = |ms: i64| orrery::window::format_unix_ms(ms);
+        publish_result(
+            &js,
+            "result.job.a1",
+            json!({"result_id": format!("w{i}"), "job_id": format!("job-{}", i % 4),
+                   "success": true, "started_at": format(finished - 250),
+                   "finished_at": format(finished)}),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+    let reads = || async {
+        let text = app.get("/metrics", None).await.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("orrery_durations_cache_reads_total "))
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Bounded: the warmer looks every 5 s.
+    let mut warmed = 0;
+    for _ in 0..150 {
+        warmed = reads().await;
+        if warmed >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(warmed >= 2, "the window was not read in the background");
+    // A request in the same hour as the warm-up reads nothing (when the window's hour
+    // turns meanwhile, it may read the new hour once: measure again).
+    for _ in 0..3 {
+        let hour = orrery::window::now_ms() / 3_600_000;
+        let before = reads().await;
+        let answers: Vec<Value> = futures::future::join_all(
+            (0..8).map(|_| app.get_json("/api/v1/results/durations", Role::Viewer)),
+        )
+        .await;
+        let after = reads().await;
+        if orrery::window::now_ms() / 3_600_000 != hour {
+            continue;
+        }
+        assert_eq!(after, before, "requests read from the database");
+        assert_eq!(
+            answers[0]["items"].as_array().unwrap().len(),
+            4,
+            "{}",
+            answers[0]
+        );
+        assert!(answers.iter().all(|a| a["items"] == answers[0]["items"]));
+        return;
+    }
+    panic!("the hour turned during every attempt");
+}

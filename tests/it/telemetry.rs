@@ -41,7 +41,7 @@ fn value(x: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Every family the README's metrics table lists.
-const FAMILIES: [&str; 24] = [
+const FAMILIES: [&str; 25] = [
     "orrery_projected_messages",
     "orrery_dead_letters",
     "orrery_projection_batches",
@@ -61,6 +61,7 @@ const FAMILIES: [&str; 24] = [
     "orrery_sse_deliveries",
     "orrery_sse_resyncs",
     "orrery_sse_snapshot_loads",
+    "orrery_durations_cache_reads",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
     "process_open_fds",

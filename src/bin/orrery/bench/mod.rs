@@ -57,9 +57,12 @@ pub enum Bench {
         #[arg(long, default_value = "24h")]
         spread: String,
         /// Only the best case (sequential ids, one timestamp), labelled as such; without
-        /// it, the realistic shape and then the best case are both measured.
-        #[arg(long)]
+        /// it or --realistic, the realistic shape and then the best case are both measured.
+        #[arg(long, conflicts_with = "realistic")]
         sequential: bool,
+        /// Only the realistic shape (UUIDs, spread finish times).
+        #[arg(long)]
+        realistic: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -177,21 +180,20 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             batch_size,
             spread,
             sequential,
+            realistic,
             json,
         } => {
             let spread = orrery::window::parse_duration(&spread)
                 .ok()
                 .filter(|d| !d.is_zero() && d.as_secs() <= 365 * 86_400)
                 .with_context(|| format!("--spread `{spread}`: accepts 1s to 365d, e.g. 24h"))?;
-            let shapes = if sequential {
-                vec![ingest::Shape::Sequential]
-            } else {
-                vec![
-                    ingest::Shape::Realistic {
-                        spread_secs: spread.as_secs(),
-                    },
-                    ingest::Shape::Sequential,
-                ]
+            let real = ingest::Shape::Realistic {
+                spread_secs: spread.as_secs(),
+            };
+            let shapes = match (sequential, realistic) {
+                (true, _) => vec![ingest::Shape::Sequential],
+                (false, true) => vec![real],
+                (false, false) => vec![real, ingest::Shape::Sequential],
             };
             let (private, url) = bench_nats(nats_url)?;
             let pid = private.as_ref().map(|n| n.pid());
