@@ -166,30 +166,9 @@ async fn within_one_batch_the_first_event_of_a_result_id_wins() {
 #[tokio::test]
 async fn a_batch_of_large_messages_stops_at_its_byte_bound() {
     let nats = NatsServer::start().unwrap();
-    let js = jetstream(&nats).await;
-    streams::provision(
-        &js,
-        Provisioning {
-            replicas: 1,
-            max_age: Duration::from_secs(3_600),
-        },
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = orrery::db::open(&dir.path().join("engine.db"), 1)
-        .await
-        .unwrap();
     // A long linger and room for 4,096: only the 32 MiB bound can cut the batch short.
-    let mut projector = Projector::new(
-        ResultsProjection::default(),
-        js.clone(),
-        db.writer.clone(),
-        4096,
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
+    let (js, mut projector, _db, _dir) =
+        engine_of(&nats, ResultsProjection::default(), Duration::from_secs(3)).await;
     let padding = "x".repeat(900_000);
     for i in 0..40 {
         publish_result(

@@ -817,6 +817,29 @@ async fn every_bad_window_since_by_and_limit_is_a_422() {
     }
 }
 
+/// Publishes `count` runs of `jobs` jobs, one every `every_min` minutes back from a minute
+/// before `now`, each a little longer than the one before.
+async fn publish_runs(
+    js: &async_nats::jetstream::Context,
+    now: i64,
+    count: i64,
+    every_min: i64,
+    jobs: i64,
+) {
+    let format = orrery::window::format_unix_ms;
+    for i in 0..count {
+        let finished = now - 60_000 - i * every_min * 60_000;
+        publish_result(
+            js,
+            "result.job.a1",
+            json!({"result_id": format!("r{i}"), "job_id": format!("job-{}", i % jobs),
+                   "success": true, "started_at": format(finished - 100 - i),
+                   "finished_at": format(finished)}),
+        )
+        .await;
+    }
+}
+
 /// A herd of requests for one cold window (every dashboard right after a start) reads it
 /// from the database once: the others wait for that read and answer from memory, alike.
 #[tokio::test]
@@ -830,18 +853,7 @@ async fn concurrent_cold_durations_read_the_database_once() {
     let now = orrery::window::now_ms();
     // Runs finished over the last five hours, so that a four-hour window has a start hour
     // (read from the results) and whole hours (merged from the blocks).
-    for i in 0..300_i64 {
-        let finished = now - 60_000 - i * 60_000;
-        let format = |ms: i64| orrery::window::format_unix_ms(ms);
-        publish_result(
-            &js,
-            "result.job.a1",
-            json!({"result_id": format!("r{i}"), "job_id": format!("job-{}", i % 3),
-                   "success": true, "started_at": format(finished - 100 - i),
-                   "finished_at": format(finished)}),
-        )
-        .await;
-    }
+    publish_runs(&js, now, 300, 1, 3).await;
     app.wait_caught_up().await;
     let db = orrery::db::open(&app.db_path, 8).await.unwrap();
     let since = now - 4 * 3_600_000;
@@ -885,19 +897,7 @@ async fn the_default_durations_window_is_warm_before_anyone_asks() {
     let app = spawn_app(&nats).await;
     let js = jetstream(&nats).await;
     wait_for_streams(&js).await;
-    let now = orrery::window::now_ms();
-    for i in 0..120_i64 {
-        let finished = now - 60_000 - i * 11 * 60_000;
-        let format = |ms: i64| orrery::window::format_unix_ms(ms);
-        publish_result(
-            &js,
-            "result.job.a1",
-            json!({"result_id": format!("w{i}"), "job_id": format!("job-{}", i % 4),
-                   "success": true, "started_at": format(finished - 250),
-                   "finished_at": format(finished)}),
-        )
-        .await;
-    }
+    publish_runs(&js, orrery::window::now_ms(), 120, 11, 4).await;
     app.wait_caught_up().await;
     let reads = || async {
         let text = app.get("/metrics", None).await.text().await.unwrap();
