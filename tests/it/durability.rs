@@ -558,8 +558,21 @@ async fn sigterm_with_a_drain_delay_turns_ready_503_while_streams_and_queries_ca
         .status()
         .unwrap();
     assert!(kill.success());
-    let ready = http.get(format!("{}/ready", daemon.address));
-    let res = ready.send().await.unwrap();
+    // `kill` returns once the signal is queued, not handled: ask until the daemon has seen
+    // it, bounded well inside the 3 s drain.
+    let mut res = http
+        .get(format!("{}/ready", daemon.address))
+        .send()
+        .await
+        .unwrap();
+    while res.status() == 200 && started.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        res = http
+            .get(format!("{}/ready", daemon.address))
+            .send()
+            .await
+            .unwrap();
+    }
     assert_eq!(res.status(), 503);
     let body: Value = res.json().await.unwrap();
     assert!(
