@@ -415,7 +415,7 @@ async fn warm_durations(
         }
         let now = crate::window::now_ms();
         let since = now - 24 * 3_600_000;
-        if let Err(error) = results::durations::job_durations(&readers, &cache, since, now).await {
+        if let Err(error) = results::durations::warm(&readers, &cache, since, now).await {
             tracing::debug!(%error, "warming the durations window failed; will retry");
         }
     }

@@ -88,17 +88,22 @@ pub async fn backup(
     .await;
     pool.close().await;
     recorded.context("recording the backup's digest")?;
-    tokio::fs::File::open(&copy).await?.sync_all().await?;
-    tokio::fs::rename(&copy, file)
-        .await
-        .with_context(|| format!("moving the backup to {}", file.display()))?;
     Ok(BackupInfo {
         file: file.to_owned(),
         schema_version,
         checkpoints,
-        bytes: tokio::fs::metadata(file).await?.len(),
+        bytes: put_in_place(&copy, file).await?,
         took_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Syncs the finished `copy` and renames it to `dest` (one filesystem: atomic); its size.
+async fn put_in_place(copy: &Path, dest: &Path) -> anyhow::Result<u64> {
+    tokio::fs::File::open(copy).await?.sync_all().await?;
+    tokio::fs::rename(copy, dest)
+        .await
+        .with_context(|| format!("moving the backup to {}", dest.display()))?;
+    Ok(tokio::fs::metadata(dest).await?.len())
 }
 
 /// Puts the backup `file` in place as the database at `database`, which must not exist,
@@ -171,15 +176,11 @@ pub async fn restore(
             file.display()
         )));
     }
-    tokio::fs::File::open(&copy).await?.sync_all().await?;
-    tokio::fs::rename(&copy, database)
-        .await
-        .with_context(|| format!("moving the backup to {}", database.display()))?;
     Ok(BackupInfo {
         file: file.to_owned(),
         schema_version,
         checkpoints,
-        bytes: tokio::fs::metadata(database).await?.len(),
+        bytes: put_in_place(&copy, database).await?,
         took_ms: started.elapsed().as_millis() as u64,
     })
 }

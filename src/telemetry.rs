@@ -313,9 +313,18 @@ fn status_bytes(status: &str, key: &str) -> Option<u64> {
 /// Resident memory of process `pid` in bytes (Linux; 0 where unknown): for benchmarks and
 /// tests that watch a daemon they started.
 pub fn resident_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// Peak resident memory of process `pid` in bytes (Linux; 0 where unknown).
+pub fn peak_resident_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| status_bytes(&s, "VmRSS:"))
+        .and_then(|s| status_bytes(&s, key))
         .unwrap_or(0)
 }
 

@@ -88,6 +88,12 @@ impl Daemon {
         self.dir.path().join("fanout.db")
     }
 
+    /// Bytes of its database file and WAL.
+    pub(super) fn database_bytes(&self) -> u64 {
+        let size = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+        size(self.database()) + size(self.dir.path().join("fanout.db-wal"))
+    }
+
     /// Waits (≤ 30 s) until `/ready` says 200.
     pub(super) async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
         self.wait_ready_within(http, Duration::from_secs(30)).await

@@ -139,22 +139,6 @@ pub struct DaemonCatchUp {
     pub database_mib: f64,
 }
 
-/// Peak resident memory of a process, MiB, from `/proc/<pid>/status`.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-/// Size of a database file with its WAL, MiB.
-fn database_mib(path: &std::path::Path) -> f64 {
-    let size = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    (size(path.to_owned()) + size(wal.into())) as f64 / 1_048_576.0
-}
-
 /// Times a daemon's catch-up over the `events` the stream holds.
 async fn daemon_catch_up(
     nats_url: &str,
@@ -177,12 +161,13 @@ async fn daemon_catch_up(
     let limit = Duration::from_secs(60 + events / 2_000);
     daemon.wait_ready_within(&http, limit).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let peak_rss_mib = peak_rss_mib(daemon.child.id());
+    const MIB: f64 = 1_048_576.0;
+    let peak = orrery::telemetry::peak_resident_bytes(daemon.child.id());
     Ok(DaemonCatchUp {
         seconds,
         eps: events as f64 / seconds,
-        peak_rss_mib,
-        database_mib: database_mib(&daemon.database()),
+        peak_rss_mib: (peak > 0).then(|| peak as f64 / MIB),
+        database_mib: daemon.database_bytes() as f64 / MIB,
     })
 }
 

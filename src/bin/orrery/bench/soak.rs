@@ -136,8 +136,6 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
     let http = reqwest::Client::new();
     daemon.wait_ready(&http).await?;
     let pid = daemon.child.id();
-    let database = daemon.database();
-    let wal = std::path::PathBuf::from(format!("{}-wal", database.display()));
     let base = daemon.base.clone();
     let token = mint(
         &Secret::new(&secret),
@@ -219,7 +217,7 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
             at_secs: started.elapsed().as_secs(),
             rss_bytes: orrery::telemetry::resident_bytes(pid),
             fds: open_fds(pid),
-            db_bytes: file_bytes(&database) + file_bytes(&wal),
+            db_bytes: daemon.database_bytes(),
             lag: lag(&http, &base).await,
             queries: lat.len(),
             query_errors: counters.query_errors.swap(0, Ordering::Relaxed),
@@ -292,10 +290,6 @@ async fn topologies_known(http: &reqwest::Client, base: &str, token: &str) -> us
                 .count()
         })
     })
-}
-
-fn file_bytes(path: &std::path::Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// Open file descriptors of `pid` (0 when /proc cannot tell).

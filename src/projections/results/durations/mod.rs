@@ -238,15 +238,16 @@ pub async fn job_durations(
     since: i64,
     now: i64,
 ) -> sqlx::Result<Vec<JobStats>> {
-    let h0 = hour_of_window_start(since);
-    let open = now.div_euclid(HOUR_MS).max(h0 + 1);
-    let (first, last) = (h0 + 1, open - 1);
+    let Hours {
+        h0,
+        first,
+        last,
+        open,
+    } = Hours::of(since, now);
     // Right after a start, every dashboard asks for the same window at once: one request
     // reads what is missing while the others wait, then they all answer from memory
     // (without it, 8 clients right after catch-up over 500k results measured p99 704 ms).
-    let cold = (first <= last && cache.merged(first, last).is_none())
-        || cache.hour(h0, Form::Rows).is_none();
-    let building = if cold {
+    let building = if is_cold(cache, since, now) {
         Some(cache.build().await)
     } else {
         None
@@ -311,6 +312,51 @@ pub async fn job_durations(
     // Stable: equal p95s keep job order.
     stats.sort_by_key(|s| std::cmp::Reverse(s.p95_ms));
     Ok(stats)
+}
+
+/// The hours of a window: the one it starts in (`h0`, read from the results), the whole
+/// hours after it (`first..=last`, merged) and the open hour on (`open`, still receiving).
+struct Hours {
+    h0: i64,
+    first: i64,
+    last: i64,
+    open: i64,
+}
+
+impl Hours {
+    fn of(since: i64, now: i64) -> Self {
+        let h0 = hour_of_window_start(since);
+        let open = now.div_euclid(HOUR_MS).max(h0 + 1);
+        Self {
+            h0,
+            first: h0 + 1,
+            last: open - 1,
+            open,
+        }
+    }
+}
+
+/// Whether the window from `since` to `now` misses its merged whole hours or its start hour
+/// in `cache` (what a request would read from the database).
+fn is_cold(cache: &DurationCache, since: i64, now: i64) -> bool {
+    let Hours {
+        h0, first, last, ..
+    } = Hours::of(since, now);
+    (first <= last && cache.merged(first, last).is_none()) || cache.hour(h0, Form::Rows).is_none()
+}
+
+/// Reads the window from `since` to `now` into `cache` if it is cold; a warm one costs
+/// nothing (its open hour is read by the requests that need it).
+pub async fn warm(
+    readers: &SqlitePool,
+    cache: &DurationCache,
+    since: i64,
+    now: i64,
+) -> sqlx::Result<()> {
+    if is_cold(cache, since, now) {
+        job_durations(readers, cache, since, now).await?;
+    }
+    Ok(())
 }
 
 /// The hour whose blocks straddle `since` (floor division, also before 1970).
