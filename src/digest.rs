@@ -14,14 +14,52 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
+use utoipa::ToSchema;
 
 use crate::bus::streams::StreamSpec;
 use crate::projector::Table;
 
 /// What the digest covers of one read model: its stream and its tables.
 pub type ReadModel = (StreamSpec, &'static [Table]);
+
+/// A digest as [`digest`] makes it: what `/api/v1/admin/digest` and `orrery digest` show.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Digest {
+    /// Per read model, in the order of the read models.
+    pub read_models: Vec<ModelDigest>,
+    /// Tables several read models write, hashed on their own.
+    pub shared: Vec<TableDigest>,
+}
+
+/// One read model's digest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelDigest {
+    /// Its stream.
+    pub stream: String,
+    /// The sequence its rows reflect.
+    pub checkpoint: i64,
+    /// SHA-256 over its tables' hashes.
+    pub sha256: String,
+    /// Per table (its dead letters last).
+    pub tables: Vec<TableDigest>,
+}
+
+/// One table's digest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TableDigest {
+    /// Table name.
+    pub table: String,
+    /// Rows hashed.
+    pub rows: u64,
+    /// SHA-256 of its rows.
+    pub sha256: String,
+}
 
 /// Tables more than one read model writes (hashed once, on their own).
 const SHARED: [Table; 1] = [Table::keyed("workloads", "workload_id")];

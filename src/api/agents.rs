@@ -2,9 +2,11 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
@@ -12,27 +14,59 @@ use crate::api::AppState;
 use crate::bus::subjects;
 use crate::window::{format_unix_ms, now_ms};
 
-fn agent_json(row: &SqliteRow, stale_cutoff: i64) -> Value {
-    let last: i64 = row.get("last_heartbeat");
-    json!({
-        "agent_id": row.get::<String, _>("agent_id"),
-        "hostname": row.get::<Option<String>, _>("hostname"),
-        "version": row.get::<Option<String>, _>("version"),
-        "labels": row
-            .get::<Option<String>, _>("labels")
-            .and_then(|l| serde_json::from_str::<Value>(&l).ok()),
-        "last_heartbeat": format_unix_ms(last),
-        "stale": last < stale_cutoff,
-    })
+/// An agent.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// Agent id.
+    pub agent_id: String,
+    /// Host name; null when its heartbeats name none.
+    pub hostname: Option<String>,
+    /// Agent version; null when its heartbeats name none.
+    pub version: Option<String>,
+    /// Labels; null when its heartbeats carry none.
+    #[schema(value_type = Option<Object>)]
+    pub labels: Option<Value>,
+    /// Latest heartbeat.
+    pub last_heartbeat: String,
+    /// Silent past the threshold.
+    pub stale: bool,
+}
+
+/// `/api/v1/agents`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Agents {
+    /// By id.
+    pub items: Vec<Agent>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+impl Agent {
+    /// The agent of `row`, stale when its latest heartbeat is before `stale_cutoff`.
+    fn from_row(row: &SqliteRow, stale_cutoff: i64) -> Self {
+        let last: i64 = row.get("last_heartbeat");
+        Self {
+            agent_id: row.get("agent_id"),
+            hostname: row.get("hostname"),
+            version: row.get("version"),
+            labels: row
+                .get::<Option<String>, _>("labels")
+                .and_then(|l| serde_json::from_str::<Value>(&l).ok()),
+            last_heartbeat: format_unix_ms(last),
+            stale: last < stale_cutoff,
+        }
+    }
 }
 
 /// `GET /api/v1/agents?stale=&limit=&cursor=`: agents by id; `next_cursor` pages on.
-#[utoipa::path(get, path = "/agents", operation_id = "get_agents", tag = "fleet", security(("bearer" = ["viewer"])), params(("stale" = Option<bool>, Query, description = "only stale (true) or active (false) agents"), ("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Agents), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/agents", operation_id = "get_agents", tag = "fleet", security(("bearer" = ["viewer"])), params(("stale" = Option<bool>, Query, description = "only stale (true) or active (false) agents"), ("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 100)", minimum = 1, maximum = 1000), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Agents), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Agents>> {
     let stale = params.bool("stale")?;
     let limit = params.int("limit", 1, 1_000, 100)?;
     let cursor = params.get("cursor")?;
@@ -55,22 +89,24 @@ pub async fn list(
     .fetch_all(&state.db.readers)
     .await?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
+    let items: Vec<Agent> = rows
         .iter()
         .take(limit as usize)
-        .map(|r| agent_json(r, cutoff))
+        .map(|r| Agent::from_row(r, cutoff))
         .collect();
-    let next = more.then(|| items.last().map(|a| a["agent_id"].clone()));
-    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})))
+    let next_cursor = more
+        .then(|| items.last().map(|a| a.agent_id.clone()))
+        .flatten();
+    Ok(Json(Agents { items, next_cursor }))
 }
 
 /// `GET /api/v1/agents/<id>`: one agent; 404 if it never reported.
-#[utoipa::path(get, path = "/agents/{id}", operation_id = "get_agents_id", tag = "fleet", security(("bearer" = ["viewer"])), params(("id" = String, Path, description = "agent id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Agent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/agents/{id}", operation_id = "get_agents_id", tag = "fleet", security(("bearer" = ["viewer"])), params(("id" = String, Path, description = "agent id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Agent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn get(
     _: AsViewer,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Agent>> {
     if !subjects::is_token(&id) {
         return Err(ApiError::NotFound("agent".into()));
     }
@@ -82,5 +118,5 @@ pub async fn get(
     .fetch_optional(&state.db.readers)
     .await?
     .ok_or_else(|| ApiError::NotFound("agent".into()))?;
-    Ok(Json(agent_json(&row, cutoff)))
+    Ok(Json(Agent::from_row(&row, cutoff)))
 }

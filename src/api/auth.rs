@@ -10,12 +10,12 @@ use std::sync::Mutex;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{json_body, AsViewer, Authorized, RawBody};
 use crate::api::AppState;
+use crate::token::Role;
 
 /// Most sign-in link ids remembered at once; more answer 503 until old ones expire.
 const MAX_USED_LOGINS: usize = 100_000;
@@ -46,16 +46,52 @@ impl UsedLogins {
     }
 }
 
-#[derive(Deserialize)]
+/// Body of `/api/v1/auth/login`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LoginRequest {
-    login_token: String,
+pub struct LoginRequest {
+    /// The token of a sign-in link (`orrery token --login-url`).
+    pub login_token: String,
+}
+
+/// Answer of `/api/v1/auth/login`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Session {
+    /// An API token.
+    pub token: String,
+    /// Who it is for.
+    pub sub: String,
+    /// `viewer`, `operator` or `admin`.
+    #[schema(value_type = String)]
+    pub role: Role,
+    /// Its expiry.
+    pub expires_at: String,
+}
+
+/// `/api/v1/auth/whoami`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhoAmI {
+    /// Who the token is for.
+    pub sub: String,
+    /// `viewer`, `operator` or `admin`.
+    #[schema(value_type = String)]
+    pub role: Role,
+    /// Its expiry; null when authentication is off (the implied token never expires).
+    pub expires_at: Option<String>,
+    /// Whether authentication is on.
+    pub auth: bool,
+    /// The projects the token may see; null for every project.
+    pub projects: Option<Vec<String>>,
+    /// The topologies the token may see; null for every topology.
+    pub topologies: Option<Vec<String>>,
 }
 
 /// `POST /api/v1/auth/login`: body `{"login_token"}` from a sign-in link; answers
 /// `{"token","sub","role","expires_at"}` once per link.
-#[utoipa::path(post, path = "/auth/login", operation_id = "post_auth_login", tag = "auth", request_body = crate::api::schema::LoginRequest, responses((status = 200, description = "OK", body = crate::api::schema::Session), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
-pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/auth/login", operation_id = "post_auth_login", tag = "auth", request_body = LoginRequest, responses((status = 200, description = "OK", body = Session), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Json<Session>> {
     let req: LoginRequest = json_body(&body, 8 * 1024, r#"{"login_token": string}"#)?;
     if !state.auth.enabled() {
         return Err(ApiError::NotFound(
@@ -76,28 +112,28 @@ pub async fn login(State(state): State<AppState>, body: RawBody) -> ApiResult<Js
         .auth
         .mint(&claims, ttl)?
         .ok_or_else(|| ApiError::NotFound("sign-in".into()))?;
-    Ok(Json(json!({
-        "token": token,
-        "sub": claims.sub,
-        "role": claims.role,
-        "expires_at": crate::window::format_unix_ms(((now + ttl) * 1000) as i64),
-    })))
+    Ok(Json(Session {
+        token,
+        sub: claims.sub,
+        role: claims.role,
+        expires_at: crate::window::format_unix_ms(((now + ttl) * 1000) as i64),
+    }))
 }
 
 /// `GET /api/v1/auth/whoami`: the caller's `sub`, `role` and expiry, and whether
 /// authentication is on (the dashboard shows only what the role may do).
-#[utoipa::path(get, path = "/auth/whoami", operation_id = "get_auth_whoami", tag = "auth", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::WhoAmI), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "`Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
-pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>) -> Json<Value> {
+#[utoipa::path(get, path = "/auth/whoami", operation_id = "get_auth_whoami", tag = "auth", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = WhoAmI), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 503, description = "`Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+pub async fn whoami(Authorized(claims): AsViewer, State(state): State<AppState>) -> Json<WhoAmI> {
     let expires_at = (claims.exp != u64::MAX)
         .then(|| crate::window::format_unix_ms(claims.exp.saturating_mul(1000) as i64));
-    Json(json!({
-        "sub": claims.sub,
-        "role": claims.role,
-        "expires_at": expires_at,
-        "auth": state.auth.enabled(),
-        "projects": claims.projects,
-        "topologies": claims.topologies,
-    }))
+    Json(WhoAmI {
+        sub: claims.sub,
+        role: claims.role,
+        expires_at,
+        auth: state.auth.enabled(),
+        projects: claims.projects,
+        topologies: claims.topologies,
+    })
 }
 
 /// How a user may sign in to the dashboard.
@@ -136,7 +172,7 @@ pub struct ProviderSignIn {
 
 /// `GET /api/v1/auth/providers`: how to sign in (no credentials needed: the sign-in page
 /// asks before anyone has a token).
-#[utoipa::path(get, path = "/auth/providers", operation_id = "get_auth_providers", tag = "auth", responses((status = 200, description = "OK", body = SignInOptions), (status = 503, description = "the identity provider's discovery document cannot be read", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/auth/providers", operation_id = "get_auth_providers", tag = "auth", responses((status = 200, description = "OK", body = SignInOptions), (status = 503, description = "the identity provider's discovery document cannot be read", body = crate::api::error::ErrorBody)))]
 pub async fn providers(State(state): State<AppState>) -> ApiResult<Json<SignInOptions>> {
     let oidc = match state.auth.oidc() {
         Some(oidc) if oidc.config().client_id.is_some() => {

@@ -3,13 +3,40 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::bus::publish::PublishError;
 use crate::token::{Role, TokenError};
 
 /// Result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Every error's body: a stable code and a message; 422s also name the parameter and its
+/// form, 503 `behind` says where the replica stands. A member that does not apply is absent.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// e.g. `invalid_parameter`, `not_found`, `unauthorized`, `behind`.
+    pub error: String,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// The offending parameter (422 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    /// The accepted form (422 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The stream that has not reached the requested sequence (503 `behind` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Where that stream's projection stands (503 `behind` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<u64>,
+    /// The sequence asked for (503 `behind` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<u64>,
+}
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -133,43 +160,46 @@ impl From<PublishError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let plain = |message: String| ErrorBody {
+            error: code.to_owned(),
+            message,
+            ..ErrorBody::default()
+        };
         let body = match &self {
             Self::InvalidParam {
                 parameter,
                 expected,
-            } => json!({
-                "error": code,
-                "parameter": parameter,
-                "expected": expected,
-                "message": self.to_string(),
-            }),
+            } => ErrorBody {
+                parameter: Some((*parameter).to_owned()),
+                expected: Some(expected.clone()),
+                ..plain(self.to_string())
+            },
             Self::Behind {
                 stream,
                 checkpoint,
                 wanted,
-            } => json!({
-                "error": code,
-                "stream": stream,
-                "checkpoint": checkpoint,
-                "wanted": wanted,
-                "message": self.to_string(),
-            }),
+            } => ErrorBody {
+                stream: Some((*stream).to_owned()),
+                checkpoint: Some(*checkpoint),
+                wanted: Some(*wanted),
+                ..plain(self.to_string())
+            },
             Self::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "request failed");
-                json!({"error": code, "message": "internal error (see server logs)"})
+                plain("internal error (see server logs)".to_owned())
             }
             // Refusals name the reason (the request span names the path), never the token.
             // A 401 is what any stranger gets: debug, so a scan does not flood the log.
             Self::Unauthorized(reason) => {
                 tracing::debug!(reason, "request refused: not authenticated");
-                json!({"error": code, "message": reason})
+                plain((*reason).to_owned())
             }
             Self::Forbidden(_) | Self::ForbiddenWhy(_) => {
                 let reason = self.to_string();
                 tracing::info!(reason, "request refused: not permitted");
-                json!({"error": code, "message": reason})
+                plain(reason)
             }
-            other => json!({"error": code, "message": other.to_string()}),
+            other => plain(other.to_string()),
         };
         let mut response = (status, Json(body)).into_response();
         if matches!(

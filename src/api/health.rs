@@ -11,7 +11,7 @@ use axum::Json;
 use futures::future::join_all;
 use futures::StreamExt;
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::api::error::ApiResult;
 use crate::api::extract::AsViewer;
@@ -26,15 +26,131 @@ const RECENT_RESULTS_HOURS: i64 = 24;
 pub const BUS_VIEW_TTL: Duration = Duration::from_secs(1);
 
 /// `GET /health`: the process is up. Touches nothing else, so it never flaps with the bus.
-#[utoipa::path(get, path = "/health", operation_id = "get_health", tag = "health", responses((status = 200, description = "the process is up", body = crate::api::schema::Health)))]
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/health", operation_id = "get_health", tag = "health", responses((status = 200, description = "the process is up", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `ok` while the process runs.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+}
+
+/// `/ready`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    /// `ready` or `not_ready`.
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// Why not ready.
+    pub reasons: Vec<String>,
+    /// Per projection; empty while the bus is not connected.
+    pub projections: Vec<Lag>,
+    /// Gaps, reported (they do not fail readiness).
+    pub gaps: Vec<GapReport>,
+}
+
+/// A range a stream no longer held when the projection reached it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Gap)]
+pub struct GapReport {
+    /// Stream name.
+    pub stream: String,
+    /// First sequence missing.
+    pub first_seq: u64,
+    /// Last sequence missing.
+    pub last_seq: u64,
+    /// Messages in the range.
+    pub events: u64,
+    /// What to do about it.
+    pub message: String,
+}
+
+/// `/api/v1/health/fleet`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// `ok`, `unknown` (no agent yet) or `degraded` (503).
+    #[schema(value_type = String)]
+    pub status: &'static str,
+    /// Why degraded.
+    pub reasons: Vec<String>,
+    /// Agent counts.
+    pub agents: FleetAgents,
+    /// The JetStream resources Orrery needs.
+    pub jetstream: FleetJetStream,
+    /// Per projection.
+    pub projections: Vec<Lag>,
+    /// Results of the last hours.
+    pub recent_results: RecentResults,
+    /// Now.
+    pub observed_at: String,
+}
+
+/// `/api/v1/health/fleet` agents.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetAgents {
+    /// Agents that ever reported.
+    pub known: i64,
+    /// Not stale.
+    pub active: i64,
+    /// Silent past the threshold.
+    pub stale: i64,
+    /// The threshold.
+    pub stale_after_secs: u64,
+}
+
+/// `/api/v1/health/fleet` JetStream resources.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetJetStream {
+    /// Every expected stream exists.
+    pub all_ok: bool,
+    /// Expected streams that exist.
+    pub healthy: usize,
+    /// Expected streams.
+    pub total: usize,
+    /// The missing ones.
+    pub missing: Vec<String>,
+}
+
+/// `/api/v1/health/fleet` results of the last hours.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecentResults {
+    /// The window.
+    pub window_hours: i64,
+    /// Results in it.
+    pub total: i64,
+    /// Failures among them.
+    pub failed: i64,
+}
+
+/// A 503 of `/api/v1/health/fleet`: the fleet is degraded, or the replica is behind the
+/// `Orrery-Min-Seq` asked for.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // reason: a schema only, naming the two bodies a 503 can have
+pub enum FleetUnavailable {
+    /// Degraded: the reasons say why.
+    Degraded(Fleet),
+    /// Behind `Orrery-Min-Seq`.
+    Behind(crate::api::error::ErrorBody),
 }
 
 /// One projection's position against its stream.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Lag {
     /// Stream name.
+    #[schema(value_type = String)]
     pub stream: &'static str,
     /// Last committed sequence.
     pub checkpoint: u64,
@@ -130,7 +246,7 @@ pub async fn lags(state: &AppState) -> Vec<Lag> {
 
 /// `GET /ready`: 200 when the database answers, the bus is connected and every projection is
 /// within `ready_max_lag` of its stream; 503 naming the reason otherwise.
-#[utoipa::path(get, path = "/ready", operation_id = "get_ready", tag = "health", responses((status = 200, description = "ready", body = crate::api::schema::Ready), (status = 503, description = "not ready: the reasons say why", body = crate::api::schema::Ready)))]
+#[utoipa::path(get, path = "/ready", operation_id = "get_ready", tag = "health", responses((status = 200, description = "ready", body = Ready), (status = 503, description = "not ready: the reasons say why", body = Ready)))]
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let mut reasons = Vec::new();
     if state.stopping.is_cancelled() {
@@ -193,18 +309,16 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let gaps: Vec<_> = recorded
         .into_iter()
         .chain(pending)
-        .map(|g| {
-            json!({
-                "stream": g.stream,
-                "first_seq": g.first_seq,
-                "last_seq": g.last_seq,
-                "events": g.events(),
-                "message": format!(
-                    "{}: events {}–{} were gone from the stream before this replica projected \
-                     them; restore a snapshot that covers them (--snapshot-bucket)",
-                    g.stream, g.first_seq, g.last_seq
-                ),
-            })
+        .map(|g| GapReport {
+            message: format!(
+                "{}: events {}–{} were gone from the stream before this replica projected \
+                 them; restore a snapshot that covers them (--snapshot-bucket)",
+                g.stream, g.first_seq, g.last_seq
+            ),
+            events: g.events(),
+            first_seq: g.first_seq,
+            last_seq: g.last_seq,
+            stream: g.stream,
         })
         .collect();
     let (status, word) = if reasons.is_empty() {
@@ -214,12 +328,12 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({
-            "status": word,
-            "reasons": reasons,
-            "projections": projections,
-            "gaps": gaps,
-        })),
+        Json(Ready {
+            status: word,
+            reasons,
+            projections,
+            gaps,
+        }),
     )
 }
 
@@ -297,7 +411,7 @@ impl BusView {
 
 /// `GET /api/v1/health/fleet`: one answer to "is the fleet healthy?" — 200 `ok` or
 /// `unknown` (no agent yet), 503 `degraded` naming nothing but counts and missing resources.
-#[utoipa::path(get, path = "/health/fleet", operation_id = "get_health_fleet", tag = "health", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "ok or unknown", body = crate::api::schema::Fleet), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "degraded: the reasons say why (a Fleet body); or `Orrery-Min-Seq` was not reached in time (an error body, with `Retry-After`)", body = crate::api::schema::FleetUnavailable), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/health/fleet", operation_id = "get_health_fleet", tag = "health", security(("bearer" = ["viewer"])), params(("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "ok or unknown", body = Fleet), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "degraded: the reasons say why (a Fleet body); or `Orrery-Min-Seq` was not reached in time (an error body, with `Retry-After`)", body = FleetUnavailable), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody)))]
 pub async fn fleet(_: AsViewer, State(state): State<AppState>) -> ApiResult<Response> {
     let now = now_ms();
     let f = &state.fleet;
@@ -368,25 +482,29 @@ pub async fn fleet(_: AsViewer, State(state): State<AppState>) -> ApiResult<Resp
     } else {
         "ok"
     };
-    let body = json!({
-        "status": status,
-        "reasons": reasons,
-        "agents": {
-            "known": known,
-            "active": known - stale,
-            "stale": stale,
-            "stale_after_secs": f.stale_after.as_secs(),
+    let body = Fleet {
+        status,
+        reasons,
+        agents: FleetAgents {
+            known,
+            active: known - stale,
+            stale,
+            stale_after_secs: f.stale_after.as_secs(),
         },
-        "jetstream": {
-            "all_ok": missing.is_empty(),
-            "healthy": expected.len() - missing.len(),
-            "total": expected.len(),
-            "missing": missing,
+        jetstream: FleetJetStream {
+            all_ok: missing.is_empty(),
+            healthy: expected.len() - missing.len(),
+            total: expected.len(),
+            missing,
         },
-        "projections": projections,
-        "recent_results": {"window_hours": RECENT_RESULTS_HOURS, "total": total, "failed": failed},
-        "observed_at": format_unix_ms(now),
-    });
+        projections,
+        recent_results: RecentResults {
+            window_hours: RECENT_RESULTS_HOURS,
+            total,
+            failed,
+        },
+        observed_at: format_unix_ms(now),
+    };
     let code = if status == "degraded" {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

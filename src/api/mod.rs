@@ -13,7 +13,6 @@ pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod results;
-pub mod schema;
 pub mod sse;
 pub mod system;
 pub mod topologies;
@@ -109,8 +108,9 @@ impl AppState {
     }
 }
 
-/// Builds the whole HTTP surface, with the CORS policy `cors`.
-pub fn router(state: AppState, cors: &Cors) -> Router {
+/// The routes of the documented surface and their OpenAPI description (each route is
+/// written once: utoipa-axum derives the document from the routes as registered).
+fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi as _;
     use utoipa_axum::router::OpenApiRouter;
     use utoipa_axum::routes;
@@ -148,12 +148,24 @@ pub fn router(state: AppState, cors: &Cors) -> Router {
         .routes(routes!(alerts::intake::provider_heartbeat))
         .routes(routes!(alerts::intake::alertmanager_webhook))
         .routes(routes!(openapi::document));
-    let (routes, doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(metrics::metrics))
         .nest("/api/v1", api)
-        .split_for_parts();
+        .split_for_parts()
+}
+
+/// The OpenAPI description as served at `/api/v1/openapi.json` (links included), without a
+/// running server: for tests that validate answers against it.
+pub fn openapi_document() -> serde_json::Value {
+    let (_, doc) = documented_routes();
+    openapi::with_links(&doc)
+}
+
+/// Builds the whole HTTP surface, with the CORS policy `cors`.
+pub fn router(state: AppState, cors: &Cors) -> Router {
+    let (routes, doc) = documented_routes();
     openapi::publish(&doc);
     let allow = match cors {
         Cors::Off => None,

@@ -55,10 +55,15 @@ static DOCUMENT: OnceLock<String> = OnceLock::new();
 /// router of a process registers the same routes), with its [`LINKS`].
 pub fn publish(doc: &Document) {
     let _ = DOCUMENT.get_or_init(|| {
-        let mut value = serde_json::to_value(doc).unwrap_or_default();
-        add_links(&mut value);
-        serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into())
+        serde_json::to_string_pretty(&with_links(doc)).unwrap_or_else(|_| "{}".into())
     });
+}
+
+/// The document as JSON, with its [`LINKS`].
+pub fn with_links(doc: &Document) -> serde_json::Value {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    add_links(&mut value);
+    value
 }
 
 /// A link of an answer to an operation that takes one of its ids: (name, target operation,

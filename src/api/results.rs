@@ -3,14 +3,79 @@
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Params};
 use crate::api::AppState;
 use crate::projections::results::count_results;
-use crate::projections::results::durations::job_durations;
+use crate::projections::results::durations::{job_durations, JobStats};
 use crate::window::{format_unix_ms, now_ms, parse_rfc3339_ms, parse_single_unit};
+
+/// `/api/v1/results/stats`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultStats {
+    /// The window asked for.
+    pub since: String,
+    /// The outcome filter; null when not asked for.
+    pub success: Option<bool>,
+    /// The kind filter; null when not asked for.
+    pub kind: Option<String>,
+    /// Results recorded in the window.
+    pub count: i64,
+}
+
+/// Duration statistics of one job.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobDurations {
+    /// Job id.
+    pub job_id: String,
+    /// Timed results.
+    pub count: usize,
+    /// Milliseconds.
+    pub min_ms: i64,
+    /// Nearest-rank median, ms.
+    pub p50_ms: i64,
+    /// Nearest-rank 95th percentile, ms.
+    pub p95_ms: i64,
+    /// Nearest-rank 99th percentile, ms.
+    pub p99_ms: i64,
+    /// Slowest, ms.
+    pub max_ms: i64,
+    /// Mean, ms.
+    pub mean_ms: f64,
+    /// The slowest result's id.
+    pub max_result_id: String,
+}
+
+impl From<JobStats> for JobDurations {
+    fn from(j: JobStats) -> Self {
+        Self {
+            job_id: j.job_id,
+            count: j.count,
+            min_ms: j.min_ms,
+            p50_ms: j.p50_ms,
+            p95_ms: j.p95_ms,
+            p99_ms: j.p99_ms,
+            max_ms: j.max_ms,
+            mean_ms: j.mean_ms,
+            max_result_id: j.max_result_id,
+        }
+    }
+}
+
+/// `/api/v1/results/durations`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Durations {
+    /// Start of the window.
+    pub since: String,
+    /// Slowest p95 first.
+    pub items: Vec<JobDurations>,
+}
 
 /// Longest window the badge accepts.
 pub const MAX_SINCE_SECS: u64 = 7 * 86_400;
@@ -19,12 +84,12 @@ const SINCE_FORM: &str =
 
 /// `GET /api/v1/results/stats?since=1h&success=false&kind=traffic`: results recorded in the
 /// last `since`, optionally filtered by outcome and kind.
-#[utoipa::path(get, path = "/results/stats", operation_id = "get_results_stats", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "window: digits then s, m, h or d; > 0 and ≤ 7d (default 1h)", pattern = "^[0-9]+[smhd]$"), ("success" = Option<bool>, Query, description = "only successes (true) or failures (false)"), ("kind" = Option<String>, Query, description = "result kind (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::ResultStats), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/results/stats", operation_id = "get_results_stats", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "window: digits then s, m, h or d; > 0 and ≤ 7d (default 1h)", pattern = "^[0-9]+[smhd]$"), ("success" = Option<bool>, Query, description = "only successes (true) or failures (false)"), ("kind" = Option<String>, Query, description = "result kind (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = ResultStats), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn stats(
     _: AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ResultStats>> {
     let since = params.get("since")?.unwrap_or("1h");
     let window = parse_single_unit(since)
         .ok()
@@ -35,46 +100,35 @@ pub async fn stats(
     let now = now_ms();
     let from = now - window.as_millis() as i64;
     let count = count_results(&state.db.readers, kind, success, from, now).await?;
-    Ok(Json(json!({
-        "since": since,
-        "success": success,
-        "kind": kind,
-        "count": count,
-    })))
+    Ok(Json(ResultStats {
+        since: since.to_owned(),
+        success,
+        kind: kind.map(str::to_owned),
+        count,
+    }))
 }
 
 /// `GET /api/v1/results/durations?since=<RFC3339>`: per `job_id`, duration statistics of the
 /// results finished since then (default 24 h ago), slowest p95 first.
-#[utoipa::path(get, path = "/results/durations", operation_id = "get_results_durations", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "RFC 3339 start (default 24 h ago)", format = DateTime), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Durations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/results/durations", operation_id = "get_results_durations", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "RFC 3339 start (default 24 h ago)", format = DateTime), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Durations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn durations(
     _: AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Durations>> {
     let since = match params.get("since")? {
         None => now_ms() - 24 * 3_600_000,
         Some(s) => parse_rfc3339_ms(s).ok_or_else(|| {
             ApiError::invalid("since", "an RFC 3339 time such as 2026-11-22T10:00:00Z")
         })?,
     };
-    let items: Vec<Value> = job_durations(&state.db.readers, &state.durations, since, now_ms())
+    let items = job_durations(&state.db.readers, &state.durations, since, now_ms())
         .await?
         .into_iter()
-        .map(|j| {
-            json!({
-                "job_id": j.job_id,
-                "count": j.count,
-                "min_ms": j.min_ms,
-                "p50_ms": j.p50_ms,
-                "p95_ms": j.p95_ms,
-                "p99_ms": j.p99_ms,
-                "max_ms": j.max_ms,
-                "mean_ms": j.mean_ms,
-                "max_result_id": j.max_result_id,
-            })
-        })
+        .map(JobDurations::from)
         .collect();
-    Ok(Json(
-        json!({"since": format_unix_ms(since), "items": items}),
-    ))
+    Ok(Json(Durations {
+        since: format_unix_ms(since),
+        items,
+    }))
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Authorized, Params};
@@ -14,13 +15,63 @@ use crate::api::{AppState, MAX_HISTORY_POINTS};
 use crate::token::Role;
 use crate::window::{format_unix_ms, now_ms};
 
+/// A system stats sample.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSample {
+    /// Agent id.
+    pub agent_id: String,
+    /// Sample time.
+    pub at: String,
+    /// CPU, percent; null when the agent could not read it.
+    pub cpu_percent: Option<f64>,
+    /// Bytes; null when the agent could not read it.
+    pub memory_usage: Option<i64>,
+    /// Bytes; null when there is no limit or the agent could not read it.
+    pub memory_limit: Option<i64>,
+}
+
+/// A container's latest sample.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopContainer {
+    /// Container id (empty unless admin).
+    pub container_id: String,
+    /// Workload; null for a container outside any workload.
+    pub workload_id: Option<String>,
+    /// Role in the workload; null as `workload_id`.
+    pub role: Option<String>,
+    /// `workload/role` (`-` for what is missing).
+    pub owner_name: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// Sample time.
+    pub at: String,
+    /// CPU, percent; null when the agent could not read it.
+    pub cpu_percent: Option<f64>,
+    /// Bytes; null when the agent could not read it.
+    pub memory_usage: Option<i64>,
+    /// Bytes; null when there is no limit or the agent could not read it.
+    pub memory_limit: Option<i64>,
+}
+
+/// `/api/v1/system/stats/top`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Top {
+    /// `cpu` or `memory`.
+    pub by: String,
+    /// Busiest first.
+    pub items: Vec<TopContainer>,
+}
+
 /// `GET /api/v1/system/stats/history?window=1h&agent=`: system samples, oldest first.
-#[utoipa::path(get, path = "/system/stats/history", operation_id = "get_system_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("agent" = Option<String>, Query, description = "one agent", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "samples, oldest first", body = Vec<crate::api::schema::SystemSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/system/stats/history", operation_id = "get_system_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("agent" = Option<String>, Query, description = "one agent", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "samples, oldest first", body = Vec<SystemSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<SystemSample>>> {
     let from = params.window_start()?;
     let agent = params.token("agent")?;
     let sql = if agent.is_some() {
@@ -36,30 +87,29 @@ pub async fn history(
         .bind(MAX_HISTORY_POINTS)
         .fetch_all(&state.db.readers)
         .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| {
-            json!({
-                "agent_id": r.get::<String, _>("agent_id"),
-                "at": format_unix_ms(r.get("at")),
-                "cpu_percent": r.get::<Option<f64>, _>("cpu_percent"),
-                "memory_usage": r.get::<Option<i64>, _>("memory_usage"),
-                "memory_limit": r.get::<Option<i64>, _>("memory_limit"),
-            })
+        .map(|r| SystemSample {
+            agent_id: r.get("agent_id"),
+            at: format_unix_ms(r.get("at")),
+            cpu_percent: r.get("cpu_percent"),
+            memory_usage: r.get("memory_usage"),
+            memory_limit: r.get("memory_limit"),
         })
         .collect();
-    Ok(Json(Value::Array(items)))
+    Ok(Json(items))
 }
 
 /// `GET /api/v1/system/stats/top?by=cpu|memory&limit=5`: the busiest containers by their
 /// latest recent sample. Container ids are shown to admins only.
-#[utoipa::path(get, path = "/system/stats/top", operation_id = "get_system_stats_top", tag = "fleet", security(("bearer" = ["viewer"])), params(("by" = Option<String>, Query, description = "cpu (default) or memory", pattern = "^(cpu|memory)$"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 5)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Top), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/system/stats/top", operation_id = "get_system_stats_top", tag = "fleet", security(("bearer" = ["viewer"])), params(("by" = Option<String>, Query, description = "cpu (default) or memory", pattern = "^(cpu|memory)$"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 5)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Top), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn top(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
-    let order = match params.get("by")?.unwrap_or("cpu") {
+) -> ApiResult<Json<Top>> {
+    let by = params.get("by")?.unwrap_or("cpu");
+    let order = match by {
         "cpu" => "c.cpu_percent",
         "memory" => "c.memory_usage",
         _ => return Err(ApiError::invalid("by", "cpu or memory")),
@@ -80,25 +130,34 @@ pub async fn top(
     .fetch_all(&state.db.readers)
     .await?;
     let admin = claims.role >= Role::Admin;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
         .map(|r| {
             let workload: Option<String> = r.get("workload_id");
             let role: Option<String> = r.get("role");
-            json!({
-                "container_id": if admin { r.get::<String, _>("container_id") } else { String::new() },
-                "workload_id": workload,
-                "role": role,
-                "owner_name": format!("{}/{}", workload.as_deref().unwrap_or("-"), role.as_deref().unwrap_or("-")),
-                "agent_id": r.get::<String, _>("agent_id"),
-                "at": format_unix_ms(r.get("at")),
-                "cpu_percent": r.get::<Option<f64>, _>("cpu_percent"),
-                "memory_usage": r.get::<Option<i64>, _>("memory_usage"),
-                "memory_limit": r.get::<Option<i64>, _>("memory_limit"),
-            })
+            TopContainer {
+                container_id: if admin {
+                    r.get("container_id")
+                } else {
+                    String::new()
+                },
+                owner_name: format!(
+                    "{}/{}",
+                    workload.as_deref().unwrap_or("-"),
+                    role.as_deref().unwrap_or("-")
+                ),
+                workload_id: workload,
+                role,
+                agent_id: r.get("agent_id"),
+                at: format_unix_ms(r.get("at")),
+                cpu_percent: r.get("cpu_percent"),
+                memory_usage: r.get("memory_usage"),
+                memory_limit: r.get("memory_limit"),
+            }
         })
         .collect();
-    Ok(Json(
-        json!({"by": params.get("by")?.unwrap_or("cpu"), "items": items}),
-    ))
+    Ok(Json(Top {
+        by: by.to_owned(),
+        items,
+    }))
 }

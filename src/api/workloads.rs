@@ -4,10 +4,11 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use crate::api::consistency::{written, Written};
 use crate::api::error::{ApiError, ApiResult};
@@ -19,14 +20,133 @@ use crate::projections::results::DEPLOY_ERROR_MARKER;
 use crate::projections::workloads;
 use crate::window::{format_unix_ms, now_ms};
 
+/// A workload's point in time.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSample {
+    /// Sample time.
+    pub at: String,
+    /// Summed over its containers; null when no container's CPU could be read.
+    pub cpu_percent: Option<f64>,
+    /// Summed over its containers; null when no container's memory could be read.
+    pub memory_usage: Option<i64>,
+    /// The largest container limit; null when no container has one.
+    pub memory_limit: Option<i64>,
+    /// Containers sampled.
+    pub containers: i64,
+}
+
+/// A workload's latest deploy.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatestDeploy {
+    /// Deploy id.
+    pub deploy_id: String,
+    /// Image reference; null when the deploy result named none.
+    pub reference: Option<String>,
+    /// Outcome.
+    pub success: bool,
+    /// When.
+    pub recorded_at: String,
+}
+
+/// A workload.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadRow {
+    /// Workload id.
+    pub workload_id: String,
+    /// Its newest deploy; null when it was only seen in heartbeats.
+    pub latest_deploy: Option<LatestDeploy>,
+}
+
+/// `/api/v1/workloads`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workloads {
+    /// By id.
+    pub items: Vec<WorkloadRow>,
+}
+
+/// A deploy in the ledger.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// Deploy id (the result id).
+    pub deploy_id: String,
+    /// Workload.
+    pub workload_id: String,
+    /// Agent that deployed.
+    pub agent_id: String,
+    /// Image reference; null when the deploy result named none.
+    pub reference: Option<String>,
+    /// `deploy` or `rollback`.
+    pub reason: String,
+    /// Outcome.
+    pub success: bool,
+    /// A fixed marker when failed (the error text is never stored); null on success.
+    #[schema(value_type = Option<String>)]
+    pub error: Option<&'static str>,
+    /// When.
+    pub recorded_at: String,
+}
+
+impl Deploy {
+    fn from_row(r: &SqliteRow) -> Self {
+        let success: bool = r.get("success");
+        Self {
+            deploy_id: r.get("deploy_id"),
+            workload_id: r.get("workload_id"),
+            agent_id: r.get("agent_id"),
+            reference: r.get("reference"),
+            reason: r.get("reason"),
+            success,
+            error: (!success).then_some(DEPLOY_ERROR_MARKER),
+            recorded_at: format_unix_ms(r.get("recorded_at")),
+        }
+    }
+}
+
+/// `/api/v1/workloads/{wid}/deploys`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deploys {
+    /// Newest first.
+    pub items: Vec<Deploy>,
+    /// Page size.
+    pub limit: i64,
+    /// Page start.
+    pub offset: i64,
+}
+
+/// Body of a rollback.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// A successful, pinned deploy of the workload.
+    pub deploy_id: String,
+}
+
+/// Answer of a rollback (202).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RolledBack {
+    /// The command's id.
+    pub command_id: String,
+    /// The reference asked for.
+    pub reference: String,
+    /// Its COMMANDS sequence.
+    pub seq: u64,
+}
+
 /// `GET /api/v1/workloads?limit=`: every workload seen (in a heartbeat's containers or a
 /// deploy), by id, with its latest deploy if any.
-#[utoipa::path(get, path = "/workloads", operation_id = "get_workloads", tag = "deploys", security(("bearer" = ["viewer"])), params(("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 200)", minimum = 1, maximum = 1000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Workloads), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/workloads", operation_id = "get_workloads", tag = "deploys", security(("bearer" = ["viewer"])), params(("limit" = Option<i64>, Query, description = "rows, 1–1000 (default 200)", minimum = 1, maximum = 1000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Workloads), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn list(
     _: AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Workloads>> {
     let limit = params.int("limit", 1, 1000, 200)?;
     let rows = sqlx::query(
         "SELECT w.workload_id, d.deploy_id, d.reference, d.success, d.recorded_at          FROM workloads w LEFT JOIN deploy_history d ON d.deploy_id = (              SELECT deploy_id FROM deploy_history WHERE workload_id = w.workload_id              ORDER BY recorded_at DESC, seq DESC LIMIT 1)          ORDER BY w.workload_id LIMIT ?1",
@@ -34,21 +154,20 @@ pub async fn list(
     .bind(limit)
     .fetch_all(&state.db.readers)
     .await?;
-    let items: Vec<Value> = rows
+    // The LEFT JOIN's columns are null together: a deploy row has every one but `reference`.
+    let items = rows
         .iter()
-        .map(|r| {
-            let latest = r.get::<Option<String>, _>(1).map(|deploy_id| {
-                json!({
-                    "deploy_id": deploy_id,
-                    "reference": r.get::<Option<String>, _>(2),
-                    "success": r.get::<Option<bool>, _>(3),
-                    "recorded_at": r.get::<Option<i64>, _>(4).map(format_unix_ms),
-                })
-            });
-            json!({"workload_id": r.get::<String, _>(0), "latest_deploy": latest})
+        .map(|r| WorkloadRow {
+            workload_id: r.get(0),
+            latest_deploy: r.get::<Option<String>, _>(1).map(|deploy_id| LatestDeploy {
+                deploy_id,
+                reference: r.get(2),
+                success: r.get(3),
+                recorded_at: format_unix_ms(r.get(4)),
+            }),
         })
         .collect();
-    Ok(Json(json!({"items": items})))
+    Ok(Json(Workloads { items }))
 }
 
 /// 404 unless workload `wid` was ever seen.
@@ -62,13 +181,13 @@ async fn workload_known(state: &AppState, wid: &str) -> ApiResult<()> {
 
 /// `GET /api/v1/workloads/<wid>/stats/history?window=1h`: one point per timestamp across the
 /// workload's containers (CPU and memory summed, limit the largest).
-#[utoipa::path(get, path = "/workloads/{wid}/stats/history", operation_id = "get_workloads_wid_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "points, oldest first", body = Vec<crate::api::schema::WorkloadSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/workloads/{wid}/stats/history", operation_id = "get_workloads_wid_stats_history", tag = "fleet", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("window" = Option<String>, Query, description = "a duration such as 30m, 2h or 1h30m, > 0 and ≤ 24h (default 1h)"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "points, oldest first", body = Vec<WorkloadSample>), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn history(
     _: AsViewer,
     State(state): State<AppState>,
     Path(wid): Path<String>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Vec<WorkloadSample>>> {
     let from = params.window_start()?;
     workload_known(&state, &wid).await?;
     let rows = sqlx::query(
@@ -82,43 +201,27 @@ pub async fn history(
     .bind(MAX_HISTORY_POINTS)
     .fetch_all(&state.db.readers)
     .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| {
-            json!({
-                "at": format_unix_ms(r.get("at")),
-                "cpu_percent": r.get::<Option<f64>, _>("cpu"),
-                "memory_usage": r.get::<Option<i64>, _>("mem"),
-                "memory_limit": r.get::<Option<i64>, _>("lim"),
-                "containers": r.get::<i64, _>("containers"),
-            })
+        .map(|r| WorkloadSample {
+            at: format_unix_ms(r.get("at")),
+            cpu_percent: r.get("cpu"),
+            memory_usage: r.get("mem"),
+            memory_limit: r.get("lim"),
+            containers: r.get("containers"),
         })
         .collect();
-    Ok(Json(Value::Array(items)))
-}
-
-fn deploy_json(r: &SqliteRow) -> Value {
-    let success: bool = r.get("success");
-    json!({
-        "deploy_id": r.get::<String, _>("deploy_id"),
-        "workload_id": r.get::<String, _>("workload_id"),
-        "agent_id": r.get::<String, _>("agent_id"),
-        "reference": r.get::<Option<String>, _>("reference"),
-        "reason": r.get::<String, _>("reason"),
-        "success": success,
-        "error": (!success).then_some(DEPLOY_ERROR_MARKER),
-        "recorded_at": format_unix_ms(r.get("recorded_at")),
-    })
+    Ok(Json(items))
 }
 
 /// `GET /api/v1/workloads/<wid>/deploys?limit=&offset=`: the ledger, newest first.
-#[utoipa::path(get, path = "/workloads/{wid}/deploys", operation_id = "get_workloads_wid_deploys", tag = "deploys", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 50)", minimum = 1, maximum = 200), ("offset" = Option<i64>, Query, description = "rows to skip, 0–1000000", minimum = 0, maximum = 1000000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Deploys), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/workloads/{wid}/deploys", operation_id = "get_workloads_wid_deploys", tag = "deploys", security(("bearer" = ["viewer"])), params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 50)", minimum = 1, maximum = 200), ("offset" = Option<i64>, Query, description = "rows to skip, 0–1000000", minimum = 0, maximum = 1000000), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Deploys), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn deploys(
     _: AsViewer,
     State(state): State<AppState>,
     Path(wid): Path<String>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Deploys>> {
     let limit = params.int("limit", 1, 200, 50)?;
     let offset = params.int("offset", 0, 1_000_000, 0)?;
     workload_known(&state, &wid).await?;
@@ -132,16 +235,12 @@ pub async fn deploys(
     .bind(offset)
     .fetch_all(&state.db.readers)
     .await?;
-    let items: Vec<Value> = rows.iter().map(deploy_json).collect();
-    Ok(Json(
-        json!({"items": items, "limit": limit, "offset": offset}),
-    ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RollbackRequest {
-    deploy_id: String,
+    let items = rows.iter().map(Deploy::from_row).collect();
+    Ok(Json(Deploys {
+        items,
+        limit,
+        offset,
+    }))
 }
 
 /// Whether an image reference names its content by digest (`name@sha256:…`).
@@ -154,13 +253,13 @@ pub fn is_pinned(reference: &str) -> bool {
 
 /// `POST /api/v1/workloads/<wid>/rollback` `{"deploy_id"}`: asks the deployer to go back to
 /// a successful, pinned deploy of this workload by publishing `command.deploy.<wid>`.
-#[utoipa::path(post, path = "/workloads/{wid}/rollback", operation_id = "post_workloads_wid_rollback", tag = "deploys", security(("bearer" = ["admin"])), request_body = crate::api::schema::RollbackRequest, params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "command.deploy published", body = crate::api::schema::RolledBack), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low, or the token is scoped to some projects or topologies (admin routes span the whole fleet)", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 409, description = "conflicts with the current state", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/workloads/{wid}/rollback", operation_id = "post_workloads_wid_rollback", tag = "deploys", security(("bearer" = ["admin"])), request_body = RollbackRequest, params(("wid" = String, Path, description = "workload id", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "command.deploy published", body = RolledBack), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low, or the token is scoped to some projects or topologies (admin routes span the whole fleet)", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 409, description = "conflicts with the current state", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn rollback(
     Authorized(claims): AsAdmin,
     State(state): State<AppState>,
     Path(wid): Path<String>,
     body: RawBody,
-) -> ApiResult<(StatusCode, Written, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<RolledBack>)> {
     let req: RollbackRequest = json_body(&body, MAX_BODY_BYTES, r#"{"deploy_id": string}"#)?;
     workload_known(&state, &wid).await?;
     let row = sqlx::query(
@@ -205,7 +304,11 @@ pub async fn rollback(
     Ok((
         StatusCode::ACCEPTED,
         written(streams::COMMANDS, ack.sequence),
-        Json(json!({"command_id": command_id, "reference": reference, "seq": ack.sequence})),
+        Json(RolledBack {
+            command_id,
+            reference,
+            seq: ack.sequence,
+        }),
     ))
 }
 

@@ -28,25 +28,68 @@ pub const MAX_NOTE_LEN: usize = 200;
 /// Most alerts accepted in one Alertmanager webhook call.
 pub const MAX_WEBHOOK_ALERTS: usize = 1_000;
 
-#[derive(Deserialize)]
+/// Body of a provider heartbeat.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct HeartbeatRequest {
-    project_id: String,
-    providers: Vec<String>,
+pub struct HeartbeatRequest {
+    /// Project (a subject token).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
+    pub project_id: String,
+    /// One or two of `sentry`, `signoz`.
+    #[schema(min_items = 1, max_items = 2)]
+    pub providers: Vec<String>,
+    /// Why, ≤ 200 bytes.
     #[serde(default)]
-    reason: Option<String>,
+    #[schema(max_length = 200)]
+    pub reason: Option<String>,
+    /// A run reference, ≤ 200 bytes.
     #[serde(default)]
-    run_ref: Option<String>,
+    #[schema(max_length = 200)]
+    pub run_ref: Option<String>,
+}
+
+/// One heartbeat published.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSent {
+    /// Its provider.
+    pub provider: String,
+    /// Its envelope id.
+    pub event_id: String,
+    /// Its ALERTS sequence.
+    pub seq: u64,
+}
+
+/// Answer of a provider heartbeat (202).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatsSent {
+    /// Envelope ids published.
+    pub event_ids: Vec<String>,
+    /// What was published, per provider.
+    pub items: Vec<HeartbeatSent>,
+}
+
+/// Answer of the Alertmanager webhook (202).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookAccepted {
+    /// Events published.
+    pub published: usize,
+    /// Their envelope ids.
+    pub event_ids: Vec<String>,
+    /// Their ALERTS sequences.
+    pub seqs: Vec<u64>,
 }
 
 /// `POST /api/v1/alerts/provider-heartbeat`: publishes one synthetic `heartbeat` alert per
 /// provider, so freshness can tell a quiet provider from a dead feed.
-#[utoipa::path(post, path = "/alerts/provider-heartbeat", operation_id = "post_alerts_provider_heartbeat", tag = "alerts", security(("bearer" = ["operator"])), request_body = crate::api::schema::HeartbeatRequest, responses((status = 202, description = "published on the bus", body = crate::api::schema::HeartbeatsSent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/provider-heartbeat", operation_id = "post_alerts_provider_heartbeat", tag = "alerts", security(("bearer" = ["operator"])), request_body = HeartbeatRequest, responses((status = 202, description = "published on the bus", body = HeartbeatsSent), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn provider_heartbeat(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
     body: RawBody,
-) -> ApiResult<(StatusCode, Written, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<HeartbeatsSent>)> {
     let form = r#"{"project_id": token, "providers": ["sentry"|"signoz"], "reason"?: string, "run_ref"?: string}"#;
     let req: HeartbeatRequest = json_body(&body, MAX_BODY_BYTES, form)?;
     if !subjects::is_token(&req.project_id) {
@@ -107,18 +150,25 @@ pub async fn provider_heartbeat(
     }
     let ids: Vec<String> = outgoing.iter().map(|o| o.msg_id.clone()).collect();
     let acks = state.publish(outgoing).await?;
-    let items: Vec<Value> = req
+    let items = req
         .providers
         .iter()
         .zip(&ids)
         .zip(&acks)
-        .map(|((p, id), ack)| json!({"provider": p, "event_id": id, "seq": ack.sequence}))
+        .map(|((p, id), ack)| HeartbeatSent {
+            provider: p.clone(),
+            event_id: id.clone(),
+            seq: ack.sequence,
+        })
         .collect();
     let last = acks.iter().map(|a| a.sequence).max().unwrap_or(0);
     Ok((
         StatusCode::ACCEPTED,
         written(streams::ALERTS, last),
-        Json(json!({"event_ids": ids, "items": items})),
+        Json(HeartbeatsSent {
+            event_ids: ids,
+            items,
+        }),
     ))
 }
 
@@ -226,13 +276,13 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
 /// `POST /api/v1/alerts/webhook/alertmanager?project_id=`: Alertmanager's webhook (v4);
 /// one alert event per alert on `alert.alertmanager.<project_id>`. Everything is validated
 /// before anything is published.
-#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = crate::api::schema::WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::schema::ErrorBody), (status = 413, description = "body too large", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn alertmanager_webhook(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
     params: Params,
     body: RawBody,
-) -> ApiResult<(StatusCode, Written, Json<Value>)> {
+) -> ApiResult<(StatusCode, Written, Json<WebhookAccepted>)> {
     let project = params
         .token("project_id")?
         .ok_or_else(|| ApiError::invalid("project_id", subjects::TOKEN_FORM))?;
@@ -264,6 +314,10 @@ pub async fn alertmanager_webhook(
     Ok((
         StatusCode::ACCEPTED,
         written(streams::ALERTS, last),
-        Json(json!({"published": ids.len(), "event_ids": ids, "seqs": seqs})),
+        Json(WebhookAccepted {
+            published: ids.len(),
+            event_ids: ids,
+            seqs,
+        }),
     ))
 }

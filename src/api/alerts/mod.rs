@@ -4,6 +4,8 @@
 //! [`intake`] turns provider heartbeats and Alertmanager webhooks into alert events on the
 //! bus.
 
+pub mod answers;
+pub mod entry;
 pub mod handoff;
 pub mod intake;
 pub mod pages;

@@ -269,9 +269,13 @@ pub const MODES: [&str; 3] = ["auto", "automation", "manual"];
 pub const STILL_RECURRING_MS: i64 = 24 * 3_600_000;
 
 /// One pre-flight check of a plan.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = PlanCheck)]
 pub struct Check {
-    /// What is checked.
+    /// still_recurring, latest_run_not_running, source_refs_present, no_open_handoff or
+    /// work_item_open.
+    #[schema(value_type = String)]
     pub name: &'static str,
     /// Whether it passed.
     pub ok: bool,
@@ -280,15 +284,20 @@ pub struct Check {
 }
 
 /// What a preview proposes for a work item.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = WorkItemPlan)]
 pub struct Plan {
     /// The mode asked for.
     pub mode: String,
     /// The path taken: `automation`, `manual`, or `none` for a closed item.
+    #[schema(value_type = String)]
     pub resolved_mode: &'static str,
     /// The proposed next step.
+    #[schema(value_type = String)]
     pub action: &'static str,
     /// Why that step.
+    #[schema(value_type = String)]
     pub reason: &'static str,
     /// Pre-flight checks.
     pub checks: Vec<Check>,

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
@@ -16,6 +15,9 @@ use crate::api::extract::{AsViewer, Authorized, Params};
 use crate::api::AppState;
 use crate::token::Claims;
 
+use super::answers::{
+    Coverage, CoverageRow, DossierSummary, Freshness, ProviderFreshness, RecurrenceSummary,
+};
 use super::plan;
 use crate::bus::subjects;
 use crate::projections::alerts::MAX_FIELD_LEN;
@@ -45,7 +47,7 @@ macro_rules! sql_bool {
 /// One alert event as a JSON object, built by SQLite: the rows are rendered where they are
 /// read, with no per-value copies into Rust and no intermediate JSON tree (measured: this
 /// cut `/alerts/recurrence` from 6.4 ms to well under a millisecond of CPU per request).
-const EVENT_JSON: &str = concat!(
+pub(super) const EVENT_JSON: &str = concat!(
     "json_object(",
     "'seq', e.seq, 'event_id', e.event_id, 'project_id', e.project_id, ",
     "'provider', e.provider, 'stage', e.stage, 'provider_event_id', e.provider_event_id, ",
@@ -75,6 +77,11 @@ const EVENT_JSON: &str = concat!(
 /// A JSON response whose body is already serialized.
 pub(super) fn json_body(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A typed part of an answer, serialized to splice beside parts SQLite rendered.
+fn to_json(value: &impl serde::Serialize) -> ApiResult<String> {
+    serde_json::to_string(value).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// Joins pre-rendered JSON values into an array.
@@ -174,7 +181,7 @@ impl<'a> Filters<'a> {
 
 /// `GET /api/v1/alerts/dossier?project_id=&provider_event_id=&limit=`: events newest first
 /// and a summary of them.
-#[utoipa::path(get, path = "/alerts/dossier", operation_id = "get_alerts_dossier", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_event_id" = Option<String>, Query, description = "one provider event", min_length = 1, max_length = 256), ("limit" = Option<i64>, Query, description = "rows, 1–50 (default 20)", minimum = 1, maximum = 50), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Dossier), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/dossier", operation_id = "get_alerts_dossier", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_event_id" = Option<String>, Query, description = "one provider event", min_length = 1, max_length = 256), ("limit" = Option<i64>, Query, description = "rows, 1–50 (default 20)", minimum = 1, maximum = 50), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = super::answers::Dossier), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn dossier(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
@@ -210,21 +217,22 @@ pub async fn dossier(
         redacted += i64::from(r.get::<bool, _>("has_redacted_content"));
         refs += r.get::<i64, _>("source_ref_total");
     }
-    let summary = json!({
-        "event_count": rows.len(),
-        "source_count": providers.len(),
-        "duplicate_total": duplicates,
-        "redacted_total": redacted,
-        "source_ref_total": refs,
-    });
+    let summary = to_json(&DossierSummary {
+        event_count: rows.len(),
+        source_count: providers.len(),
+        duplicate_total: duplicates,
+        redacted_total: redacted,
+        source_ref_total: refs,
+    })?;
     let items = json_array(rows.iter().map(|r| r.get::<&str, _>("item")));
     Ok(json_body(format!(
         r#"{{"summary":{summary},"items":{items}}}"#
     )))
 }
 
+/// A provider's (or every provider's) coverage as it is counted.
 #[derive(Default)]
-struct Coverage {
+struct Tally {
     total: i64,
     duplicates: i64,
     redacted: i64,
@@ -232,7 +240,7 @@ struct Coverage {
     latest: i64,
 }
 
-impl Coverage {
+impl Tally {
     fn add(&mut self, row: &SqliteRow) {
         self.total += 1;
         self.duplicates += i64::from(row.get::<bool, _>("is_duplicate"));
@@ -241,36 +249,27 @@ impl Coverage {
         self.latest = self.latest.max(row.get::<i64, _>("received_at"));
     }
 
-    fn json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("total".into(), self.total.into());
-        m.insert("duplicates".into(), self.duplicates.into());
-        m.insert("redacted".into(), self.redacted.into());
-        m.insert("with_source_refs".into(), self.with_refs.into());
-        m.insert(
-            "without_source_refs".into(),
-            (self.total - self.with_refs).into(),
-        );
-        m.insert(
-            "latest_received_at".into(),
-            if self.total == 0 {
-                Value::Null
-            } else {
-                format_unix_ms(self.latest).into()
-            },
-        );
-        m
+    fn row(&self) -> CoverageRow {
+        CoverageRow {
+            total: self.total,
+            duplicates: self.duplicates,
+            redacted: self.redacted,
+            with_source_refs: self.with_refs,
+            without_source_refs: self.total - self.with_refs,
+            latest_received_at: (self.total > 0).then(|| format_unix_ms(self.latest)),
+            ..CoverageRow::default()
+        }
     }
 }
 
 /// `GET /api/v1/alerts/coverage?project_id=&provider=&limit=`: over the newest `limit`
 /// events, what each provider contributed.
-#[utoipa::path(get, path = "/alerts/coverage", operation_id = "get_alerts_coverage", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 100)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Coverage), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/coverage", operation_id = "get_alerts_coverage", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–200 (default 100)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = super::answers::Coverage), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn coverage(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Coverage>> {
     let filters = Filters::parse(&params, true, &claims)?;
     let limit = params.int("limit", 1, 200, 100)?;
     let mut q = QueryBuilder::new(
@@ -280,32 +279,31 @@ pub async fn coverage(
     filters.push_where(&mut q, "e");
     q.push(" ORDER BY e.seq DESC LIMIT ").push_bind(limit);
     let rows = q.build().fetch_all(&state.db.readers).await?;
-    let mut all = Coverage::default();
-    let mut per: BTreeMap<String, Coverage> = BTreeMap::new();
+    let mut all = Tally::default();
+    let mut per: BTreeMap<String, Tally> = BTreeMap::new();
     for r in &rows {
         all.add(r);
         per.entry(r.get("provider")).or_default().add(r);
     }
-    let providers: Vec<Value> = per
-        .iter()
-        .map(|(p, c)| {
-            let mut m = c.json();
-            m.insert("provider".into(), p.clone().into());
-            Value::Object(m)
-        })
-        .collect();
-    let mut summary = all.json();
-    summary.insert("providers".into(), per.len().into());
-    Ok(Json(json!({
-        "window_events": limit,
-        "summary": summary,
-        "providers": providers,
-    })))
+    Ok(Json(Coverage {
+        window_events: limit,
+        summary: CoverageRow {
+            providers: Some(per.len()),
+            ..all.row()
+        },
+        providers: per
+            .into_iter()
+            .map(|(p, c)| CoverageRow {
+                provider: Some(p),
+                ..c.row()
+            })
+            .collect(),
+    }))
 }
 
 /// `GET /api/v1/alerts/recurrence?project_id=&provider=&limit=`: recurrence groups, latest
 /// first, with the fields of each group's latest event. Synthetic heartbeats never count.
-#[utoipa::path(get, path = "/alerts/recurrence", operation_id = "get_alerts_recurrence", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–300 (default 100)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Recurrence), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/recurrence", operation_id = "get_alerts_recurrence", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider" = Option<String>, Query, description = "one provider", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("limit" = Option<i64>, Query, description = "rows, 1–300 (default 100)", minimum = 1, maximum = 300), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = super::answers::Recurrence), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn recurrence(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
@@ -318,19 +316,19 @@ pub async fn recurrence(
     for g in page.iter() {
         s.add(g);
     }
-    let summary = json!({
-        "groups": page.len(),
-        "recurrent_groups": s.recurrent,
-        "duplicate_events": s.duplicates,
-        "linked_run_total": s.linked_runs,
-        "unlinked_event_total": s.unlinked_events,
-        "auto_repair_linked_total": s.auto_repairs,
-        "verified_repair_group_total": s.by_class("verified"),
-        "open_work_item_group_total": s.open,
-        "manual_gate_group_total": s.by_class("manual_gate"),
-        "automation_gap_group_total": s.by_class("automation_gap"),
-        "failed_repair_group_total": s.by_class("failed_repair"),
-    });
+    let summary = to_json(&RecurrenceSummary {
+        groups: page.len(),
+        recurrent_groups: s.recurrent,
+        duplicate_events: s.duplicates,
+        linked_run_total: s.linked_runs,
+        unlinked_event_total: s.unlinked_events,
+        auto_repair_linked_total: s.auto_repairs,
+        verified_repair_group_total: s.by_class("verified"),
+        open_work_item_group_total: s.open,
+        manual_gate_group_total: s.by_class("manual_gate"),
+        automation_gap_group_total: s.by_class("automation_gap"),
+        failed_repair_group_total: s.by_class("failed_repair"),
+    })?;
     let groups = json_array(page.iter().map(|g| g.item.as_str()));
     Ok(json_body(format!(
         r#"{{"summary":{summary},"groups":{groups}}}"#
@@ -371,9 +369,26 @@ pub(super) async fn recurrence_page(
     filters: &Filters<'_>,
     limit: i64,
 ) -> ApiResult<Vec<PageGroup>> {
-    let mut q = QueryBuilder::new(format!(
+    let mut q = page_query();
+    filters.push_where(&mut q, "r");
+    q.push(" ORDER BY r.latest_seq DESC LIMIT ")
+        .push_bind(limit);
+    let rows = q.build().fetch_all(readers).await?;
+    rows.iter()
+        .map(|r| {
+            let g = plan::group_runs(r.get("own_runs"), r.get("key_runs"))?;
+            Ok(page_group(r, g))
+        })
+        .collect()
+}
+
+/// The query of a recurrence page, to be completed with its filters, order and limit: each
+/// group rendered by SQLite with its latest event, and its runs' figures beside it.
+pub(super) fn page_query<'a>() -> QueryBuilder<'a, Sqlite> {
+    QueryBuilder::new(format!(
         "SELECT r.project_id, r.recurrence_key, r.occurrence_total, r.duplicate_total, \
-         r.latest_received_at, e.source_ref_total + (e.source_url IS NOT NULL) AS refs, \
+         r.latest_received_at, r.latest_seq, \
+         e.source_ref_total + (e.source_url IS NOT NULL) AS refs, \
          json_object(\
          'recurrence_key', r.recurrence_key, 'occurrence_total', r.occurrence_total, \
          'duplicate_total', r.duplicate_total, \
@@ -389,34 +404,29 @@ pub(super) async fn recurrence_page(
         first = sql_time!("r.first_received_at"),
         latest = sql_time!("r.latest_received_at"),
         figures = plan::FIGURES_SQL,
-    ));
-    filters.push_where(&mut q, "r");
-    q.push(" ORDER BY r.latest_seq DESC LIMIT ")
-        .push_bind(limit);
-    let rows = q.build().fetch_all(readers).await?;
-    rows.iter()
-        .map(|r| {
-            let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
-            let occurrences: i64 = r.get("occurrence_total");
-            let g = plan::group_runs(r.get("own_runs"), r.get("key_runs"))?;
-            // The SQL-rendered object, with the run fields added before its closing brace.
-            let item: &str = r.get("item");
-            Ok(PageGroup {
-                item: format!(
-                    "{},{}}}",
-                    &item[..item.len() - 1],
-                    g.fields(project, key, occurrences > 1)
-                ),
-                project_id: project.to_owned(),
-                recurrence_key: key.to_owned(),
-                occurrences,
-                duplicates: r.get("duplicate_total"),
-                runs: g,
-                latest_source_refs: r.get("refs"),
-                latest_received_at: r.get("latest_received_at"),
-            })
-        })
-        .collect()
+    ))
+}
+
+/// A group of a page from its row of [`page_query`] and its linked runs.
+pub(super) fn page_group(r: &SqliteRow, g: plan::GroupRuns) -> PageGroup {
+    let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
+    let occurrences: i64 = r.get("occurrence_total");
+    // The SQL-rendered object, with the run fields added before its closing brace.
+    let item: &str = r.get("item");
+    PageGroup {
+        item: format!(
+            "{},{}}}",
+            &item[..item.len() - 1],
+            g.fields(project, key, occurrences > 1)
+        ),
+        project_id: project.to_owned(),
+        recurrence_key: key.to_owned(),
+        occurrences,
+        duplicates: r.get("duplicate_total"),
+        runs: g,
+        latest_source_refs: r.get("refs"),
+        latest_received_at: r.get("latest_received_at"),
+    }
 }
 
 /// The `summary` of `/alerts/recurrence`, over the groups of the page.
@@ -454,7 +464,7 @@ impl Summary {
 }
 
 /// `GET /api/v1/alerts/recent?project_id=&provider_prefix=&limit=`: newest events first.
-#[utoipa::path(get, path = "/alerts/recent", operation_id = "get_alerts_recent", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_prefix" = Option<String>, Query, description = "providers starting with this", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 20)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Recent), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/recent", operation_id = "get_alerts_recent", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("provider_prefix" = Option<String>, Query, description = "providers starting with this", pattern = "^[A-Za-z0-9_-]{1,64}$"), ("limit" = Option<i64>, Query, description = "rows, 1–100 (default 20)", minimum = 1, maximum = 100), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = super::answers::Recent), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn recent(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
@@ -486,12 +496,12 @@ pub async fn recent(
 
 /// `GET /api/v1/alerts/freshness?project_id=`: per provider, the last event (heartbeats
 /// included) and whether it is older than the configured threshold.
-#[utoipa::path(get, path = "/alerts/freshness", operation_id = "get_alerts_freshness", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = crate::api::schema::Freshness), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/freshness", operation_id = "get_alerts_freshness", tag = "alerts", security(("bearer" = ["viewer"])), params(("project_id" = Option<String>, Query, description = "one project (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = super::answers::Freshness), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn freshness(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Freshness>> {
     let filters = Filters::parse(&params, false, &claims)?;
     let mut q = QueryBuilder::new(
         "SELECT e.provider AS provider, MAX(e.last_received_at) AS last \
@@ -509,20 +519,18 @@ pub async fn freshness(
     }
     let now = now_ms();
     let threshold = state.alert_stale_after.as_millis() as i64;
-    let providers: Vec<Value> = last
+    let providers = last
         .into_iter()
-        .map(|(provider, at)| {
-            json!({
-                "provider": provider,
-                "last_event_at": at.map(format_unix_ms),
-                "age_secs": at.map(|t| (now - t).max(0) / 1_000),
-                "stale": at.is_none_or(|t| now - t > threshold),
-            })
+        .map(|(provider, at)| ProviderFreshness {
+            provider,
+            last_event_at: at.map(format_unix_ms),
+            age_secs: at.map(|t| (now - t).max(0) / 1_000),
+            stale: at.is_none_or(|t| now - t > threshold),
         })
         .collect();
-    Ok(Json(json!({
-        "stale_after_secs": state.alert_stale_after.as_secs(),
-        "providers": providers,
-        "observed_at": format_unix_ms(now),
-    })))
+    Ok(Json(Freshness {
+        stale_after_secs: state.alert_stale_after.as_secs(),
+        providers,
+        observed_at: format_unix_ms(now),
+    }))
 }

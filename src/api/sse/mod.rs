@@ -23,14 +23,14 @@ use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::broadcast;
 use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{bearer, AsViewer, Authorized, Params};
-use crate::api::topologies::{in_flight, topology_json};
+use crate::api::topologies::{in_flight, topology_head};
 use crate::api::AppState;
 use crate::bus::streams;
 use crate::live::{epoch_token, event_id, frame, parse_event_id, Join, LiveEvent, Resume, View};
@@ -58,16 +58,27 @@ const SHUTDOWN_RETRY_SPREAD: Duration = Duration::from_secs(5);
 /// Longest a stream stays open even for a token that never expires.
 const MAX_STREAM_LIFE: Duration = Duration::from_secs(86_400 * 365);
 
+/// `/api/v1/auth/sse-ticket`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ticket {
+    /// Single-use credential for `?ticket=`.
+    pub ticket: String,
+    /// Seconds it stays valid.
+    pub expires_in: u64,
+}
+
 /// `POST /api/v1/auth/sse-ticket`: a single-use ticket for `?ticket=` on an EventSource URL.
-#[utoipa::path(post, path = "/auth/sse-ticket", operation_id = "post_auth_sse_ticket", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 200, description = "OK", body = crate::api::schema::Ticket), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(post, path = "/auth/sse-ticket", operation_id = "post_auth_sse_ticket", tag = "auth", security(("bearer" = ["viewer"])), responses((status = 200, description = "OK", body = Ticket), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn ticket(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Ticket>> {
     let ticket = state.tickets.issue(claims)?;
-    Ok(Json(
-        json!({"ticket": ticket, "expires_in": TICKET_TTL.as_secs()}),
-    ))
+    Ok(Json(Ticket {
+        ticket,
+        expires_in: TICKET_TTL.as_secs(),
+    }))
 }
 
 /// Bearer header, else `?ticket=`, else `?token=`; 401 when none is valid.
@@ -278,15 +289,15 @@ async fn resume(
 async fn read_view(state: &AppState, tid: &str) -> ApiResult<Option<View>> {
     let mut tx = state.db.readers.begin().await?;
     let seq = load_checkpoint(&mut *tx, streams::TOPOLOGY.name).await?;
-    let Some(topology) = topology_json(&mut tx, tid).await? else {
+    let Some(topology) = topology_head(&mut tx, tid).await? else {
         return Ok(None);
     };
     let in_flight = in_flight(&mut tx, tid).await?;
     tx.commit().await?;
     let body = json!({
         "topology_id": tid,
-        "name": topology["name"],
-        "status": topology["status"],
+        "name": topology.name,
+        "status": topology.status,
         "in_flight": in_flight,
     });
     Ok(Some(View::new(seq, body)))
@@ -424,7 +435,7 @@ fn live_stream(conn: Conn) -> impl Stream<Item = Result<Bytes, Infallible>> {
 }
 
 /// `GET /topologies/<tid>/events` (and under `/api/v1`).
-#[utoipa::path(get, path = "/topologies/{tid}/events", operation_id = "get_topologies_tid_events", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("ticket" = Option<String>, Query, description = "single-use credential from /auth/sse-ticket (EventSource cannot send headers)"), ("token" = Option<String>, Query, description = "an API token, when no header or ticket"), ("last_event_id" = Option<String>, Query, description = "resume after this id (<seq>.<epoch>) on a first connect; the Last-Event-ID header wins"), ("min_seq" = Option<String>, Query, description = "STREAM:seq[,…]: start once this replica has projected that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this id"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "Server-Sent Events: `snapshot` {topology_id, name, status, in_flight, seq} (reset: true after a gap), then `status` and `mutation.<state>` frames {topic, type, ts, seq, payload} with id <seq>.<epoch>; `resync` {last_event_id} when too slow; `expired`; `error`", content_type = "text/event-stream", body = String), (status = 401, description = "no, malformed or expired credentials", body = crate::api::schema::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::schema::ErrorBody), (status = 404, description = "not found", body = crate::api::schema::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::schema::ErrorBody), (status = 429, description = "too many streams for this user", body = crate::api::schema::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::schema::ErrorBody)))]
+#[utoipa::path(get, path = "/topologies/{tid}/events", operation_id = "get_topologies_tid_events", tag = "topologies", security(("bearer" = ["viewer"])), params(("tid" = String, Path, description = "topology id", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("ticket" = Option<String>, Query, description = "single-use credential from /auth/sse-ticket (EventSource cannot send headers)"), ("token" = Option<String>, Query, description = "an API token, when no header or ticket"), ("last_event_id" = Option<String>, Query, description = "resume after this id (<seq>.<epoch>) on a first connect; the Last-Event-ID header wins"), ("min_seq" = Option<String>, Query, description = "STREAM:seq[,…]: start once this replica has projected that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$"), ("Last-Event-ID" = Option<String>, Header, description = "resume after this id"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "Server-Sent Events: `snapshot` {topology_id, name, status, in_flight, seq} (reset: true after a gap), then `status` and `mutation.<state>` frames {topic, type, ts, seq, payload} with id <seq>.<epoch>; `resync` {last_event_id} when too slow; `expired`; `error`", content_type = "text/event-stream", body = String), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "not found", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 429, description = "too many streams for this user", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(tid): Path<String>,

@@ -221,7 +221,7 @@ pub struct JobStats {
     /// Mean, ms.
     pub mean_ms: f64,
     /// The result id of the longest run (ties: the larger id).
-    pub max_result_id: Option<String>,
+    pub max_result_id: String,
 }
 
 /// Per job, the duration statistics of the results finished at or after `since` (Unix ms),
@@ -548,7 +548,7 @@ impl<'a> Window<'a> {
             p99_ms: at(0.99)?,
             max_ms,
             mean_ms: self.sum as f64 / count as f64,
-            max_result_id: Some(max_id.to_owned()),
+            max_result_id: max_id.to_owned(),
         })
     }
 }
