@@ -27,46 +27,6 @@ pub struct ResultStats {
     pub count: i64,
 }
 
-/// Duration statistics of one job.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct JobDurations {
-    /// Job id.
-    pub job_id: String,
-    /// Timed results.
-    pub count: usize,
-    /// Milliseconds.
-    pub min_ms: i64,
-    /// Nearest-rank median, ms.
-    pub p50_ms: i64,
-    /// Nearest-rank 95th percentile, ms.
-    pub p95_ms: i64,
-    /// Nearest-rank 99th percentile, ms.
-    pub p99_ms: i64,
-    /// Slowest, ms.
-    pub max_ms: i64,
-    /// Mean, ms.
-    pub mean_ms: f64,
-    /// The slowest result's id.
-    pub max_result_id: String,
-}
-
-impl From<JobStats> for JobDurations {
-    fn from(j: JobStats) -> Self {
-        Self {
-            job_id: j.job_id,
-            count: j.count,
-            min_ms: j.min_ms,
-            p50_ms: j.p50_ms,
-            p95_ms: j.p95_ms,
-            p99_ms: j.p99_ms,
-            max_ms: j.max_ms,
-            mean_ms: j.mean_ms,
-            max_result_id: j.max_result_id,
-        }
-    }
-}
-
 /// `/api/v1/results/durations`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,7 +34,7 @@ pub struct Durations {
     /// Start of the window.
     pub since: String,
     /// Slowest p95 first.
-    pub items: Vec<JobDurations>,
+    pub items: Vec<JobStats>,
 }
 
 /// Longest window the badge accepts.
@@ -122,11 +82,8 @@ pub async fn durations(
             ApiError::invalid("since", "an RFC 3339 time such as 2026-11-22T10:00:00Z")
         })?,
     };
-    let items = job_durations(&state.db.readers, &state.durations, since, now_ms())
-        .await?
-        .into_iter()
-        .map(JobDurations::from)
-        .collect();
+    let items = job_durations(&state.db.readers, &state.durations, since, now_ms()).await?;
+
     Ok(Json(Durations {
         since: format_unix_ms(since),
         items,

@@ -201,8 +201,11 @@ pub async fn compact_duration_blocks(writer: &SqlitePool, max_groups: i64) -> sq
     Ok(groups.len() as u64)
 }
 
-/// Duration statistics of one job over a window (nearest-rank percentiles).
-#[derive(Debug, Clone, PartialEq)]
+/// Duration statistics of one job over a window (nearest-rank percentiles); also the items
+/// of the `/api/v1/results/durations` answer, as they are.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = JobDurations)]
 pub struct JobStats {
     /// The job.
     pub job_id: String,
