@@ -64,6 +64,12 @@ check "schemathesis as api-fuzz.sh runs it is the pinned $pinned_st, not the dec
   test "$st_version" = "schemathesis, version $pinned_st"
 check "the api-fuzz script runs schemathesis that way" \
   grep -q '"$py" -I "$venv_bin/schemathesis" run' scripts/api-fuzz.sh
+pinned_opc=$(sed -n 's/^openapi-python-client==//p' scripts/py-tools.txt)
+opc_version=$(run "$py" -I "$(dirname "$py")/openapi-python-client" --version 2>&1 || true)
+check "openapi-python-client beside that Python is the pinned $pinned_opc" \
+  test "$opc_version" = "openapi-python-client version: $pinned_opc"
+check "the generated-client test runs it from beside \$ORRERY_PYTHON" \
+  grep -q 'with_file_name("openapi-python-client")' tests/it/client.rs
 
 chromium=$(run scripts/ensure-chromium.sh 2>/dev/null)
 check "ensure-chromium prints Debian's /usr/bin/chromium, not the chromium on PATH" \

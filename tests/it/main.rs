@@ -5,6 +5,7 @@ mod api;
 mod backup;
 mod browser;
 mod cdp;
+mod client;
 mod cluster;
 mod consistency;
 mod dashboard;
