@@ -84,15 +84,21 @@ pub async fn wait_for_min_seq(
     request: Request,
     next: Next,
 ) -> Response {
-    let header = request.headers().get(&ORRERY_MIN_SEQ).map(|v| {
-        v.to_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|_| "\u{0}".into())
-    });
+    // An empty value asks for nothing, like no value: what a client sends for an unset
+    // sequence it templates in (the document's pattern says so too).
+    let header = request
+        .headers()
+        .get(&ORRERY_MIN_SEQ)
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|_| "\u{0}".into())
+        })
+        .filter(|v| !v.trim().is_empty());
     let query = match header {
         Some(_) => None,
         None => match Params::parse(request.uri().query()).get("min_seq") {
-            Ok(v) => v.map(str::to_owned),
+            Ok(v) => v.filter(|v| !v.trim().is_empty()).map(str::to_owned),
             Err(e) => return e.into_response(),
         },
     };
@@ -152,6 +158,66 @@ mod tests {
             "TOPOLOGY:1;ALERTS:2",
         ] {
             assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the document's pattern admits, the parser takes (an empty value is
+        /// handled before parsing: it asks for nothing).
+        #[test]
+        fn what_the_documented_min_seq_pattern_admits_is_accepted(
+            pairs in proptest::collection::vec(
+                (
+                    "(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS|COMMANDS|topology|X)",
+                    "[0-9]{1,21}|1844674407370955161[0-9]|18446744073709551[0-9]{3}",
+                    " {0,2}",
+                    " {0,2}",
+                ),
+                1..10,
+            ),
+        ) {
+            let pattern = min_seq_pattern();
+            let value = pairs
+                .iter()
+                .map(|(s, n, a, b)| format!("{a}{s}:{n}{b}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            if pattern.is_match(&value) {
+                proptest::prop_assert!(parse(&value).is_some(), "{value}");
+            }
+        }
+    }
+
+    /// The `Orrery-Min-Seq` pattern the document gives a read.
+    fn min_seq_pattern() -> regex::Regex {
+        let doc = crate::api::openapi_document();
+        let params = doc["paths"]["/api/v1/topologies"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let p = params
+            .iter()
+            .find(|p| p["name"] == "Orrery-Min-Seq")
+            .unwrap();
+        regex::Regex::new(p["schema"]["pattern"].as_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_documented_min_seq_pattern_takes_the_largest_sequence_and_no_larger() {
+        let pattern = min_seq_pattern();
+        for ok in [
+            "",
+            "  ",
+            "TOPOLOGY:18446744073709551615",
+            "RESULTS:0, ALERTS:7",
+        ] {
+            assert!(pattern.is_match(ok), "{ok:?}");
+        }
+        for bad in [
+            "TOPOLOGY:18446744073709551616",
+            "TOPOLOGY:99999999999999999999",
+        ] {
+            assert!(!pattern.is_match(bad), "{bad}");
+            assert_eq!(parse(bad), None, "{bad}");
         }
     }
 }

@@ -69,6 +69,11 @@ pub async fn bearer(auth: &Authenticator, value: &HeaderValue) -> ApiResult<Clai
     Ok(auth.verify_bearer(value.to_str().ok()).await?)
 }
 
+/// The `window` forms, exactly: one unit within 24 h, or hours (0–23), minutes and seconds
+/// (0–59) in that order, not all zero. Every match is more than 0 and at most 24 h; the
+/// routes document this same pattern (a test holds them equal).
+pub const WINDOW_PATTERN: &str = r"^(0*([1-9][0-9]{0,3}|[1-7][0-9]{4}|8[0-5][0-9]{3}|86[0-3][0-9]{2}|86400)s|0*([1-9][0-9]{0,2}|1[0-3][0-9]{2}|14[0-3][0-9]|1440)m|0*([1-9]|1[0-9]|2[0-4])h|0*1d|0*([1-9]|1[0-9]|2[0-3])h0*[1-5]?[0-9]m|0*(1?[0-9]|2[0-3])h0*([1-9]|[1-5][0-9])m|0*([1-9]|1[0-9]|2[0-3])h0*[1-5]?[0-9]s|0*(1?[0-9]|2[0-3])h0*([1-9]|[1-5][0-9])s|0*([1-9]|[1-5][0-9])m0*[1-5]?[0-9]s|0*[1-5]?[0-9]m0*([1-9]|[1-5][0-9])s|0*([1-9]|1[0-9]|2[0-3])h0*[1-5]?[0-9]m0*[1-5]?[0-9]s|0*(1?[0-9]|2[0-3])h0*([1-9]|[1-5][0-9])m0*[1-5]?[0-9]s|0*(1?[0-9]|2[0-3])h0*[1-5]?[0-9]m0*([1-9]|[1-5][0-9])s)$";
+
 /// Decoded query parameters; unknown ones are ignored, repeated known ones rejected. As an
 /// extractor it never fails: each accessor names the parameter it finds wrong.
 pub struct Params(Vec<(String, String)>);
@@ -131,14 +136,17 @@ impl Params {
     /// The start (Unix ms) of the `window` of a stats history: a duration back from now,
     /// default 2 h, at most 24 h.
     pub fn window_start(&self) -> ApiResult<i64> {
-        const MAX_WINDOW: Duration = Duration::from_secs(24 * 3_600);
-        const FORM: &str =
-            "a duration such as 30m, 2h or 1h30m (units s, m, h, d), greater than 0 and at most 24h";
+        const FORM: &str = "one unit (s, m, h or d) such as 30m or 2h, or hours, minutes and \
+                            seconds in that order such as 1h30m; greater than 0 and at most 24h";
+        static FORMS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+        let forms = FORMS.get_or_init(|| {
+            regex::Regex::new(WINDOW_PATTERN).expect("WINDOW_PATTERN is a valid regex")
+        });
         let w = match self.get("window")? {
             None => Duration::from_secs(2 * 3_600),
-            Some(s) => parse_duration(s)
-                .ok()
-                .filter(|d| *d <= MAX_WINDOW)
+            Some(s) => Some(s)
+                .filter(|s| forms.is_match(s))
+                .and_then(|s| parse_duration(s).ok())
                 .ok_or_else(|| ApiError::invalid("window", FORM))?,
         };
         Ok(now_ms() - w.as_millis() as i64)
@@ -199,5 +207,60 @@ pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<&str>> {
                     "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
                 ))
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_pattern_is_the_documented_one_and_exactly_the_forms_it_names() {
+        let doc = crate::api::openapi_document();
+        for path in [
+            "/api/v1/system/stats/history",
+            "/api/v1/workloads/{wid}/stats/history",
+        ] {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let window = params.iter().find(|p| p["name"] == "window").unwrap();
+            assert_eq!(window["schema"]["pattern"], WINDOW_PATTERN, "{path}");
+        }
+        let re = regex::Regex::new(WINDOW_PATTERN).unwrap();
+        for (unit, secs) in [("s", 1u64), ("m", 60), ("h", 3_600), ("d", 86_400)] {
+            for n in 0..=90_000u64 {
+                let ok = n > 0 && n * secs <= 86_400;
+                for s in [format!("{n}{unit}"), format!("00{n}{unit}")] {
+                    assert_eq!(re.is_match(&s), ok, "{s}");
+                }
+            }
+        }
+        for h in 0..=26u64 {
+            for m in 0..=61u64 {
+                for s in 0..=61u64 {
+                    let forms = [
+                        (format!("{h}h{m}m"), h <= 23 && m <= 59 && h + m > 0),
+                        (format!("{h}h{s}s"), h <= 23 && s <= 59 && h + s > 0),
+                        (format!("{m}m{s}s"), m <= 59 && s <= 59 && m + s > 0),
+                        (
+                            format!("{h}h{m}m{s}s"),
+                            h <= 23 && m <= 59 && s <= 59 && h + m + s > 0,
+                        ),
+                    ];
+                    for (text, ok) in forms {
+                        assert_eq!(re.is_match(&text), ok, "{text}");
+                        if ok {
+                            let d = parse_duration(&text).unwrap();
+                            assert!(d > Duration::ZERO && d <= Duration::from_secs(86_400));
+                        }
+                    }
+                }
+            }
+        }
+        for odd in [
+            "", "h", "1", "1h30", "30m1h", "1h1h", "1H", "2d", "24h0m", " 1h", "1h ", "-1h",
+            "1d1h", "1s1m",
+        ] {
+            assert!(!re.is_match(odd), "{odd:?}");
+        }
     }
 }

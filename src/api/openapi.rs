@@ -59,11 +59,40 @@ pub fn publish(doc: &Document) {
     });
 }
 
-/// The document as JSON, with its [`LINKS`].
+/// The document as JSON, with its [`LINKS`] and parameters that are never null.
 pub fn with_links(doc: &Document) -> serde_json::Value {
     let mut value = serde_json::to_value(doc).unwrap_or_default();
     add_links(&mut value);
+    never_null_parameters(&mut value);
     value
+}
+
+/// A header, query or path parameter is text or absent, never JSON null; utoipa types an
+/// optional header `[string, null]`, which invites clients and fuzzers to send the text
+/// `null`. Every parameter's schema loses its `null`.
+fn never_null_parameters(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    let params = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("parameters").and_then(|p| p.as_array_mut()))
+        .flatten();
+    for param in params {
+        let Some(types) = param.pointer_mut("/schema/type") else {
+            continue;
+        };
+        if let Some(list) = types.as_array() {
+            let kept: Vec<serde_json::Value> =
+                list.iter().filter(|t| *t != "null").cloned().collect();
+            *types = match kept.as_slice() {
+                [one] => one.clone(),
+                _ => kept.into(),
+            };
+        }
+    }
 }
 
 /// A link of an answer to an operation that takes one of its ids: (name, target operation,
@@ -178,7 +207,11 @@ const LINKS: &[(&str, &str, &[LinkSpec])] = &[
             (
                 "preview",
                 "get_work_item_preview",
-                &[("work_item_id", "$response.body#/groups/0/work_item/id")],
+                &[
+                    ("work_item_id", "$response.body#/groups/0/work_item/id"),
+                    ("project_id", "$response.body#/groups/0/latest/project_id"),
+                    ("provider", "$response.body#/groups/0/provider"),
+                ],
                 None,
             ),
             (
@@ -191,7 +224,11 @@ const LINKS: &[(&str, &str, &[LinkSpec])] = &[
                 "dry_run",
                 "post_work_item_dry_run",
                 &[],
-                Some(&[("work_item_id", "$response.body#/groups/0/work_item/id")]),
+                Some(&[
+                    ("work_item_id", "$response.body#/groups/0/work_item/id"),
+                    ("project_id", "$response.body#/groups/0/latest/project_id"),
+                    ("provider", "$response.body#/groups/0/provider"),
+                ]),
             ),
         ],
     ),
@@ -212,6 +249,8 @@ const LINKS: &[(&str, &str, &[LinkSpec])] = &[
                 Some(&[
                     ("work_item_id", "$response.body#/work_item_id"),
                     ("mode", "$response.body#/mode"),
+                    ("project_id", "$response.body#/project_id"),
+                    ("provider", "$request.body#/provider"),
                 ]),
             ),
         ],

@@ -44,7 +44,7 @@ const SINCE_FORM: &str =
 
 /// `GET /api/v1/results/stats?since=1h&success=false&kind=traffic`: results recorded in the
 /// last `since`, optionally filtered by outcome and kind.
-#[utoipa::path(get, path = "/results/stats", operation_id = "get_results_stats", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "window: digits then s, m, h or d; > 0 and ≤ 7d (default 1h)", pattern = "^[0-9]+[smhd]$"), ("success" = Option<bool>, Query, description = "only successes (true) or failures (false)"), ("kind" = Option<String>, Query, description = "result kind (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = ResultStats), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(get, path = "/results/stats", operation_id = "get_results_stats", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "window: digits then s, m, h or d; > 0 and ≤ 7d (default 1h)", pattern = "^0*([1-9][0-9]{0,4}|[1-5][0-9]{5}|60[0-3][0-9]{3}|604[0-7][0-9]{2}|604800)s$|^0*([1-9][0-9]{0,3}|100[0-7][0-9]|10080)m$|^0*([1-9][0-9]?|1[0-5][0-9]|16[0-8])h$|^0*[1-7]d$"), ("success" = Option<bool>, Query, description = "only successes (true) or failures (false)"), ("kind" = Option<String>, Query, description = "result kind (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$", pattern = "^[A-Za-z0-9_-]{1,128}$"), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *$|^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *){0,7}$")), responses((status = 200, description = "OK", body = ResultStats), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn stats(
     _: AsViewer,
     State(state): State<AppState>,
@@ -70,7 +70,7 @@ pub async fn stats(
 
 /// `GET /api/v1/results/durations?since=<RFC3339>`: per `job_id`, duration statistics of the
 /// results finished since then (default 24 h ago), slowest p95 first.
-#[utoipa::path(get, path = "/results/durations", operation_id = "get_results_durations", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "RFC 3339 start (default 24 h ago)", format = DateTime), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):[0-9]{1,20} *){0,7}$")), responses((status = 200, description = "OK", body = Durations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(get, path = "/results/durations", operation_id = "get_results_durations", tag = "results", security(("bearer" = ["viewer"])), params(("since" = Option<String>, Query, description = "RFC 3339 start (default 24 h ago)", format = DateTime), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far", pattern = "^ *$|^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *){0,7}$")), responses((status = 200, description = "OK", body = Durations), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn durations(
     _: AsViewer,
     State(state): State<AppState>,
@@ -88,4 +88,50 @@ pub async fn durations(
         since: format_unix_ms(since),
         items,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The badge's `since` as the parser takes it.
+    fn accepted(since: &str) -> bool {
+        parse_single_unit(since).is_ok_and(|d| d.as_secs() <= MAX_SINCE_SECS)
+    }
+
+    #[test]
+    fn the_documented_since_pattern_is_exactly_what_the_parser_accepts() {
+        let doc = crate::api::openapi_document();
+        let params = doc["paths"]["/api/v1/results/stats"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let since = params.iter().find(|p| p["name"] == "since").unwrap();
+        let pattern = regex::Regex::new(since["schema"]["pattern"].as_str().unwrap()).unwrap();
+        let mut checked = 0;
+        for unit in ["s", "m", "h", "d", "w", "", "ms"] {
+            for n in (0..=700_000u64)
+                .step_by(1)
+                .filter(|n| *n < 2_000 || n % 97 == 0)
+            {
+                for s in [
+                    format!("{n}{unit}"),
+                    format!("0{n}{unit}"),
+                    format!("00{n}{unit}"),
+                ] {
+                    assert_eq!(pattern.is_match(&s), accepted(&s), "{s}");
+                    checked += 1;
+                }
+            }
+            for edge in [604_800u64, 604_801, 10_080, 10_081, 168, 169, 7, 8] {
+                let s = format!("{edge}{unit}");
+                assert_eq!(pattern.is_match(&s), accepted(&s), "{s}");
+            }
+        }
+        for odd in [
+            "", "h", "1", "1h30m", " 1h", "1h ", "-1h", "+1h", "1H", "１h",
+        ] {
+            assert_eq!(pattern.is_match(odd), accepted(odd), "{odd:?}");
+        }
+        assert!(checked > 100_000);
+    }
 }

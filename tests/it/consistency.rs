@@ -191,6 +191,18 @@ async fn malformed_or_unprojected_min_seqs_are_422() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["parameter"], "Orrery-Min-Seq", "{bad}");
     }
+    // An empty value asks for nothing, as the document's pattern says.
+    for empty in ["", "  "] {
+        let res = app
+            .http
+            .get(format!("{}/api/v1/topologies", app.address))
+            .bearer_auth(token(Role::Viewer))
+            .header("Orrery-Min-Seq", empty)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{empty:?}");
+    }
     let res = app
         .http
         .get(format!(

@@ -35,8 +35,8 @@ pub struct HeartbeatRequest {
     /// Project (a subject token).
     #[schema(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     pub project_id: String,
-    /// One or two of `sentry`, `signoz`.
-    #[schema(min_items = 1, max_items = 2)]
+    /// One or two of `sentry`, `signoz`, each once.
+    #[schema(value_type = std::collections::BTreeSet<HeartbeatProvider>, min_items = 1, max_items = 2)]
     pub providers: Vec<String>,
     /// Why, ≤ 200 bytes.
     #[serde(default)]
@@ -46,6 +46,17 @@ pub struct HeartbeatRequest {
     #[serde(default)]
     #[schema(max_length = 200)]
     pub run_ref: Option<String>,
+}
+
+/// A provider that takes heartbeats (the document's name for the values of `providers`).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // reason: a schema only; the parser checks the names against HEARTBEAT_PROVIDERS
+pub enum HeartbeatProvider {
+    /// Sentry.
+    Sentry,
+    /// SigNoz.
+    Signoz,
 }
 
 /// One heartbeat published.
@@ -173,24 +184,41 @@ pub async fn provider_heartbeat(
 }
 
 /// One alert of an Alertmanager v4 webhook body (unknown fields are ignored, as Alertmanager
-/// adds fields over time).
-#[derive(Deserialize)]
+/// adds fields over time). Label and annotation names are at most 256 bytes, values 8 KiB.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AmAlert {
+#[schema(as = AlertmanagerAlert)]
+pub struct AmAlert {
+    /// `firing` or `resolved`.
+    #[schema(pattern = "^(firing|resolved)$")]
     status: String,
+    /// Labels: `alertname`, `severity`, `namespace` and `instance`/`pod`/`service`/`job`
+    /// name the alert.
     labels: BTreeMap<String, String>,
+    /// Annotations: `summary`, `description` and `message` are its content.
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    /// When it started (RFC 3339, at most 64 characters).
+    #[schema(format = DateTime, max_length = 64)]
     starts_at: String,
+    /// Its source, if any.
     #[serde(default, rename = "generatorURL")]
     generator_url: Option<String>,
+    /// Alertmanager's fingerprint (required): 1 to 64 visible ASCII characters.
     #[serde(default)]
+    #[schema(value_type = String, required = true, pattern = "^[!-~]{1,64}$")]
     fingerprint: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct AmWebhook {
+/// An Alertmanager webhook body, version 4 (unknown fields are ignored).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = AlertmanagerWebhook)]
+pub struct AmWebhook {
+    /// `4`.
+    #[schema(pattern = "^4$")]
     version: String,
+    /// 1 to 1,000 alerts.
+    #[schema(min_items = 1, max_items = 1000)]
     alerts: Vec<AmAlert>,
 }
 
@@ -227,11 +255,17 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
             a.status
         ));
     }
-    let starts = parse_rfc3339_ms(&a.starts_at)
-        .ok_or_else(|| "alert startsAt must be an RFC 3339 time".to_owned())?;
+    let starts = Some(&a.starts_at)
+        .filter(|s| s.len() <= 64)
+        .and_then(|s| parse_rfc3339_ms(s))
+        .ok_or_else(|| {
+            "alert startsAt must be an RFC 3339 time of at most 64 characters".to_owned()
+        })?;
     let fingerprint = match &a.fingerprint {
-        Some(f) if !f.is_empty() && f.len() <= 64 => f.clone(),
-        Some(_) => return Err("alert fingerprint must be 1 to 64 characters".into()),
+        Some(f) if (1..=64).contains(&f.len()) && f.bytes().all(|b| b.is_ascii_graphic()) => {
+            f.clone()
+        }
+        Some(_) => return Err("alert fingerprint must be 1 to 64 visible ASCII characters".into()),
         None => return Err("alert fingerprint is missing".into()),
     };
     for (k, v) in a.labels.iter().chain(&a.annotations) {
@@ -276,7 +310,7 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
 /// `POST /api/v1/alerts/webhook/alertmanager?project_id=`: Alertmanager's webhook (v4);
 /// one alert event per alert on `alert.alertmanager.<project_id>`. Everything is validated
 /// before anything is published.
-#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = Object, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/webhook/alertmanager", operation_id = "post_alerts_webhook_alertmanager", tag = "alerts", security(("bearer" = ["operator"])), request_body(content = AmWebhook, description = "Alertmanager webhook body, version 4, 1–1000 alerts", content_type = "application/json"), params(("project_id" = String, Query, description = "the project the alerts belong to (a subject token)", pattern = "^[A-Za-z0-9_-]{1,128}$")), responses((status = 202, description = "one event per alert published", body = WebhookAccepted), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "the topology or project is outside the token's scope", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn alertmanager_webhook(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,

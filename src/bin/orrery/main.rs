@@ -38,6 +38,9 @@ enum Command {
     /// Print, per read model, its checkpoint and a hash of its rows (replicas at the same
     /// checkpoints print the same).
     Digest(Settings),
+    /// Print the OpenAPI 3.1 document the daemon serves at /api/v1/openapi.json (to generate
+    /// a client without a running daemon).
+    Openapi,
     /// Write a snapshot of the database to --snapshot-bucket now (safe beside a serving
     /// daemon with the same settings) and print what it holds.
     Snapshot(Settings),
@@ -249,6 +252,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 orrery::rebuild::rebuild(&config, stream.as_deref(), |r| display.update(r)).await?;
             display.finish();
             println!("replayed {n} messages into {}", config.database.display());
+            Ok(())
+        }
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&orrery::api::openapi_document())?
+            );
             Ok(())
         }
         Command::Digest(settings) => {
