@@ -19,6 +19,11 @@ pub const ORRERY_SEQ: HeaderName = HeaderName::from_static("orrery-seq");
 pub const ORRERY_MIN_SEQ: HeaderName = HeaderName::from_static("orrery-min-seq");
 /// Most `<STREAM>:<seq>` pairs one request may name.
 const MAX_PAIRS: usize = 8;
+/// What `Orrery-Min-Seq` and `?min_seq=` take, as the document states it (every parameter
+/// that carries it gets it from here): empty, or up to eight `STREAM:seq` pairs of projected
+/// streams with sequences within u64. Stricter than [`parse`] only in what no client sends
+/// (tabs, a stream named twice past eight pairs); a test holds that what it admits parses.
+pub const MIN_SEQ_PATTERN: &str = r"^ *$|^ *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *(, *(TOPOLOGY|HEARTBEATS|ALERTS|RESULTS|WORKITEMS):([0-9]{1,19}|0[0-9]{19}|1[0-7][0-9]{18}|18[0-3][0-9]{17}|184[0-3][0-9]{16}|1844[0-5][0-9]{15}|18446[0-6][0-9]{14}|184467[0-3][0-9]{13}|1844674[0-3][0-9]{12}|184467440[0-6][0-9]{10}|1844674407[0-2][0-9]{9}|18446744073[0-6][0-9]{8}|1844674407370[0-8][0-9]{6}|18446744073709[0-4][0-9]{5}|184467440737095[0-4][0-9]{4}|18446744073709550[0-9]{3}|18446744073709551[0-5][0-9]{2}|1844674407370955160[0-9]{1}|1844674407370955161[0-5]) *){0,7}$";
 const FORM: &str = "<STREAM>:<seq>[,<STREAM>:<seq>…] naming projected streams \
                     (TOPOLOGY, HEARTBEATS, ALERTS, RESULTS, WORKITEMS), at most 8";
 

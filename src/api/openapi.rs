@@ -59,18 +59,27 @@ pub fn publish(doc: &Document) {
     });
 }
 
-/// The document as JSON, with its [`LINKS`] and parameters that are never null.
+/// The document as JSON, with its [`LINKS`] and its parameters finished.
 pub fn with_links(doc: &Document) -> serde_json::Value {
     let mut value = serde_json::to_value(doc).unwrap_or_default();
     add_links(&mut value);
-    never_null_parameters(&mut value);
+    finish_parameters(&mut value);
     value
 }
 
-/// A header, query or path parameter is text or absent, never JSON null; utoipa types an
-/// optional header `[string, null]`, which invites clients and fuzzers to send the text
-/// `null`. Every parameter's schema loses its `null`.
-fn never_null_parameters(doc: &mut serde_json::Value) {
+/// The patterns shared by many parameters, each from the one constant its parser uses or
+/// is tested against (an attribute can only hold a literal).
+const SHARED_PATTERNS: [(&str, &str); 3] = [
+    ("Orrery-Min-Seq", crate::api::consistency::MIN_SEQ_PATTERN),
+    ("min_seq", crate::api::consistency::MIN_SEQ_PATTERN),
+    ("window", crate::api::extract::WINDOW_PATTERN),
+];
+
+/// Gives parameters their [`SHARED_PATTERNS`], and takes `null` out of every parameter's
+/// type: a header, query or path parameter is text or absent, never JSON null (utoipa types
+/// an optional header `[string, null]`, which invites clients and fuzzers to send the text
+/// `null`).
+fn finish_parameters(doc: &mut serde_json::Value) {
     let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
         return;
     };
@@ -81,6 +90,10 @@ fn never_null_parameters(doc: &mut serde_json::Value) {
         .filter_map(|op| op.get_mut("parameters").and_then(|p| p.as_array_mut()))
         .flatten();
     for param in params {
+        let name = param["name"].as_str().unwrap_or_default().to_owned();
+        if let Some((_, pattern)) = SHARED_PATTERNS.iter().find(|(n, _)| *n == name) {
+            param["schema"]["pattern"] = (*pattern).into();
+        }
         let Some(types) = param.pointer_mut("/schema/type") else {
             continue;
         };
