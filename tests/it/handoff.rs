@@ -384,31 +384,51 @@ async fn entries_published_by_others_are_redacted_or_dead_lettered() {
     let js = jetstream(&nats).await;
     wait_for_streams(&js).await;
     let d = id_of("fp:fp-d");
+    let plan = json!({"mode": "auto", "resolved_mode": "manual", "action": "x",
+                      "reason": format!("token={SECRET}"),
+                      "checks": [{"name": "a", "ok": true, "detail": format!("password={SECRET}")}],
+                      "ready": true});
     let entry = |ticket: Value| {
         json!({
             "recurrence_key": "fp:fp-d", "actor": "bridge", "mode": "auto",
             "classification": "open", "occurrences": 2,
             "latest_occurrence_at": "2026-11-30T10:00:00Z",
-            "plan": {"action": "x", "note": format!("token={SECRET}")}, "passed": true,
+            "plan": plan, "passed": true,
             "handoff_kind": "manual_takeover", "ticket": ticket,
         })
     };
+    let ticket = json!({
+        "title": "t", "summary": format!("curl -H 'Authorization: Bearer {SECRET}'"),
+        "proposed_action": "x", "reason": "y",
+        "occurrences": {"total": 2, "duplicates": 0, "first_received_at": "2026-11-30T09:00:00Z",
+                        "latest_received_at": "2026-11-30T10:00:00Z"},
+        "source_url": null, "source_refs": {"sentry": [format!("https://u:{SECRET}@s.example/1")]},
+        "incident_ids": [], "latest_runs": [],
+    });
     publish_result(
         &js,
         &format!("workitem.ops.{d}.handoff"),
-        entry(
-            json!({"title": "t", "summary": format!("curl -H 'Authorization: Bearer {SECRET}'")}),
-        ),
+        entry(ticket.clone()),
     )
     .await;
-    // Refused: no ticket on a handoff; a work item id that is not the key's.
+    // Refused: no ticket on a handoff; a work item id that is not the key's; a plan or a
+    // ticket not of the documented shape (a history answer must match its schema).
     let mut no_ticket = entry(json!({}));
     no_ticket.as_object_mut().unwrap().remove("ticket");
     publish_result(&js, &format!("workitem.ops.{d}.handoff"), no_ticket).await;
     publish_result(
         &js,
         "workitem.ops.wi_000000000000000000000000.handoff",
-        entry(json!({"summary": format!("password={SECRET}")})),
+        entry(ticket.clone()),
+    )
+    .await;
+    let mut odd_plan = entry(ticket);
+    odd_plan["plan"] = json!({"action": "x", "note": format!("token={SECRET}")});
+    publish_result(&js, &format!("workitem.ops.{d}.handoff"), odd_plan).await;
+    publish_result(
+        &js,
+        &format!("workitem.ops.{d}.handoff"),
+        entry(json!({"title": "t", "summary": format!("password={SECRET}")})),
     )
     .await;
     app.wait_caught_up().await;
@@ -422,7 +442,10 @@ async fn entries_published_by_others_are_redacted_or_dead_lettered() {
     let dead = app
         .get_json("/api/v1/dead-letters?stream=WORKITEMS", Role::Admin)
         .await;
-    assert_eq!(dead["total"], 2, "{dead}");
+    assert_eq!(dead["total"], 4, "{dead}");
+    let stored = &history["entries"][0];
+    assert_eq!(stored["actor"], "bridge");
+    assert_eq!(stored["ticket"]["title"], "t");
     for text in [history.to_string(), dead.to_string()] {
         assert!(!text.contains(SECRET), "{text}");
     }

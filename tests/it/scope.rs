@@ -236,6 +236,11 @@ async fn a_scoped_token_sees_only_its_projects_and_topologies_on_every_route() {
                 let Ok(body) = serde_json::from_str::<Value>(&text) else {
                     continue;
                 };
+                // The OpenAPI document holds no data: its `project_id`s are parameter names
+                // and link expressions.
+                if case.url.ends_with("/openapi.json") {
+                    continue;
+                }
                 let list = case.url.ends_with("/api/v1/topologies");
                 for (keys, allowed, count) in [
                     (&["project_id"][..], PROJECT, &mut inside_projects),

@@ -1,15 +1,15 @@
-//! The work-item log's shapes: the bodies of a dry-run and a handoff, and the entries they
-//! record on WORKITEMS. The entries are answered as the projection stored them (the JSON
-//! the bus carried), so these declarations are the document's; the API tests hold real
-//! entries to them (`deny_unknown_fields` closes each schema).
+//! The work-item log's API bodies: a dry-run's and a handoff's request (handoff.rs parses
+//! them field by field, so that each bad field gets a 422 naming it; these declare them for
+//! the document) and the history answer. The entries themselves are
+//! [`crate::projections::work_items::WorkItemEntry`], which the projection stores as the API
+//! answers them.
 
-#![allow(dead_code)] // reason: entries are answered as stored; these types name their fields for the document
-
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 /// Body of `POST …/work-item/dry-run`.
-#[derive(ToSchema, serde::Serialize)]
+#[derive(ToSchema, serde::Deserialize)]
+#[allow(dead_code)] // reason: parsed field by field (handoff::parse_request); declared for the document
 #[serde(deny_unknown_fields)]
 pub struct DryRunRequest {
     /// The work item (`wi_` and 24 hex digits).
@@ -30,7 +30,8 @@ pub struct DryRunRequest {
 }
 
 /// Body of `POST …/work-item/handoff`.
-#[derive(ToSchema, serde::Serialize)]
+#[derive(ToSchema, serde::Deserialize)]
+#[allow(dead_code)] // reason: parsed field by field (handoff::parse_request); declared for the document
 #[serde(deny_unknown_fields)]
 pub struct HandoffRequest {
     /// The work item (`wi_` and 24 hex digits).
@@ -53,111 +54,13 @@ pub struct HandoffRequest {
     handoff_kind: Option<String>,
 }
 
-/// A run as a drafted ticket lists it.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TicketRun {
-    /// Its result id.
-    result_id: String,
-    /// The agent that ran it.
-    agent_id: String,
-    /// running, succeeded, failed or needs_approval.
-    run_state: String,
-    /// auto, manual or none.
-    repair: String,
-    /// Whether it was verified.
-    verified: bool,
-    /// Its incident.
-    incident_id: Option<String>,
-    /// When it was recorded.
-    recorded_at: String,
-}
-
-/// Occurrence figures of a drafted ticket.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TicketOccurrences {
-    /// Occurrences.
-    total: i64,
-    /// Duplicates among them.
-    duplicates: i64,
-    /// The first.
-    first_received_at: String,
-    /// The latest.
-    latest_received_at: String,
-}
-
-/// The ticket a handoff drafts (redacted; nothing is filed anywhere).
-#[derive(ToSchema, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DraftTicket {
-    /// Title.
-    title: String,
-    /// The latest event's redacted content, at most 2,000 characters.
-    summary: String,
-    /// The plan's next step.
-    proposed_action: String,
-    /// Why.
-    reason: String,
-    /// Occurrence figures.
-    occurrences: TicketOccurrences,
-    /// The latest event's redacted source URL.
-    source_url: Option<String>,
-    /// The latest event's redacted source references.
-    #[schema(value_type = Option<Object>)]
-    source_refs: Option<Value>,
-    /// Incidents of the group's runs.
-    incident_ids: Vec<String>,
-    /// The latest runs, newest first (at most 5).
-    latest_runs: Vec<TicketRun>,
-}
-
-/// One dry-run or handoff of a work item, as recorded on WORKITEMS.
-#[derive(ToSchema, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkItemEntry {
-    /// Its id (the envelope id).
-    entry_id: String,
-    /// Its WORKITEMS sequence.
-    seq: i64,
-    /// dry_run or handoff.
-    kind: String,
-    /// The work item.
-    work_item_id: String,
-    /// Its project.
-    project_id: String,
-    /// Its recurrence key.
-    recurrence_key: String,
-    /// When it was recorded.
-    recorded_at: String,
-    /// Who recorded it (the token's subject).
-    actor: String,
-    /// The mode of its plan.
-    mode: String,
-    /// The classification then.
-    classification: String,
-    /// Occurrences then.
-    occurrences: i64,
-    /// The latest occurrence then.
-    latest_occurrence_at: String,
-    /// Whether every pre-flight check passed and there was a step to take.
-    passed: bool,
-    /// The plan then.
-    plan: crate::api::alerts::plan::Plan,
-    /// Handoffs: ticket_proposal or manual_takeover.
-    handoff_kind: Option<String>,
-    /// Handoffs: the dry-run it rests on.
-    dry_run_entry_id: Option<String>,
-    /// Handoffs: the drafted ticket.
-    ticket: Option<DraftTicket>,
-}
-
 /// `/api/v1/alerts/recurrence/work-item/history`.
-#[derive(ToSchema, serde::Serialize)]
+#[derive(Debug, ToSchema, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkItemHistory {
     /// The work item.
-    work_item_id: String,
-    /// Its entries, newest first.
-    entries: Vec<WorkItemEntry>,
+    pub work_item_id: String,
+    /// Its entries, newest first, as the projection stored them.
+    #[schema(value_type = Vec<crate::projections::work_items::WorkItemEntry>)]
+    pub entries: Vec<Box<RawValue>>,
 }

@@ -10,9 +10,12 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use axum::Json;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use sqlx::Row;
 
+use super::entry::WorkItemHistory;
 use super::plan::{is_work_item_id, Plan, MODES};
 use super::queries::{json_body, Filters, PageGroup};
 use super::work_items::{find, plan_now, work_item_param};
@@ -24,7 +27,9 @@ use crate::api::extract::{
 use crate::api::AppState;
 use crate::bus::publish::{Outgoing, PublishError};
 use crate::bus::{envelope, streams, subjects};
-use crate::projections::work_items::HANDOFF_KINDS;
+use crate::projections::work_items::{
+    DraftTicket, EntryData, TicketOccurrences, TicketRun, WorkItemPlan, HANDOFF_KINDS,
+};
 use crate::token::Claims;
 use crate::window::{format_unix_ms, now_ms};
 
@@ -195,7 +200,7 @@ async fn record(
     g: &PageGroup,
     r: &Request,
     (kind, entry_id): (&str, &str),
-    data: Value,
+    data: EntryData<String>,
     expected_last: Option<u64>,
 ) -> ApiResult<Response> {
     let body = envelope::encode(
@@ -250,17 +255,20 @@ async fn record(
 }
 
 /// What every entry records about the group and its plan.
-fn entry_data(actor: &str, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
-    Ok(json!({
-        "recurrence_key": g.recurrence_key,
-        "actor": actor,
-        "mode": plan.mode,
-        "classification": g.runs.classification(),
-        "occurrences": g.occurrences,
-        "latest_occurrence_at": format_unix_ms(g.latest_received_at),
-        "plan": serde_json::to_value(plan).map_err(|e| ApiError::Internal(e.into()))?,
-        "passed": plan.ready,
-    }))
+fn entry_data(actor: &str, g: &PageGroup, plan: &Plan) -> EntryData<String> {
+    EntryData {
+        recurrence_key: g.recurrence_key.clone(),
+        actor: actor.to_owned(),
+        mode: plan.mode.clone(),
+        classification: g.runs.classification().to_owned(),
+        occurrences: g.occurrences,
+        latest_occurrence_at: format_unix_ms(g.latest_received_at),
+        plan: WorkItemPlan::from(plan),
+        passed: plan.ready,
+        handoff_kind: None,
+        dry_run_entry_id: None,
+        ticket: None,
+    }
 }
 
 impl Request {
@@ -310,7 +318,7 @@ async fn begin(
 /// `POST /api/v1/alerts/recurrence/work-item/dry-run` `{work_item_id, project_id?, provider?,
 /// mode?, limit?}`: makes the preview's plan and records it on WORKITEMS as pre-flight
 /// history; 202 with the entry once projected. Changes no incident, repair or ticket.
-#[utoipa::path(post, path = "/alerts/recurrence/work-item/dry-run", operation_id = "post_work_item_dry_run", tag = "alerts", security(("bearer" = ["operator"])), request_body = super::entry::DryRunRequest, params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,126}[!-~])?$", description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = super::entry::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::error::ErrorBody), (status = 409, description = "`idempotency_key_reused`", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/recurrence/work-item/dry-run", operation_id = "post_work_item_dry_run", tag = "alerts", security(("bearer" = ["operator"])), request_body = super::entry::DryRunRequest, params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,126}[!-~])?$", description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = crate::projections::work_items::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::error::ErrorBody), (status = 409, description = "`idempotency_key_reused`", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn dry_run(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
@@ -322,7 +330,7 @@ pub async fn dry_run(
         Begun::New(r, id) => (r, id),
     };
     let (g, plan) = current(&state, &r).await?;
-    let data = entry_data(&claims.sub, &g, &plan)?;
+    let data = entry_data(&claims.sub, &g, &plan);
     record(&state, &g, &r, ("dry_run", &id), data, None).await
 }
 
@@ -422,7 +430,7 @@ async fn last_on_subject(state: &AppState, subject: &str) -> ApiResult<Option<(u
 
 /// The ticket a handoff drafts: from the group's stored (already redacted) latest event and
 /// its latest runs. The projection redacts it again, since anyone may publish on WORKITEMS.
-async fn draft_ticket(state: &AppState, g: &PageGroup, plan: &Plan) -> ApiResult<Value> {
+async fn draft_ticket(state: &AppState, g: &PageGroup, plan: &Plan) -> ApiResult<DraftTicket> {
     let item: Value = serde_json::from_str(&g.item).map_err(|e| ApiError::Internal(e.into()))?;
     let latest = &item["latest"];
     let about = latest["alertname"]
@@ -457,43 +465,47 @@ async fn draft_ticket(state: &AppState, g: &PageGroup, plan: &Plan) -> ApiResult
     .bind(TICKET_RUNS)
     .fetch_all(&state.db.readers)
     .await?;
-    let runs: Vec<Value> = runs
+    let latest_runs = runs
         .iter()
-        .map(|r| {
-            json!({
-                "result_id": r.get::<String, _>("result_id"),
-                "agent_id": r.get::<String, _>("agent_id"),
-                "run_state": r.get::<String, _>("run_state"),
-                "repair": r.get::<String, _>("repair"),
-                "verified": r.get::<bool, _>("verified"),
-                "incident_id": r.get::<Option<String>, _>("incident_id"),
-                "recorded_at": format_unix_ms(r.get("recorded_at")),
-            })
+        .map(|r| TicketRun {
+            result_id: r.get("result_id"),
+            agent_id: r.get("agent_id"),
+            run_state: r.get("run_state"),
+            repair: r.get("repair"),
+            verified: r.get("verified"),
+            incident_id: r.get("incident_id"),
+            recorded_at: format_unix_ms(r.get("recorded_at")),
         })
         .collect();
-    Ok(json!({
-        "title": title,
-        "summary": summary,
-        "proposed_action": plan.action,
-        "reason": plan.reason,
-        "occurrences": {
-            "total": g.occurrences,
-            "duplicates": g.duplicates,
-            "first_received_at": item["first_received_at"],
-            "latest_received_at": item["latest_received_at"],
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Ok(DraftTicket {
+        title,
+        summary,
+        proposed_action: plan.action.to_owned(),
+        reason: plan.reason.to_owned(),
+        occurrences: TicketOccurrences {
+            total: g.occurrences,
+            duplicates: g.duplicates,
+            first_received_at: text(&item["first_received_at"]),
+            latest_received_at: text(&item["latest_received_at"]),
         },
-        "source_url": latest["source_url"],
-        "source_refs": latest["source_refs"],
-        "incident_ids": item["incident_ids"],
-        "latest_runs": runs,
-    }))
+        source_url: latest["source_url"].as_str().map(str::to_owned),
+        source_refs: Some(latest["source_refs"].clone()).filter(|v| !v.is_null()),
+        incident_ids: item["incident_ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        latest_runs,
+    })
 }
 
 /// `POST /api/v1/alerts/recurrence/work-item/handoff` `{work_item_id, project_id?, provider?,
 /// mode?, limit?, handoff_kind?}`: records a handoff (a drafted ticket, or a manual takeover)
 /// once a dry-run in the same mode passed after the group's latest occurrence; 409 naming
 /// why not. Changes no incident, repair or ticket outside Orrery.
-#[utoipa::path(post, path = "/alerts/recurrence/work-item/handoff", operation_id = "post_work_item_handoff", tag = "alerts", security(("bearer" = ["operator"])), request_body = super::entry::HandoffRequest, params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,126}[!-~])?$", description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = super::entry::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::error::ErrorBody), (status = 409, description = "`dry_run_required`, `dry_run_failed`, `dry_run_stale`, `handoff_open`, `preflight_failed` or `idempotency_key_reused`", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(post, path = "/alerts/recurrence/work-item/handoff", operation_id = "post_work_item_handoff", tag = "alerts", security(("bearer" = ["operator"])), request_body = super::entry::HandoffRequest, params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]([ -~]{0,126}[!-~])?$", description = "retries with the same key return the same entry (`Idempotent-Replayed: true`)")), responses((status = 202, description = "recorded and projected; `Orrery-Seq: WORKITEMS:<seq>`", body = crate::projections::work_items::WorkItemEntry), (status = 400, description = "malformed body", body = crate::api::error::ErrorBody), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 404, description = "`recurrence_work_item_not_found`", body = crate::api::error::ErrorBody), (status = 409, description = "`dry_run_required`, `dry_run_failed`, `dry_run_stale`, `handoff_open`, `preflight_failed` or `idempotency_key_reused`", body = crate::api::error::ErrorBody), (status = 413, description = "body too large", body = crate::api::error::ErrorBody), (status = 422, description = "a field is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or the entry was not projected in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn handoff(
     Authorized(claims): AsOperator,
     State(state): State<AppState>,
@@ -527,21 +539,23 @@ pub async fn handoff(
         latest_occurrence_at: row.get("latest_occurrence_at"),
     });
     handoff_guard(&g, &plan, dry.as_ref(), &r.mode)?;
-    let mut data = entry_data(&claims.sub, &g, &plan)?;
-    data["handoff_kind"] = json!(r.handoff_kind);
-    data["dry_run_entry_id"] = json!(dry.map(|d| d.entry_id));
-    data["ticket"] = draft_ticket(&state, &g, &plan).await?;
+    let data = EntryData {
+        handoff_kind: r.handoff_kind.clone(),
+        dry_run_entry_id: dry.map(|d| d.entry_id),
+        ticket: Some(draft_ticket(&state, &g, &plan).await?),
+        ..entry_data(&claims.sub, &g, &plan)
+    };
     record(&state, &g, &r, ("handoff", &id), data, Some(last)).await
 }
 
 /// `GET /api/v1/alerts/recurrence/work-item/history?work_item_id=&kind=&limit=`: a work
 /// item's dry-runs and handoffs, newest first.
-#[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)", pattern = "^wi_[0-9a-f]{24}$"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)", pattern = "^(dry_run|handoff)$"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = super::entry::WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
+#[utoipa::path(get, path = "/alerts/recurrence/work-item/history", operation_id = "get_work_item_history", tag = "alerts", security(("bearer" = ["viewer"])), params(("work_item_id" = String, Query, description = "the work item (`wi_` and 24 hex digits)", pattern = "^wi_[0-9a-f]{24}$"), ("kind" = Option<String>, Query, description = "dry_run or handoff (default both)", pattern = "^(dry_run|handoff)$"), ("limit" = Option<i64>, Query, description = "entries, 1–200 (default 50)", minimum = 1, maximum = 200), ("Orrery-Min-Seq" = Option<String>, Header, description = "STREAM:seq[,STREAM:seq…]: answer once this replica has projected at least that far")), responses((status = 200, description = "OK", body = WorkItemHistory), (status = 401, description = "no, malformed or expired credentials", body = crate::api::error::ErrorBody), (status = 403, description = "the role is too low", body = crate::api::error::ErrorBody), (status = 422, description = "a parameter is malformed or out of range (named in the body)", body = crate::api::error::ErrorBody), (status = 503, description = "the bus or database is unavailable, or `Orrery-Min-Seq` was not reached in time (with `Retry-After`)", body = crate::api::error::ErrorBody)))]
 pub async fn history(
     Authorized(claims): AsViewer,
     State(state): State<AppState>,
     params: Params,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<WorkItemHistory>> {
     let id = work_item_param(&params)?;
     let kind = params.get("kind")?;
     if kind.is_some_and(|k| !crate::projections::work_items::KINDS.contains(&k)) {
@@ -560,8 +574,13 @@ pub async fn history(
     .bind(claims.projects_json())
     .fetch_all(&state.db.readers)
     .await?;
-    Ok(json_body(format!(
-        r#"{{"work_item_id":"{id}","entries":[{}]}}"#,
-        entries.join(",")
-    )))
+    let entries = entries
+        .into_iter()
+        .map(RawValue::from_string)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("a stored entry")))?;
+    Ok(Json(WorkItemHistory {
+        work_item_id: id.to_owned(),
+        entries,
+    }))
 }

@@ -269,13 +269,9 @@ pub const MODES: [&str; 3] = ["auto", "automation", "manual"];
 pub const STILL_RECURRING_MS: i64 = 24 * 3_600_000;
 
 /// One pre-flight check of a plan.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = PlanCheck)]
+#[derive(Debug, Clone)]
 pub struct Check {
-    /// still_recurring, latest_run_not_running, source_refs_present, no_open_handoff or
-    /// work_item_open.
-    #[schema(value_type = String)]
+    /// What is checked.
     pub name: &'static str,
     /// Whether it passed.
     pub ok: bool,
@@ -284,25 +280,41 @@ pub struct Check {
 }
 
 /// What a preview proposes for a work item.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = WorkItemPlan)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// The mode asked for.
     pub mode: String,
     /// The path taken: `automation`, `manual`, or `none` for a closed item.
-    #[schema(value_type = String)]
     pub resolved_mode: &'static str,
     /// The proposed next step.
-    #[schema(value_type = String)]
     pub action: &'static str,
     /// Why that step.
-    #[schema(value_type = String)]
     pub reason: &'static str,
     /// Pre-flight checks.
     pub checks: Vec<Check>,
     /// Every check passed and there is a step to take.
     pub ready: bool,
+}
+
+impl From<&Plan> for crate::projections::work_items::WorkItemPlan {
+    fn from(p: &Plan) -> Self {
+        Self {
+            mode: p.mode.clone(),
+            resolved_mode: p.resolved_mode.to_owned(),
+            action: p.action.to_owned(),
+            reason: p.reason.to_owned(),
+            checks: p
+                .checks
+                .iter()
+                .map(|c| crate::projections::work_items::PlanCheck {
+                    name: c.name.to_owned(),
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                })
+                .collect(),
+            ready: p.ready,
+        }
+    }
 }
 
 /// What a plan is made from, besides the runs: the group's latest occurrence (Unix ms), the

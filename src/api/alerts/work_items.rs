@@ -13,6 +13,7 @@ use super::queries::{Filters, PageGroup};
 use crate::api::error::{ApiError, ApiResult};
 use crate::api::extract::{AsViewer, Authorized, Params};
 use crate::api::AppState;
+use crate::projections::work_items::WorkItemPlan;
 use crate::window::now_ms;
 
 /// A work item as a preview names it.
@@ -43,7 +44,7 @@ pub struct WorkItemPreview {
     #[schema(value_type = super::answers::RecurrenceGroup)]
     pub group: Box<RawValue>,
     /// The proposed next step and its checks.
-    pub plan: Plan,
+    pub plan: WorkItemPlan,
     /// What the preview promises (it only reads).
     #[schema(value_type = Vec<String>)]
     pub guarantees: [&'static str; 3],
@@ -138,7 +139,7 @@ pub async fn preview(
             open: class != "verified",
         },
         group,
-        plan,
+        plan: WorkItemPlan::from(&plan),
         guarantees: GUARANTEES,
     }))
 }

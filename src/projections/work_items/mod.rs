@@ -5,8 +5,8 @@
 //! so the history is the bus's and a rebuild gives it back unchanged. Anyone may publish on
 //! the subject, so every text is redacted here as well, and the entry is bounded.
 
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::SqliteConnection;
 
@@ -16,6 +16,12 @@ use crate::bus::subjects;
 use crate::projector::{Message, Projection, Table};
 use crate::redact;
 use crate::window::{format_unix_ms, UnixMs};
+
+pub mod entry;
+
+pub use entry::{
+    DraftTicket, PlanCheck, TicketOccurrences, TicketRun, WorkItemEntry, WorkItemPlan,
+};
 
 /// Largest message accepted on WORKITEMS.
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
@@ -47,23 +53,43 @@ pub fn is_work_item_id(s: &str) -> bool {
     })
 }
 
-/// The `data` of a WORKITEMS event.
-#[derive(Debug, Deserialize)]
-struct EntryData {
-    recurrence_key: String,
-    actor: String,
-    mode: String,
-    classification: String,
-    occurrences: i64,
-    latest_occurrence_at: UnixMs,
-    plan: Map<String, Value>,
-    passed: bool,
-    #[serde(default)]
-    handoff_kind: Option<String>,
-    #[serde(default)]
-    dry_run_entry_id: Option<String>,
-    #[serde(default)]
-    ticket: Option<Map<String, Value>>,
+/// The `data` of a WORKITEMS event, as the API publishes it (generic over the time so the
+/// API writes text and this projection reads it straight to Unix ms).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EntryData<T> {
+    /// The group's key.
+    pub recurrence_key: String,
+    /// Who recorded it.
+    pub actor: String,
+    /// The mode of its plan.
+    pub mode: String,
+    /// The classification then.
+    pub classification: String,
+    /// Occurrences then.
+    pub occurrences: i64,
+    /// The latest occurrence then.
+    pub latest_occurrence_at: T,
+    /// The plan then.
+    pub plan: WorkItemPlan,
+    /// Whether every check passed and there was a step to take.
+    pub passed: bool,
+    /// Handoffs: ticket_proposal or manual_takeover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_kind: Option<String>,
+    /// Handoffs: the dry-run it rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dry_run_entry_id: Option<String>,
+    /// Handoffs: the drafted ticket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<DraftTicket>,
+}
+
+/// `value` with every text redacted (and any member named like a secret masked), still of
+/// its type: redaction changes texts, never the shape.
+fn redacted<T: Serialize + DeserializeOwned>(value: &T) -> Result<T, String> {
+    let mut json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    redact::redact_json(&mut json);
+    serde_json::from_value(json).map_err(|e| format!("redacting changed its shape: {e}"))
 }
 
 /// A validated, redacted history entry.
@@ -120,7 +146,7 @@ fn decode_inner(msg: &Message<'_>) -> Result<Entry, String> {
     if msg.payload.len() > MAX_ENTRY_BYTES {
         return Err(format!("the entry must be at most {MAX_ENTRY_BYTES} bytes"));
     }
-    let env = envelope::decode::<EntryData>(msg.payload)?;
+    let env = envelope::decode::<EntryData<UnixMs>>(msg.payload)?;
     let d = env.data;
     for (name, v) in [
         ("recurrence_key", &d.recurrence_key),
@@ -151,34 +177,29 @@ fn decode_inner(msg: &Message<'_>) -> Result<Entry, String> {
         bounded("dry_run_entry_id", id)?;
     }
     let recorded_at = env.time_ms.unwrap_or(msg.published_ms);
-    let text = |s: &str| Value::from(redact::redact(s).into_owned());
-    let mut plan = Value::Object(d.plan);
-    redact::redact_json(&mut plan);
-    let mut entry = json!({
-        "entry_id": text(&env.id),
-        "seq": msg.seq,
-        "kind": kind,
-        "work_item_id": work_item,
-        "project_id": project_id,
-        "recurrence_key": text(&d.recurrence_key),
-        "recorded_at": format_unix_ms(recorded_at),
-        "actor": text(&d.actor),
-        "mode": text(&d.mode),
-        "classification": text(&d.classification),
-        "occurrences": d.occurrences,
-        "latest_occurrence_at": format_unix_ms(d.latest_occurrence_at.0),
-        "passed": d.passed,
-        "plan": plan,
-    });
-    if let Some(h) = &handoff_kind {
-        entry["handoff_kind"] = Value::from(h.as_str());
-        entry["dry_run_entry_id"] = d.dry_run_entry_id.as_deref().map_or(Value::Null, text);
-    }
-    if let Some(ticket) = d.ticket {
-        let mut ticket = Value::Object(ticket);
-        redact::redact_json(&mut ticket);
-        entry["ticket"] = ticket;
-    }
+    let text = |s: &str| redact::redact(s).into_owned();
+    let entry = WorkItemEntry {
+        entry_id: text(&env.id),
+        seq: msg.seq,
+        kind: kind.to_owned(),
+        work_item_id: work_item.to_owned(),
+        project_id: project_id.to_owned(),
+        recurrence_key: text(&d.recurrence_key),
+        recorded_at: format_unix_ms(recorded_at),
+        actor: text(&d.actor),
+        mode: text(&d.mode),
+        classification: text(&d.classification),
+        occurrences: d.occurrences,
+        latest_occurrence_at: format_unix_ms(d.latest_occurrence_at.0),
+        passed: d.passed,
+        plan: redacted(&d.plan)?,
+        handoff_kind: handoff_kind.clone(),
+        dry_run_entry_id: handoff_kind
+            .is_some()
+            .then(|| d.dry_run_entry_id.as_deref().map(text)),
+        ticket: d.ticket.as_ref().map(redacted).transpose()?,
+    };
+    let entry = serde_json::to_string(&entry).map_err(|e| e.to_string())?;
     Ok(Entry {
         seq: msg.seq,
         entry_id: env.id.into_owned(),
@@ -191,7 +212,7 @@ fn decode_inner(msg: &Message<'_>) -> Result<Entry, String> {
         occurrences: d.occurrences,
         latest_occurrence_at: d.latest_occurrence_at.0,
         recorded_at,
-        entry: entry.to_string(),
+        entry,
     })
 }
 
@@ -253,6 +274,7 @@ impl Projection for WorkItemsProjection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Value};
 
     fn msg<'a>(subject: &'a str, payload: &'a [u8]) -> Message<'a> {
         Message {
@@ -276,7 +298,9 @@ mod tests {
             "classification": "automation_gap",
             "occurrences": 3,
             "latest_occurrence_at": "2026-11-30T09:00:00Z",
-            "plan": {"action": "x", "checks": [{"name": "a", "ok": true, "detail": "password=hunter2"}]},
+            "plan": {"mode": "auto", "resolved_mode": "automation", "action": "x", "reason": "y",
+                     "checks": [{"name": "a", "ok": true, "detail": "password=hunter2"}],
+                     "ready": true},
             "passed": true,
         })
     }
@@ -302,7 +326,18 @@ mod tests {
         with_kind["handoff_kind"] = json!("ticket_proposal");
         let mut long = data();
         long["actor"] = json!("a".repeat(MAX_FIELD_LEN + 1));
+        // Plans and tickets are the documented shapes, or the entry is not stored (a
+        // history answer must match its schema, whoever published the entry).
+        let mut bare_plan = data();
+        bare_plan["plan"] = json!({"action": "x"});
+        let mut odd_plan = data();
+        odd_plan["plan"]["extra"] = json!(1);
+        let mut bare_ticket = with_kind.clone();
+        bare_ticket["ticket"] = json!({"title": "t"});
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (&good, body(bare_plan), "missing field `mode`"),
+            (&good, body(odd_plan), "unknown field `extra`"),
+            (&handoff, body(bare_ticket), "missing field `summary`"),
             ("workitem.shop.wi_1.dry_run", body(data()), "work item id"),
             (&other, body(data()), "work item id"),
             ("workitem.shop.x.close", body(data()), "subject must be"),
