@@ -3,9 +3,11 @@
 //!
 //! The hot answers (events, recurrence groups) are rendered by SQLite and a hand-written
 //! splice for speed; [`AlertEvent::from_row`] and [`RecurrenceGroup::new`] build the same
-//! answers as typed values, and the property tests in `answers/tests.rs` require the two
+//! answers as typed values, and the property tests in `queries_tests.rs` require the two
 //! renderings to be equal JSON, and to match the document, for generated rows covering every
-//! nullable column.
+//! nullable column. The lists around them (a dossier, a recurrence page, the recent events)
+//! splice those items beside a typed summary; the API tests hold whole answers to these
+//! declarations.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -442,7 +444,3 @@ pub struct Freshness {
     /// Now.
     pub observed_at: String,
 }
-
-#[cfg(test)]
-#[path = "answers_tests.rs"]
-mod tests;

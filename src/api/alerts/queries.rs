@@ -47,7 +47,7 @@ macro_rules! sql_bool {
 /// One alert event as a JSON object, built by SQLite: the rows are rendered where they are
 /// read, with no per-value copies into Rust and no intermediate JSON tree (measured: this
 /// cut `/alerts/recurrence` from 6.4 ms to well under a millisecond of CPU per request).
-pub(super) const EVENT_JSON: &str = concat!(
+const EVENT_JSON: &str = concat!(
     "json_object(",
     "'seq', e.seq, 'event_id', e.event_id, 'project_id', e.project_id, ",
     "'provider', e.provider, 'stage', e.stage, 'provider_event_id', e.provider_event_id, ",
@@ -384,7 +384,7 @@ pub(super) async fn recurrence_page(
 
 /// The query of a recurrence page, to be completed with its filters, order and limit: each
 /// group rendered by SQLite with its latest event, and its runs' figures beside it.
-pub(super) fn page_query<'a>() -> QueryBuilder<'a, Sqlite> {
+fn page_query<'a>() -> QueryBuilder<'a, Sqlite> {
     QueryBuilder::new(format!(
         "SELECT r.project_id, r.recurrence_key, r.occurrence_total, r.duplicate_total, \
          r.latest_received_at, r.latest_seq, \
@@ -408,7 +408,7 @@ pub(super) fn page_query<'a>() -> QueryBuilder<'a, Sqlite> {
 }
 
 /// A group of a page from its row of [`page_query`] and its linked runs.
-pub(super) fn page_group(r: &SqliteRow, g: plan::GroupRuns) -> PageGroup {
+fn page_group(r: &SqliteRow, g: plan::GroupRuns) -> PageGroup {
     let (project, key): (&str, &str) = (r.get("project_id"), r.get("recurrence_key"));
     let occurrences: i64 = r.get("occurrence_total");
     // The SQL-rendered object, with the run fields added before its closing brace.
@@ -534,3 +534,7 @@ pub async fn freshness(
         observed_at: format_unix_ms(now),
     }))
 }
+
+#[cfg(test)]
+#[path = "queries_tests.rs"]
+mod tests;

@@ -12,9 +12,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 use sqlx::Row;
 
+use super::super::answers::{AlertEvent, RecurrenceGroup, RecurrenceRow};
 use super::super::plan::{GroupRuns, RunView};
-use super::super::queries::{page_group, page_query, EVENT_JSON};
-use super::{AlertEvent, RecurrenceGroup, RecurrenceRow};
+use super::{page_group, page_query, EVENT_JSON};
 
 /// Any text: any script, quotes, backslashes, control characters (NUL included).
 fn text() -> impl Strategy<Value = String> {
