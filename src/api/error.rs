@@ -23,18 +23,23 @@ pub struct ErrorBody {
     pub message: String,
     /// The offending parameter (422 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub parameter: Option<String>,
     /// The accepted form (422 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub expected: Option<String>,
     /// The stream that has not reached the requested sequence (503 `behind` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub stream: Option<String>,
     /// Where that stream's projection stands (503 `behind` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub checkpoint: Option<u64>,
     /// The sequence asked for (503 `behind` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub wanted: Option<u64>,
 }
 

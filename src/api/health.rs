@@ -154,17 +154,21 @@ pub struct Lag {
     pub stream: &'static str,
     /// Last committed sequence.
     pub checkpoint: u64,
-    /// Last sequence in the stream (`null` when the stream could not be read).
+    /// Last sequence in the stream; null when the stream could not be read.
     pub stream_last_seq: Option<u64>,
-    /// First sequence the stream still holds (retention drops older ones).
+    /// First sequence the stream still holds (retention drops older ones); null when the
+    /// stream could not be read.
     pub stream_first_seq: Option<u64>,
-    /// Messages the stream holds after the checkpoint: what is left to project.
+    /// Messages the stream holds after the checkpoint: what is left to project; null when
+    /// the stream could not be read.
     pub lag: Option<u64>,
     /// Messages projected per second lately (absent where not sampled).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub rate_per_sec: Option<u64>,
     /// At that rate, seconds until the lag is 0 (absent when caught up or not moving).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub eta_secs: Option<u64>,
     /// JetStream answered that the stream does not exist (rather than not answering).
     #[serde(skip)]

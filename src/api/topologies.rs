@@ -168,10 +168,12 @@ pub struct Enqueued {
     /// True when the Idempotency-Key (or the bus's duplicate window) had seen it; absent
     /// otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub duplicate: Option<bool>,
     /// With `?wait=true`: whether this replica projected it within --mutation-wait-ms;
     /// absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub projected: Option<bool>,
 }
 

@@ -389,6 +389,7 @@ pub struct Recent {
 pub struct CoverageRow {
     /// The provider; absent in the summary, which covers them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub provider: Option<String>,
     /// Events.
     pub total: i64,
@@ -404,6 +405,7 @@ pub struct CoverageRow {
     pub latest_received_at: Option<String>,
     /// Providers seen; in the summary only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub providers: Option<usize>,
 }
 

@@ -201,7 +201,7 @@ pub struct AmAlert {
     /// When it started (RFC 3339, at most 64 characters).
     #[schema(format = DateTime, max_length = 64)]
     starts_at: String,
-    /// Its source, if any.
+    /// Its source; absent or null when Alertmanager names none.
     #[serde(default, rename = "generatorURL")]
     generator_url: Option<String>,
     /// Alertmanager's fingerprint (required): 1 to 64 visible ASCII characters.

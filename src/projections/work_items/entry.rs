@@ -131,6 +131,7 @@ pub struct WorkItemEntry {
     pub plan: WorkItemPlan,
     /// Handoffs only: ticket_proposal or manual_takeover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub handoff_kind: Option<String>,
     /// Handoffs only: the dry-run it rests on (null when the publisher named none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,5 +139,6 @@ pub struct WorkItemEntry {
     pub dry_run_entry_id: Option<Option<String>>,
     /// Handoffs only: the drafted ticket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub ticket: Option<DraftTicket>,
 }
