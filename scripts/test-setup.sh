@@ -63,7 +63,7 @@ st_version=$(run "$py" -I "$(dirname "$py")/schemathesis" --version 2>&1 || true
 check "schemathesis as api-fuzz.sh runs it is the pinned $pinned_st, not the decoy" \
   test "$st_version" = "schemathesis, version $pinned_st"
 check "the api-fuzz script runs schemathesis that way" \
-  grep -q '"$py" -I "$venv_bin/schemathesis" run' scripts/api-fuzz.sh
+  grep -q '"$py" -I "$venv_bin/schemathesis" --config-file' scripts/api-fuzz.sh
 pinned_opc=$(sed -n 's/^openapi-python-client==//p' scripts/py-tools.txt)
 opc_version=$(run "$py" -I "$(dirname "$py")/openapi-python-client" --version 2>&1 || true)
 check "openapi-python-client beside that Python is the pinned $pinned_opc" \

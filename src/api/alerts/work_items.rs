@@ -40,7 +40,7 @@ pub struct WorkItemPreview {
     /// The work item.
     pub work_item: WorkItem,
     /// Its group, as /alerts/recurrence lists it (rendered by SQLite with the page; the
-    /// property tests of `answers` hold it to [`super::answers::RecurrenceGroup`]).
+    /// queries' property tests hold it to [`super::answers::RecurrenceGroup`]).
     #[schema(value_type = super::answers::RecurrenceGroup)]
     pub group: Box<RawValue>,
     /// The proposed next step and its checks.
