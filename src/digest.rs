@@ -15,7 +15,6 @@ use anyhow::Context;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
@@ -61,6 +60,16 @@ pub struct TableDigest {
     pub sha256: String,
 }
 
+impl TableDigest {
+    fn new(table: &str, rows: u64, sha256: String) -> Self {
+        Self {
+            table: table.to_owned(),
+            rows,
+            sha256,
+        }
+    }
+}
+
 /// Tables more than one read model writes (hashed once, on their own).
 const SHARED: [Table; 1] = [Table::keyed("workloads", "workload_id")];
 
@@ -70,7 +79,7 @@ pub async fn digest(
     path: &Path,
     read_models: &[ReadModel],
     retention: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Digest> {
     let path: PathBuf = path.to_owned();
     let read_models = read_models.to_vec();
     tokio::task::spawn_blocking(move || digest_blocking(&path, &read_models, retention))
@@ -82,7 +91,7 @@ fn digest_blocking(
     path: &Path,
     read_models: &[ReadModel],
     retention: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Digest> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -109,7 +118,7 @@ fn digest_blocking(
         for table in tables.iter() {
             let (rows, sha) = hash_table(&conn, table, retention_ms)?;
             all.update(sha.as_bytes());
-            hashed.push(json!({"table": table.name, "rows": rows, "sha256": sha}));
+            hashed.push(TableDigest::new(table.name, rows, sha));
         }
         // Without `id`: an insertion counter, not part of what was projected.
         let (rows, sha) = hash_query(
@@ -119,21 +128,24 @@ fn digest_blocking(
             rusqlite::params![stream.name],
         )?;
         all.update(sha.as_bytes());
-        hashed.push(json!({"table": "dead_letters", "rows": rows, "sha256": sha}));
-        models.push(json!({
-            "stream": stream.name,
-            "checkpoint": checkpoint,
-            "sha256": hex(&all.finalize()),
-            "tables": hashed,
-        }));
+        hashed.push(TableDigest::new("dead_letters", rows, sha));
+        models.push(ModelDigest {
+            stream: stream.name.to_owned(),
+            checkpoint,
+            sha256: hex(&all.finalize()),
+            tables: hashed,
+        });
     }
     let mut shared = Vec::new();
     for table in &SHARED {
         let (rows, sha) = hash_table(&conn, table, retention_ms)?;
-        shared.push(json!({"table": table.name, "rows": rows, "sha256": sha}));
+        shared.push(TableDigest::new(table.name, rows, sha));
     }
     conn.execute_batch("COMMIT")?;
-    Ok(json!({"read_models": models, "shared": shared}))
+    Ok(Digest {
+        read_models: models,
+        shared,
+    })
 }
 
 fn hash_table(
@@ -235,8 +247,9 @@ mod tests {
         path
     }
 
-    fn digest_of(path: &Path) -> Value {
-        digest_blocking(path, &[(RESULTS, &TABLES)], Duration::from_secs(60)).unwrap()
+    fn digest_of(path: &Path) -> serde_json::Value {
+        let digest = digest_blocking(path, &[(RESULTS, &TABLES)], Duration::from_secs(60));
+        serde_json::to_value(digest.unwrap()).unwrap()
     }
 
     #[test]

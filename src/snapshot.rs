@@ -124,7 +124,8 @@ pub(crate) async fn describe(
     let digest = digest::digest(path, read_models, retention)
         .await
         .context("digesting")?;
-    Ok((schema, checkpoints, digest))
+    // Recorded and compared as JSON: snapshots and backups of earlier releases hold it so.
+    Ok((schema, checkpoints, serde_json::to_value(digest)?))
 }
 
 /// The bucket, created (compressed, `replicas` copies) when missing.

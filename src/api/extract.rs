@@ -138,14 +138,14 @@ impl Params {
     pub fn window_start(&self) -> ApiResult<i64> {
         const FORM: &str = "one unit (s, m, h or d) such as 30m or 2h, or hours, minutes and \
                             seconds in that order such as 1h30m; greater than 0 and at most 24h";
-        static FORMS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-        let forms = FORMS.get_or_init(|| {
+        // A constant pattern, compiled once; a unit test compiles it too.
+        static FORMS: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
             regex::Regex::new(WINDOW_PATTERN).expect("WINDOW_PATTERN is a valid regex")
         });
         let w = match self.get("window")? {
             None => Duration::from_secs(2 * 3_600),
             Some(s) => Some(s)
-                .filter(|s| forms.is_match(s))
+                .filter(|s| FORMS.is_match(s))
                 .and_then(|s| parse_duration(s).ok())
                 .ok_or_else(|| ApiError::invalid("window", FORM))?,
         };
