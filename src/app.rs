@@ -22,7 +22,7 @@ use crate::db::{self, Db};
 use crate::digest::ReadModel;
 use crate::live::Hub;
 use crate::projections::{self, heartbeats, results};
-use crate::projector::{load_checkpoint, Progress};
+use crate::projector::{load_checkpoint, prune, Progress};
 use crate::token::Authenticator;
 use futures::future::BoxFuture;
 
@@ -104,6 +104,7 @@ impl Application {
             .map(|p| p.run(cancel.clone()))
             .collect();
         let refusal = Arc::default();
+        let pruning: Arc<prune::Report> = Arc::default();
         let mut background = vec![
             tokio::spawn(supervise(
                 js.clone(),
@@ -116,6 +117,14 @@ impl Application {
             tokio::spawn(prune_samples_forever(
                 db.writer.clone(),
                 config.fleet.sample_retention,
+                cancel.clone(),
+            )),
+            tokio::spawn(prune::prune_forever(
+                db.writer.clone(),
+                db.readers.clone(),
+                read_models.to_vec(),
+                config.retention,
+                Arc::clone(&pruning),
                 cancel.clone(),
             )),
         ];
@@ -144,7 +153,7 @@ impl Application {
                 js.clone(),
                 snapshots,
                 Arc::clone(&read_models),
-                config.fleet.sample_retention,
+                config.retention,
                 cancel.clone(),
             )));
         }
@@ -181,6 +190,8 @@ impl Application {
             mutation_wait: config.mutation_wait,
             alert_stale_after: config.alert_stale_after,
             fleet: Arc::new(config.fleet.clone()),
+            retention: config.retention,
+            pruning: Arc::clone(&pruning),
             bus_view: Arc::default(),
             shutdown: cancel.clone(),
             stopping: stop.clone(),

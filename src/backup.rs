@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::digest::ReadModel;
+use crate::retention::Retention;
 use crate::snapshot::{describe, open_pool, scratch_dir, vacuum_into};
 
 /// What a backup holds, as `orrery backup` and `orrery restore` print it.
@@ -40,12 +41,12 @@ pub struct BackupInfo {
 pub struct Refused(String);
 
 /// Copies the database at `database` (a serving daemon may keep writing it) to `file`,
-/// with its schema version, digest and sample retention recorded inside.
+/// with its schema version, digest and retention recorded inside.
 pub async fn backup(
     database: &Path,
     file: &Path,
     read_models: &[ReadModel],
-    retention: Duration,
+    retention: Retention,
 ) -> anyhow::Result<BackupInfo> {
     let started = Instant::now();
     if !database.is_file() {
@@ -74,7 +75,11 @@ pub async fn backup(
         for (key, value) in [
             ("schema_version", schema_version.to_string()),
             ("digest", digest.to_string()),
-            ("sample_retention_ms", retention.as_millis().to_string()),
+            (
+                "sample_retention_ms",
+                retention.samples.as_millis().to_string(),
+            ),
+            ("retention", retention.encode()),
             ("release", env!("CARGO_PKG_VERSION").to_owned()),
         ] {
             sqlx::query("INSERT INTO _orrery_backup (key, value) VALUES (?, ?)")
@@ -167,7 +172,18 @@ pub async fn restore(
             file.display()
         ))
     })?;
-    let retention = Duration::from_millis(field("sample_retention_ms")?.parse().unwrap_or(0));
+    // A backup made before every read model had a retention records samples' alone.
+    let retention = match field("retention") {
+        Ok(line) => Retention::decode(&line).map_err(|e| {
+            Refused(format!(
+                "{}: the recorded retention is unreadable: {e}",
+                file.display()
+            ))
+        })?,
+        Err(_) => Retention::keep_all(Duration::from_millis(
+            field("sample_retention_ms")?.parse().unwrap_or(0),
+        )),
+    };
     let (schema_version, checkpoints, digest) = describe(&copy, read_models, retention).await?;
     if schema_version != recorded_schema || digest != recorded {
         bail!(Refused(format!(

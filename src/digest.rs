@@ -19,7 +19,8 @@ use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
 use crate::bus::streams::StreamSpec;
-use crate::projector::Table;
+use crate::projector::{Table, Window};
+use crate::retention::{Class, Retention};
 
 /// What the digest covers of one read model: its stream and its tables.
 pub type ReadModel = (StreamSpec, &'static [Table]);
@@ -74,11 +75,11 @@ impl TableDigest {
 const SHARED: [Table; 1] = [Table::keyed("workloads", "workload_id")];
 
 /// The digest of every read model in `read_models`, in that order, of the database file at
-/// `path`, with samples kept for `retention` (see [`Table::window`]).
+/// `path`, of the rows `retention` keeps (see [`Table::window`]).
 pub async fn digest(
     path: &Path,
     read_models: &[ReadModel],
-    retention: Duration,
+    retention: Retention,
 ) -> anyhow::Result<Digest> {
     let path: PathBuf = path.to_owned();
     let read_models = read_models.to_vec();
@@ -90,7 +91,7 @@ pub async fn digest(
 fn digest_blocking(
     path: &Path,
     read_models: &[ReadModel],
-    retention: Duration,
+    retention: Retention,
 ) -> anyhow::Result<Digest> {
     let conn = Connection::open_with_flags(
         path,
@@ -98,25 +99,35 @@ fn digest_blocking(
     )
     .with_context(|| format!("opening {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let retention_ms = retention.as_millis() as i64;
     // One read transaction: the rows and the checkpoints belong together.
     conn.execute_batch("BEGIN")?;
+    // A copy made before retention (schema 10 or older: a snapshot or backup being
+    // verified before it is migrated) has no mark; it kept everything anyway.
+    let marked: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('checkpoints') \
+         WHERE name = 'high_water_ms')",
+        [],
+        |r| r.get(0),
+    )?;
+    let checkpoint_sql = if marked {
+        "SELECT last_seq, high_water_ms FROM checkpoints WHERE stream = ?1"
+    } else {
+        "SELECT last_seq, 0 FROM checkpoints WHERE stream = ?1"
+    };
     let mut models = Vec::with_capacity(read_models.len());
     for (stream, tables) in read_models {
-        let checkpoint: i64 = conn
-            .query_row(
-                "SELECT last_seq FROM checkpoints WHERE stream = ?1",
-                [stream.name],
-                |r| r.get(0),
-            )
+        let (checkpoint, high_water): (i64, i64) = conn
+            .query_row(checkpoint_sql, [stream.name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(0),
+                rusqlite::Error::QueryReturnedNoRows => Ok((0, 0)),
                 e => Err(e),
             })?;
         let mut all = Sha256::new();
         let mut hashed = Vec::with_capacity(tables.len() + 1);
         for table in tables.iter() {
-            let (rows, sha) = hash_table(&conn, table, retention_ms)?;
+            let (rows, sha) = hash_table(&conn, table, &retention, high_water)?;
             all.update(sha.as_bytes());
             hashed.push(TableDigest::new(table.name, rows, sha));
         }
@@ -124,8 +135,13 @@ fn digest_blocking(
         let (rows, sha) = hash_query(
             &conn,
             "SELECT stream, seq, subject, reason, payload, received_at FROM dead_letters \
-             WHERE stream = ?1 ORDER BY seq",
-            rusqlite::params![stream.name],
+             WHERE stream = ?1 AND received_at >= ?2 ORDER BY seq",
+            rusqlite::params![
+                stream.name,
+                retention
+                    .cutoff(Class::DeadLetters, high_water)
+                    .unwrap_or(i64::MIN)
+            ],
         )?;
         all.update(sha.as_bytes());
         hashed.push(TableDigest::new("dead_letters", rows, sha));
@@ -138,7 +154,7 @@ fn digest_blocking(
     }
     let mut shared = Vec::new();
     for table in &SHARED {
-        let (rows, sha) = hash_table(&conn, table, retention_ms)?;
+        let (rows, sha) = hash_table(&conn, table, &retention, 0)?;
         shared.push(TableDigest::new(table.name, rows, sha));
     }
     conn.execute_batch("COMMIT")?;
@@ -148,20 +164,33 @@ fn digest_blocking(
     })
 }
 
+/// Hashes the rows of `table` that `retention` keeps once its stream reached `high_water`.
 fn hash_table(
     conn: &Connection,
     table: &Table,
-    retention_ms: i64,
+    retention: &Retention,
+    high_water: i64,
 ) -> anyhow::Result<(u64, String)> {
+    let (condition, param) = match table.window {
+        Some(Window::Samples(condition)) => (
+            Some(condition),
+            i64::try_from(retention.samples.as_millis()).unwrap_or(i64::MAX),
+        ),
+        Some(Window::Kept { class, keep, .. }) => match retention.cutoff(class, high_water) {
+            Some(cutoff) => (Some(keep), cutoff),
+            None => (None, 0),
+        },
+        None => (None, 0),
+    };
     // Names come from code, never from input.
-    match table.window {
-        Some(window) => hash_query(
+    match condition {
+        Some(condition) => hash_query(
             conn,
             &format!(
-                "SELECT * FROM {} WHERE {window} ORDER BY {}",
+                "SELECT * FROM {} WHERE {condition} ORDER BY {}",
                 table.name, table.key
             ),
-            rusqlite::params![retention_ms],
+            rusqlite::params![param],
         ),
         None => hash_query(
             conn,
@@ -232,12 +261,13 @@ mod tests {
         let path = dir.join(name);
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
-            "CREATE TABLE checkpoints (stream TEXT PRIMARY KEY, last_seq INTEGER);
+            "CREATE TABLE checkpoints (stream TEXT PRIMARY KEY, last_seq INTEGER,
+                 high_water_ms INTEGER);
              CREATE TABLE dead_letters (id INTEGER PRIMARY KEY, stream TEXT, seq INTEGER,
                  subject TEXT, reason TEXT, payload BLOB, received_at INTEGER);
              CREATE TABLE workloads (workload_id TEXT PRIMARY KEY);
              CREATE TABLE t (k TEXT PRIMARY KEY, v);
-             INSERT INTO checkpoints VALUES ('RESULTS', 7);",
+             INSERT INTO checkpoints VALUES ('RESULTS', 7, 0);",
         )
         .unwrap();
         for (k, v) in rows {
@@ -248,7 +278,11 @@ mod tests {
     }
 
     fn digest_of(path: &Path) -> serde_json::Value {
-        let digest = digest_blocking(path, &[(RESULTS, &TABLES)], Duration::from_secs(60));
+        let digest = digest_blocking(
+            path,
+            &[(RESULTS, &TABLES)],
+            Retention::keep_all(Duration::from_secs(60)),
+        );
         serde_json::to_value(digest.unwrap()).unwrap()
     }
 

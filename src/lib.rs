@@ -20,6 +20,7 @@
 //! - [`projector`]: the engine: batch → one transaction with the checkpoint → commit.
 //! - [`rebuild`]: `orrery rebuild`, resetting read models and replaying them.
 //! - [`redact`]: secret redaction for alert text.
+//! - [`retention`]: how long each read model keeps its rows, by event time.
 //! - [`secret`]: a value that never shows in logs (passwords, seeds, signing keys).
 //! - [`snapshot`]: database snapshots in a JetStream object store, for fresh replicas.
 //! - [`sync`]: locks that outlive a panic elsewhere.
@@ -41,6 +42,7 @@ pub mod projections;
 pub mod projector;
 pub mod rebuild;
 pub mod redact;
+pub mod retention;
 pub mod secret;
 pub mod snapshot;
 pub mod sync;

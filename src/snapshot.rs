@@ -24,6 +24,7 @@ use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
 use crate::digest::{self, ReadModel};
+use crate::retention::Retention;
 
 /// Every snapshot object's name starts with this.
 const PREFIX: &str = "orrery-";
@@ -31,6 +32,9 @@ const PREFIX: &str = "orrery-";
 const META_SCHEMA: &str = "orrery-schema";
 const META_DIGEST: &str = "orrery-digest";
 const META_RETENTION: &str = "orrery-sample-retention-ms";
+/// Every read model's retention ([`Retention::encode`]); absent from snapshots made before
+/// read models other than samples had one.
+const META_RETENTIONS: &str = "orrery-retention";
 /// How long `serve` waits for the bus before giving up on a restore and replaying instead.
 pub const RESTORE_WAIT: Duration = Duration::from_secs(30);
 
@@ -99,7 +103,7 @@ pub(crate) async fn open_pool(path: &Path, read_only: bool) -> anyhow::Result<Sq
 pub(crate) async fn describe(
     path: &Path,
     read_models: &[ReadModel],
-    retention: Duration,
+    retention: Retention,
 ) -> anyhow::Result<(i64, BTreeMap<String, u64>, Value)> {
     let pool = open_pool(path, true).await?;
     let described = async {
@@ -154,7 +158,7 @@ pub async fn take(
     js: &jetstream::Context,
     config: &SnapshotConfig,
     read_models: &[ReadModel],
-    retention: Duration,
+    retention: Retention,
 ) -> anyhow::Result<SnapshotInfo> {
     let started = Instant::now();
     if !database.exists() {
@@ -172,7 +176,11 @@ pub async fn take(
     let metadata = HashMap::from([
         (META_SCHEMA.to_owned(), schema_version.to_string()),
         (META_DIGEST.to_owned(), digest.to_string()),
-        (META_RETENTION.to_owned(), retention.as_millis().to_string()),
+        (
+            META_RETENTION.to_owned(),
+            retention.samples.as_millis().to_string(),
+        ),
+        (META_RETENTIONS.to_owned(), retention.encode()),
     ]);
     store
         .put(
@@ -314,12 +322,15 @@ async fn restore_one(
         .get(META_DIGEST)
         .and_then(|v| serde_json::from_str(v).ok())
         .context("no digest recorded")?;
-    let retention = info
-        .metadata
-        .get(META_RETENTION)
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis)
-        .context("no sample retention recorded")?;
+    let retention = match info.metadata.get(META_RETENTIONS) {
+        Some(line) => Retention::decode(line).context("the recorded retention")?,
+        None => info
+            .metadata
+            .get(META_RETENTION)
+            .and_then(|v| v.parse().ok())
+            .map(|ms| Retention::keep_all(Duration::from_millis(ms)))
+            .context("no sample retention recorded")?,
+    };
 
     let dir = scratch_dir(database)?;
     let copy = dir.path().join("restore.db");
@@ -365,7 +376,7 @@ pub async fn take_forever(
     js: jetstream::Context,
     config: SnapshotConfig,
     read_models: std::sync::Arc<[ReadModel]>,
-    retention: Duration,
+    retention: Retention,
     cancel: CancellationToken,
 ) {
     loop {

@@ -66,6 +66,8 @@ pub struct Scrape {
     pub sse_snapshot_loads: u64,
     /// Durations windows' merged hours and start hours read from SQLite.
     pub durations_reads: u64,
+    /// Per read model, what the pruner last saw.
+    pub retention: Vec<crate::projector::prune::ModelReport>,
 }
 
 impl Telemetry {
@@ -297,6 +299,39 @@ impl Collector for Scrape {
             "orrery_durations_cache_reads",
             "Parts of /results/durations windows (merged whole hours, a window's start hour) read from SQLite rather than memory.",
             ConstCounter::new(self.durations_reads),
+        )?;
+        let r = &self.retention;
+        family(
+            &mut e,
+            "orrery_retention_seconds",
+            "How long a read model keeps its rows, by event time (absent: for ever).",
+            MetricType::Gauge,
+            r.iter()
+                .filter_map(|m| Some((m.stream, ConstGauge::new(m.retention_secs? as i64)))),
+        )?;
+        family(
+            &mut e,
+            "orrery_retention_oldest_kept_timestamp_seconds",
+            "Event time of the oldest row a read model holds, Unix seconds (absent: it holds none).",
+            MetricType::Gauge,
+            r.iter()
+                .filter_map(|m| Some((m.stream, ConstGauge::new(m.oldest_ms?.div_euclid(1000))))),
+        )?;
+        family(
+            &mut e,
+            "orrery_retention_cutoff_timestamp_seconds",
+            "Rows of a read model with an event time before this are past its retention, Unix seconds.",
+            MetricType::Gauge,
+            r.iter()
+                .filter_map(|m| Some((m.stream, ConstGauge::new(m.cutoff_ms?.div_euclid(1000))))),
+        )?;
+        family(
+            &mut e,
+            "orrery_retention_pruned_rows",
+            "Rows the pruner deleted since the daemon started.",
+            MetricType::Counter,
+            r.iter()
+                .map(|m| (m.stream, ConstCounter::new(m.pruned_rows))),
         )
     }
 }

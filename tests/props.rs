@@ -120,7 +120,7 @@ proptest! {
             for (id, data) in events {
                 let body = orrery::bus::envelope::encode(&id, "alert", "alertmanager",
                     "2026-11-30T10:00:00Z", &data);
-                let decoded = AlertsProjection.decode(&message("alert.alertmanager.shop", &body));
+                let decoded = AlertsProjection::default().decode(&message("alert.alertmanager.shop", &body));
                 prop_assert!(decoded.is_ok(), "{:?} for {}", decoded.err(), data);
             }
         }
@@ -138,7 +138,7 @@ proptest! {
         if let Err(reason) = HeartbeatsProjection.decode(&msg) {
             prop_assert!(!reason.is_empty());
         }
-        if let Err(reason) = AlertsProjection.decode(&msg) {
+        if let Err(reason) = AlertsProjection::default().decode(&msg) {
             prop_assert!(!reason.is_empty());
         }
         if let Err(reason) = TopologyProjection::new(hub).decode(&msg) {

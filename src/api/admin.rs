@@ -15,12 +15,8 @@ pub async fn digest(
     State(state): State<AppState>,
 ) -> ApiResult<Json<crate::digest::Digest>> {
     let options = state.db.readers.connect_options();
-    let digest = crate::digest::digest(
-        options.get_filename(),
-        &state.read_models,
-        state.fleet.sample_retention,
-    )
-    .await
-    .map_err(ApiError::Internal)?;
+    let digest = crate::digest::digest(options.get_filename(), &state.read_models, state.retention)
+        .await
+        .map_err(ApiError::Internal)?;
     Ok(Json(digest))
 }

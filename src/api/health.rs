@@ -53,6 +53,39 @@ pub struct Ready {
     pub projections: Vec<Lag>,
     /// Gaps, reported (they do not fail readiness).
     pub gaps: Vec<GapReport>,
+    /// Per read model, its retention and the oldest event it keeps (empty until the pruner's
+    /// first pass, a moment after start).
+    pub retention: Vec<RetentionReport>,
+}
+
+/// How far back a read model reaches.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionReport {
+    /// Its stream.
+    #[schema(value_type = String)]
+    pub stream: &'static str,
+    /// How long it keeps rows, by event time; null: for ever.
+    pub retention_secs: Option<u64>,
+    /// Event time of the oldest row it holds; null: it holds none.
+    pub oldest_kept_at: Option<String>,
+    /// Rows with an event time before this are past the retention (the bus's newest publish
+    /// time minus the retention, never this replica's clock); null: kept for ever.
+    pub cutoff_at: Option<String>,
+    /// Rows pruned since the daemon started.
+    pub pruned_rows: u64,
+}
+
+impl From<crate::projector::prune::ModelReport> for RetentionReport {
+    fn from(m: crate::projector::prune::ModelReport) -> Self {
+        Self {
+            stream: m.stream,
+            retention_secs: m.retention_secs,
+            oldest_kept_at: m.oldest_ms.map(format_unix_ms),
+            cutoff_at: m.cutoff_ms.map(format_unix_ms),
+            pruned_rows: m.pruned_rows,
+        }
+    }
 }
 
 /// A range a stream no longer held when the projection reached it.
@@ -325,6 +358,21 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             stream: g.stream,
         })
         .collect();
+    // Read after the rest: a failure here is a reason like any other.
+    let retention = match crate::projector::prune::survey(
+        &state.db.readers,
+        &state.read_models,
+        &state.retention,
+        &state.pruning,
+    )
+    .await
+    {
+        Ok(models) => models.into_iter().map(Into::into).collect(),
+        Err(e) => {
+            reasons.push(format!("database: reading retention: {e}"));
+            Vec::new()
+        }
+    };
     let (status, word) = if reasons.is_empty() {
         (StatusCode::OK, "ready")
     } else {
@@ -337,6 +385,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
             reasons,
             projections,
             gaps,
+            retention,
         }),
     )
 }

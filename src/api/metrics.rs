@@ -53,6 +53,15 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         sse_resyncs: state.sse_counters.resyncs.load(Ordering::Relaxed),
         sse_snapshot_loads: state.hub.view_loads(),
         durations_reads: state.durations.reads(),
+        // Left out (rather than reported as nothing) when the database cannot be read.
+        retention: crate::projector::prune::survey(
+            &state.db.readers,
+            &state.read_models,
+            &state.retention,
+            &state.pruning,
+        )
+        .await
+        .unwrap_or_default(),
     };
     (
         [(header::CONTENT_TYPE, OPENMETRICS)],

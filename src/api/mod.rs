@@ -79,6 +79,10 @@ pub struct AppState {
     pub alert_stale_after: Duration,
     /// Fleet health settings.
     pub fleet: Arc<crate::config::FleetConfig>,
+    /// How long each read model keeps its rows.
+    pub retention: crate::retention::Retention,
+    /// What the pruner last saw, per read model.
+    pub pruning: Arc<crate::projector::prune::Report>,
     /// Recent JetStream facts for fleet health.
     pub bus_view: Arc<health::BusView>,
     /// Fires at shutdown; open streams end on it.

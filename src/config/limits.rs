@@ -5,7 +5,46 @@ use std::time::Duration;
 
 use super::{bounded, names, FleetConfig, Settings, SseConfig, MONTH_SECS};
 
+/// The longest retention a read model takes: ten years.
+const MAX_RETENTION_SECS: u64 = 3_650 * 86_400;
+
 impl Settings {
+    /// How long each read model keeps its rows (0: for ever).
+    pub(super) fn retention(&self) -> anyhow::Result<crate::retention::Retention> {
+        let defaults = crate::retention::Retention::default();
+        let secs = |flag: &str, value: Option<u64>, default: Duration| {
+            bounded(flag, value, default.as_secs(), 0, MAX_RETENTION_SECS).map(Duration::from_secs)
+        };
+        Ok(crate::retention::Retention {
+            results: secs(
+                "results-retention-secs",
+                self.results_retention_secs,
+                defaults.results,
+            )?,
+            alerts: secs(
+                "alerts-retention-secs",
+                self.alerts_retention_secs,
+                defaults.alerts,
+            )?,
+            mutations: secs(
+                "mutations-retention-secs",
+                self.mutations_retention_secs,
+                defaults.mutations,
+            )?,
+            dead_letters: secs(
+                "dead-letters-retention-secs",
+                self.dead_letters_retention_secs,
+                defaults.dead_letters,
+            )?,
+            work_items: secs(
+                "work-items-retention-secs",
+                self.work_items_retention_secs,
+                defaults.work_items,
+            )?,
+            samples: self.fleet()?.sample_retention,
+        })
+    }
+
     /// The live stream's limits and timing.
     pub(super) fn sse(&self) -> anyhow::Result<SseConfig> {
         Ok(SseConfig {

@@ -236,6 +236,27 @@ settings! {
     #[arg(long, env = "ORRERY_DEPLOY_HISTORY_KEEP")]
     deploy_history_keep: u32,
 
+    /// Execution results (and their per-minute counts and durations) older than this are
+    /// pruned, in seconds of event time; 0 keeps them for ever [default: 2592000].
+    #[arg(long, env = "ORRERY_RESULTS_RETENTION_SECS")]
+    results_retention_secs: u64,
+    /// Alert events, their dedupe keys and recurrence groups last seen longer ago than this
+    /// are pruned, in seconds; 0 keeps them for ever [default: 7776000].
+    #[arg(long, env = "ORRERY_ALERTS_RETENTION_SECS")]
+    alerts_retention_secs: u64,
+    /// Applied or failed topology mutations older than this are pruned, in seconds; 0 keeps
+    /// them for ever (topologies and pending mutations are never pruned) [default: 2592000].
+    #[arg(long, env = "ORRERY_MUTATIONS_RETENTION_SECS")]
+    mutations_retention_secs: u64,
+    /// Dead letters older than this are pruned, in seconds; 0 keeps them for ever
+    /// [default: 2592000].
+    #[arg(long, env = "ORRERY_DEAD_LETTERS_RETENTION_SECS")]
+    dead_letters_retention_secs: u64,
+    /// Work-item dry-run and handoff history older than this is pruned, in seconds; 0 keeps
+    /// it for ever [default: 31536000].
+    #[arg(long, env = "ORRERY_WORK_ITEMS_RETENTION_SECS")]
+    work_items_retention_secs: u64,
+
     /// Log format: `text` or `json` [default: text]. Levels follow RUST_LOG.
     #[arg(long, env = "ORRERY_LOG_FORMAT")]
     log_format: String,
@@ -283,6 +304,8 @@ pub struct Config {
     pub alert_stale_after: Duration,
     /// Fleet health settings.
     pub fleet: FleetConfig,
+    /// How long each read model keeps its rows.
+    pub retention: crate::retention::Retention,
     /// `true` for JSON logs.
     pub log_json: bool,
 }
@@ -442,6 +465,7 @@ impl Settings {
                 MONTH_SECS,
             )?),
             fleet: self.fleet()?,
+            retention: self.retention()?,
             log_json: self.log_json()?,
         })
     }

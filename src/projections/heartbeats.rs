@@ -13,7 +13,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::projections::workloads;
-use crate::projector::{Message, Projection, Table};
+use crate::projector::{Message, Projection, Table, Window};
 
 /// Longest hostname, version, container id or role.
 pub const MAX_FIELD_LEN: usize = 256;
@@ -318,12 +318,16 @@ impl Projection for HeartbeatsProjection {
             Table {
                 name: "system_stats_samples",
                 key: "seq",
-                window: Some("at >= (SELECT MAX(at) FROM system_stats_samples) - ?1"),
+                window: Some(Window::Samples(
+                    "at >= (SELECT MAX(at) FROM system_stats_samples) - ?1",
+                )),
             },
             Table {
                 name: "container_stats_samples",
                 key: "seq, idx",
-                window: Some("at >= (SELECT MAX(at) FROM container_stats_samples) - ?1"),
+                window: Some(Window::Samples(
+                    "at >= (SELECT MAX(at) FROM container_stats_samples) - ?1",
+                )),
             },
         ];
         TABLES

@@ -44,7 +44,12 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
             durations: Arc::clone(&listeners.durations),
         }),
         Box::new(TopologyProjection::new(Arc::clone(&listeners.hub))),
-        Box::new(AlertsProjection),
+        Box::new(AlertsProjection {
+            retention_ms: config
+                .retention
+                .of(crate::retention::Class::Alerts)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        }),
         Box::new(HeartbeatsProjection),
         Box::new(WorkItemsProjection),
     ]

@@ -13,6 +13,7 @@ use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::live::{self, Hub, LiveEvent};
 use crate::projector::{Message, Projection, Table};
+use crate::retention::Class;
 use crate::window::format_unix_ms;
 
 /// Lifecycle states of a mutation.
@@ -298,7 +299,16 @@ impl Projection for TopologyProjection {
     fn tables(&self) -> &'static [Table] {
         const TABLES: &[Table] = &[
             Table::keyed("topologies", "id"),
-            Table::keyed("topology_mutations", "topology_id, mutation_id"),
+            // Only finished mutations leave: a topology's pending work is its current state.
+            Table::kept(
+                "topology_mutations",
+                "topology_id, mutation_id",
+                Class::Mutations,
+                "state NOT IN ('applied', 'failed') OR updated_at >= ?1",
+                "DELETE FROM topology_mutations WHERE rowid IN (SELECT rowid \
+                 FROM topology_mutations WHERE state IN ('applied', 'failed') \
+                 AND updated_at < ?1 LIMIT ?2)",
+            ),
         ];
         TABLES
     }

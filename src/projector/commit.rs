@@ -122,14 +122,19 @@ async fn commit<P: Projection>(
         .await?;
     }
     let last = batch.last();
+    // Every message counts, dead letters too: the mark depends on the stream alone.
+    let high_water = batch.metas.iter().map(|m| m.published_ms).max();
     sqlx::query(
-        "INSERT INTO checkpoints (stream, last_seq, updated_at) VALUES (?, ?, ?) \
+        "INSERT INTO checkpoints (stream, last_seq, updated_at, high_water_ms) \
+         VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (stream) DO UPDATE SET last_seq = excluded.last_seq, \
-         updated_at = excluded.updated_at",
+         updated_at = excluded.updated_at, \
+         high_water_ms = MAX(checkpoints.high_water_ms, excluded.high_water_ms)",
     )
     .bind(stream)
     .bind(last.seq as i64)
     .bind(last.published_ms)
+    .bind(high_water.unwrap_or(last.published_ms))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

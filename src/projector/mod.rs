@@ -13,6 +13,7 @@
 mod any;
 mod commit;
 mod error;
+pub mod prune;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::streams::StreamSpec;
+pub use crate::retention::Window;
 use crate::window::to_unix_ms;
 pub use any::{AnyProjection, Drive};
 use commit::commit_task;
@@ -64,9 +66,9 @@ pub struct Table {
     pub name: &'static str,
     /// The `ORDER BY` of its key.
     pub key: &'static str,
-    /// For tables pruned by the clock (so that replicas differ for a while in their oldest
-    /// rows): the rows hashed, as a condition where `?1` is the retention in ms.
-    pub window: Option<&'static str>,
+    /// For tables with a retention (so that replicas differ for a while in their oldest
+    /// rows, until each one's pruner gets to them): which rows are hashed and pruned.
+    pub window: Option<Window>,
 }
 
 impl Table {
@@ -76,6 +78,21 @@ impl Table {
             name,
             key,
             window: None,
+        }
+    }
+
+    /// A table of a read model with a retention: `keep` and `prune` as in [`Window::Kept`].
+    pub const fn kept(
+        name: &'static str,
+        key: &'static str,
+        class: crate::retention::Class,
+        keep: &'static str,
+        prune: &'static str,
+    ) -> Self {
+        Self {
+            name,
+            key,
+            window: Some(Window::Kept { class, keep, prune }),
         }
     }
 }

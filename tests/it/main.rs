@@ -20,6 +20,7 @@ mod live;
 mod oidc;
 mod openapi;
 mod results;
+mod retention;
 mod scope;
 mod security;
 mod settings;

@@ -87,6 +87,14 @@ const BAD: &[(&str, &[&str])] = &[
     ("heartbeat-interval-secs", &["0", "86401", "x"]),
     ("sample-retention-secs", &["59", "0", "2592001", "x"]),
     ("deploy-history-keep", &["0", "100001", "x"]),
+    ("results-retention-secs", &["315360001", "-1", "1e9", "x"]),
+    ("alerts-retention-secs", &["315360001", "-1", "x"]),
+    ("mutations-retention-secs", &["315360001", "-1", "x"]),
+    ("dead-letters-retention-secs", &["315360001", "-1", "x"]),
+    (
+        "work-items-retention-secs",
+        &["18446744073709551616", "-1", "x"],
+    ),
     ("log-format", &["xml", ""]),
 ];
 

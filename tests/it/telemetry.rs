@@ -41,7 +41,7 @@ fn value(x: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Every family the README's metrics table lists.
-const FAMILIES: [&str; 25] = [
+const FAMILIES: [&str; 29] = [
     "orrery_projected_messages",
     "orrery_dead_letters",
     "orrery_projection_batches",
@@ -62,6 +62,10 @@ const FAMILIES: [&str; 25] = [
     "orrery_sse_resyncs",
     "orrery_sse_snapshot_loads",
     "orrery_durations_cache_reads",
+    "orrery_retention_seconds",
+    "orrery_retention_cutoff_timestamp_seconds",
+    "orrery_retention_oldest_kept_timestamp_seconds",
+    "orrery_retention_pruned_rows",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
     "process_open_fds",
@@ -149,6 +153,15 @@ async fn a_scrape_parses_as_openmetrics_and_follows_what_happened() {
     assert_eq!(value(&x, "orrery_sse_streams_open", &[]), Some(1.0));
     assert_eq!(value(&x, "orrery_sse_deliveries", &[]), Some(1.0));
     assert_eq!(value(&x, "orrery_sse_resyncs", &[]), Some(0.0));
+    // The defaults: results kept 30 days, nothing of this minute's data pruned.
+    assert_eq!(
+        value(&x, "orrery_retention_seconds", &results),
+        Some(2_592_000.0)
+    );
+    assert_eq!(
+        value(&x, "orrery_retention_pruned_rows", &results),
+        Some(0.0)
+    );
     assert!(value(&x, "process_open_fds", &[]).unwrap() > 3.0);
     assert!(value(&x, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
 

@@ -27,6 +27,10 @@ enum Command {
     Serve(Settings),
     /// Create or upgrade the database schema, then exit.
     Migrate(Settings),
+    /// Give the space of pruned rows back to the file system: rewrites the database once,
+    /// with incremental vacuum on for a file made before it (stop the daemon first; needs
+    /// free disk space the size of the file).
+    Compact(Settings),
     /// Reset read models and replay them from the streams (stop the daemon first).
     Rebuild {
         /// Only this stream's read models (e.g. RESULTS).
@@ -244,6 +248,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database {} is up to date", config.database.display());
             Ok(())
         }
+        Command::Compact(settings) => {
+            let config = settings.resolve_for(false).map_err(refused)?;
+            init_tracing(config.log_json);
+            let (before, after) = orrery::db::compact(&config.database).await?;
+            println!(
+                "database {}: {before} bytes before, {after} after",
+                config.database.display()
+            );
+            Ok(())
+        }
         Command::Rebuild { stream, settings } => {
             let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
@@ -265,12 +279,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
             let read_models = orrery::projections::read_models(&config);
-            let digest = orrery::digest::digest(
-                &config.database,
-                &read_models,
-                config.fleet.sample_retention,
-            )
-            .await?;
+            let digest =
+                orrery::digest::digest(&config.database, &read_models, config.retention).await?;
             println!("{}", serde_json::to_string_pretty(&digest)?);
             Ok(())
         }
@@ -288,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &js,
                 &snapshots,
                 &read_models,
-                config.fleet.sample_retention,
+                config.retention,
             )
             .await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
@@ -298,13 +308,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = settings.resolve_for(false).map_err(refused)?;
             init_tracing(config.log_json);
             let read_models = orrery::projections::read_models(&config);
-            let info = orrery::backup::backup(
-                &config.database,
-                &file,
-                &read_models,
-                config.fleet.sample_retention,
-            )
-            .await?;
+            let info =
+                orrery::backup::backup(&config.database, &file, &read_models, config.retention)
+                    .await?;
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }

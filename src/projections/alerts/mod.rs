@@ -7,9 +7,9 @@
 //! rows instead of grouping every event.
 
 mod decode;
+mod memory;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -17,6 +17,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::db::rows_per_statement;
 use crate::projector::{Message, Projection, Table};
 use crate::redact;
+use crate::retention::Class;
 pub use decode::{
     decode, recurrence_key, redact_payload, AlertEvent, MAX_CONTENT_STORED, MAX_FIELD_LEN,
     MAX_OBJECT_BYTES, MAX_URL_LEN, STAGES,
@@ -24,24 +25,25 @@ pub use decode::{
 
 /// The ALERTS stream's projection.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct AlertsProjection;
+pub struct AlertsProjection {
+    /// The alerts' retention in ms (`None`: for ever). A dedupe key or recurrence group last
+    /// seen longer than this before an event's publish time is new again for that event,
+    /// whether or not the pruner has removed it yet.
+    pub retention_ms: Option<i64>,
+}
+
+impl AlertsProjection {
+    /// Whether a row last touched at `at` had expired when `event` was published.
+    fn expired(&self, at: i64, event: &AlertEvent) -> bool {
+        self.retention_ms
+            .is_some_and(|r| at < event.received_at.saturating_sub(r))
+    }
+}
 
 /// Columns of an `alert_events` row.
 const EVENT_COLUMNS: usize = 27;
 /// Key pairs looked up or inserted per statement: a row-value `IN` list stays short.
 const KEY_PAIRS_PER_STATEMENT: usize = 400;
-
-/// One recurrence group's change within a batch.
-struct GroupDelta<'a> {
-    project_id: &'a str,
-    key: &'a str,
-    provider: &'a str,
-    occurrences: i64,
-    duplicates: i64,
-    first: i64,
-    latest: i64,
-    latest_seq: i64,
-}
 
 impl Projection for AlertsProjection {
     type Event = AlertEvent;
@@ -62,7 +64,7 @@ impl Projection for AlertsProjection {
         if events.is_empty() {
             return Ok(());
         }
-        let duplicate = mark_duplicates(conn, events).await?;
+        let duplicate = self.mark_duplicates(conn, events).await?;
         let rows: Vec<(&AlertEvent, bool)> = events.iter().zip(duplicate).collect();
         insert_events(conn, &rows).await?;
         // Runs that named these alerts before they were projected get their group now.
@@ -79,15 +81,42 @@ impl Projection for AlertsProjection {
             })
             .collect();
         super::results::runs::resolve_for_alerts(conn, &sightings).await?;
-        fold_recurrence(conn, &rows).await?;
+        self.fold_recurrence(conn, &rows).await?;
         update_freshness(conn, events).await
     }
 
     fn tables(&self) -> &'static [Table] {
+        // `received_at` is the publish time, so events expire from the head of the table:
+        // the pruner stops at the first one kept instead of reading every row.
         const TABLES: &[Table] = &[
-            Table::keyed("alert_events", "seq"),
-            Table::keyed("alert_event_keys", "provider, provider_event_id"),
-            Table::keyed("alert_recurrence", "project_id, recurrence_key"),
+            Table::kept(
+                "alert_events",
+                "seq",
+                Class::Alerts,
+                "received_at >= ?1",
+                "DELETE FROM alert_events WHERE seq IN (SELECT seq FROM alert_events \
+                 WHERE received_at < ?1 AND seq < COALESCE((SELECT seq FROM alert_events \
+                 WHERE received_at >= ?1 ORDER BY seq LIMIT 1), 9223372036854775807) \
+                 ORDER BY seq LIMIT ?2)",
+            ),
+            Table::kept(
+                "alert_event_keys",
+                "provider, provider_event_id",
+                Class::Alerts,
+                "first_received_at >= ?1",
+                "DELETE FROM alert_event_keys WHERE (provider, provider_event_id) IN \
+                 (SELECT provider, provider_event_id FROM alert_event_keys \
+                 WHERE first_received_at < ?1 LIMIT ?2)",
+            ),
+            Table::kept(
+                "alert_recurrence",
+                "project_id, recurrence_key",
+                Class::Alerts,
+                "latest_received_at >= ?1",
+                "DELETE FROM alert_recurrence WHERE rowid IN (SELECT rowid \
+                 FROM alert_recurrence WHERE latest_received_at < ?1 LIMIT ?2)",
+            ),
+            // One row per provider and project: what freshness is judged by.
             Table::keyed("alert_freshness", "provider, project_id"),
         ];
         TABLES
@@ -106,58 +135,6 @@ impl Projection for AlertsProjection {
         )
         .await
     }
-}
-
-/// Flags each event of a batch that repeats a `(provider, provider_event_id)` seen before
-/// (in an earlier batch or earlier in this one) and records the new keys.
-async fn mark_duplicates(
-    conn: &mut SqliteConnection,
-    events: &[AlertEvent],
-) -> sqlx::Result<Vec<bool>> {
-    // Which keys were seen before this batch, then walk the batch in order.
-    let mut keys: Vec<(&str, &str)> = events
-        .iter()
-        .map(|e| (e.provider.as_str(), e.provider_event_id.as_str()))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-    for chunk in keys.chunks(KEY_PAIRS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT provider, provider_event_id FROM alert_event_keys \
-             WHERE (provider, provider_event_id) IN (",
-        );
-        q.push_values(chunk, |mut b, (p, id)| {
-            b.push_bind(*p).push_bind(*id);
-        });
-        q.push(")");
-        let found: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        seen.extend(found);
-    }
-    let mut fresh: Vec<(&str, &str)> = Vec::new();
-    let duplicate: Vec<bool> = events
-        .iter()
-        .map(|e| {
-            let key = (e.provider.clone(), e.provider_event_id.clone());
-            if seen.contains(&key) {
-                true
-            } else {
-                fresh.push((&e.provider, &e.provider_event_id));
-                seen.insert(key);
-                false
-            }
-        })
-        .collect();
-    for chunk in fresh.chunks(KEY_PAIRS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT OR IGNORE INTO alert_event_keys (provider, provider_event_id) ",
-        );
-        q.push_values(chunk, |mut b, (p, id)| {
-            b.push_bind(*p).push_bind(*id);
-        });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(duplicate)
 }
 
 /// Inserts the events with their duplicate flags.
@@ -202,73 +179,6 @@ async fn insert_events(
                 .push_bind(e.provider_ts)
                 .push_bind(e.received_at);
         });
-        q.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Folds a batch into the recurrence groups (events arrive in stream order); synthetic
-/// events have no group.
-async fn fold_recurrence(
-    conn: &mut SqliteConnection,
-    rows: &[(&AlertEvent, bool)],
-) -> sqlx::Result<()> {
-    let mut groups: Vec<GroupDelta<'_>> = Vec::new();
-    let mut index: HashMap<(&str, &str), usize> = HashMap::new();
-    for (e, dup) in rows {
-        let Some(key) = e.recurrence_key.as_deref() else {
-            continue;
-        };
-        let at = e.received_at;
-        match index.get(&(e.project_id.as_str(), key)) {
-            Some(&i) => {
-                let g = &mut groups[i];
-                g.occurrences += 1;
-                g.duplicates += i64::from(*dup);
-                g.latest = at;
-                g.latest_seq = e.seq as i64;
-                g.provider = &e.provider;
-            }
-            None => {
-                index.insert((&e.project_id, key), groups.len());
-                groups.push(GroupDelta {
-                    project_id: &e.project_id,
-                    key,
-                    provider: &e.provider,
-                    occurrences: 1,
-                    duplicates: i64::from(*dup),
-                    first: at,
-                    latest: at,
-                    latest_seq: e.seq as i64,
-                });
-            }
-        }
-    }
-    for chunk in groups.chunks(rows_per_statement(8)) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO alert_recurrence (project_id, recurrence_key, provider, \
-             occurrence_total, duplicate_total, first_received_at, latest_received_at, \
-             latest_seq) ",
-        );
-        q.push_values(chunk, |mut b, g| {
-            b.push_bind(g.project_id)
-                .push_bind(g.key)
-                .push_bind(g.provider)
-                .push_bind(g.occurrences)
-                .push_bind(g.duplicates)
-                .push_bind(g.first)
-                .push_bind(g.latest)
-                .push_bind(g.latest_seq);
-        });
-        q.push(
-            " ON CONFLICT (project_id, recurrence_key) DO UPDATE SET \
-             provider = excluded.provider, \
-             occurrence_total = occurrence_total + excluded.occurrence_total, \
-             duplicate_total = duplicate_total + excluded.duplicate_total, \
-             first_received_at = MIN(first_received_at, excluded.first_received_at), \
-             latest_received_at = excluded.latest_received_at, \
-             latest_seq = excluded.latest_seq",
-        );
         q.build().execute(&mut *conn).await?;
     }
     Ok(())

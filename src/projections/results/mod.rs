@@ -20,6 +20,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::projector::{Message, Projection, Table};
+use crate::retention::Class;
 use crate::window::UnixMs;
 pub use counts::count_results;
 pub use deploys::{scrub_error, Deploy, DEPLOY_ERROR_MARKER};
@@ -259,11 +260,32 @@ impl Projection for ResultsProjection {
 
     fn tables(&self) -> &'static [Table] {
         // duration_blocks are left out: a cache of execution_results whose blocks are
-        // merged in the background, at moments that differ between replicas.
+        // merged in the background, at moments that differ between replicas. The deploy
+        // ledger keeps its last entries per workload instead of a time; runs linked to
+        // alerts are kept with the group figures they add up to.
         const TABLES: &[Table] = &[
-            Table::keyed("execution_results", "result_id"),
+            // Pruned kind by kind through the (kind, success, recorded_at) index.
+            Table::kept(
+                "execution_results",
+                "result_id",
+                Class::Results,
+                "recorded_at >= ?1",
+                "DELETE FROM execution_results WHERE rowid IN (SELECT r.rowid \
+                 FROM result_kinds k JOIN execution_results r ON r.kind = k.kind \
+                 AND r.success IN (0, 1) AND r.recorded_at < ?1 LIMIT ?2)",
+            ),
             Table::keyed("result_kinds", "kind"),
-            Table::keyed("result_counts", "kind, success, minute"),
+            // A minute is kept while any of it is.
+            Table::kept(
+                "result_counts",
+                "kind, success, minute",
+                Class::Results,
+                "minute >= ?1 / 60000",
+                "DELETE FROM result_counts WHERE (kind, success, minute) IN (SELECT \
+                 c.kind, c.success, c.minute FROM result_kinds k JOIN result_counts c \
+                 ON c.kind = k.kind AND c.success IN (0, 1) AND c.minute < ?1 / 60000 \
+                 LIMIT ?2)",
+            ),
             Table::keyed("deploy_history", "deploy_id"),
             Table::keyed("alert_runs", "result_id"),
             Table::keyed("alert_run_groups", "recurrence_key, project_id"),

@@ -15,6 +15,7 @@ use crate::bus::streams::{self, StreamSpec};
 use crate::bus::subjects;
 use crate::projector::{Message, Projection, Table};
 use crate::redact;
+use crate::retention::Class;
 use crate::window::{format_unix_ms, UnixMs};
 
 pub mod entry;
@@ -262,7 +263,14 @@ impl Projection for WorkItemsProjection {
     }
 
     fn tables(&self) -> &'static [Table] {
-        const TABLES: &[Table] = &[Table::keyed("work_item_history", "seq")];
+        const TABLES: &[Table] = &[Table::kept(
+            "work_item_history",
+            "seq",
+            Class::WorkItems,
+            "recorded_at >= ?1",
+            "DELETE FROM work_item_history WHERE seq IN \
+             (SELECT seq FROM work_item_history WHERE recorded_at < ?1 LIMIT ?2)",
+        )];
         TABLES
     }
 

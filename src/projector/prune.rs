@@ -1,0 +1,233 @@
+//! The pruner: deletes the rows each read model's retention no longer keeps (see
+//! [`crate::retention`]), a bounded chunk per transaction, so that the projectors' commits
+//! and the live streams go on between chunks; then hands the freed pages back to the file
+//! system (incremental vacuum) and records, per read model, the oldest event time it keeps.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+
+use super::{Table, Window};
+use crate::bus::streams::StreamSpec;
+use crate::retention::{Class, Retention};
+
+/// Rows deleted per transaction: a few milliseconds of the writer.
+pub const CHUNK: i64 = 2_000;
+/// Free pages handed back per pass.
+const VACUUM_PAGES: i64 = 4_096;
+
+/// Derived caches pruned with their read model but never hashed: (stream, class, prune SQL).
+const CACHES: [(&str, Class, &str); 1] = [(
+    "RESULTS",
+    Class::Results,
+    "DELETE FROM duration_blocks WHERE rowid IN (SELECT rowid FROM duration_blocks \
+     WHERE hour < ?1 / 3600000 LIMIT ?2)",
+)];
+
+/// Rows the pruner has deleted per stream since the daemon started.
+#[derive(Debug, Default)]
+pub struct Report {
+    pruned: std::sync::Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Report {
+    fn add(&self, stream: &'static str, rows: u64) {
+        *crate::sync::lock(&self.pruned).entry(stream).or_default() += rows;
+    }
+
+    /// Rows deleted from `stream`'s read model so far.
+    pub fn pruned(&self, stream: &str) -> u64 {
+        crate::sync::lock(&self.pruned)
+            .get(stream)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// How far back one read model reaches now, for `/ready` and `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ModelReport {
+    /// Its stream.
+    pub stream: &'static str,
+    /// Its retention in seconds (`None`: kept for ever).
+    pub retention_secs: Option<u64>,
+    /// The oldest event time it holds, Unix ms (`None`: it holds nothing).
+    pub oldest_ms: Option<i64>,
+    /// Event times before this are expired, Unix ms (`None`: kept for ever, or nothing
+    /// projected yet).
+    pub cutoff_ms: Option<i64>,
+    /// Rows deleted since the daemon started.
+    pub pruned_rows: u64,
+}
+
+/// Reads, per read model, its cutoff and the oldest event time it holds (a few indexed
+/// lookups on the read pool), with the pruner's counts from `report`.
+pub async fn survey(
+    readers: &SqlitePool,
+    models: &[Model],
+    retention: &Retention,
+    report: &Report,
+) -> sqlx::Result<Vec<ModelReport>> {
+    let marks = high_water_marks(readers).await?;
+    let mut out = Vec::with_capacity(models.len());
+    for &(stream, tables) in models {
+        let high_water = marks.get(stream.name).copied().unwrap_or(0);
+        let class = class_of(tables);
+        let oldest: Option<i64> = match oldest_query(stream.name) {
+            Some(sql) => sqlx::query_scalar(sql).fetch_one(readers).await?,
+            None => None,
+        };
+        out.push(ModelReport {
+            stream: stream.name,
+            retention_secs: match class {
+                Some(c) => retention.of(c).map(|d| d.as_secs()),
+                // Samples are pruned by `projections::heartbeats::prune_samples`.
+                None if stream.name == "HEARTBEATS" => Some(retention.samples.as_secs()),
+                None => None,
+            },
+            oldest_ms: oldest,
+            // Before its first commit a read model has no mark and nothing to cut.
+            cutoff_ms: class
+                .filter(|_| high_water > 0)
+                .and_then(|c| retention.cutoff(c, high_water)),
+            pruned_rows: report.pruned(stream.name),
+        });
+    }
+    Ok(out)
+}
+
+async fn high_water_marks(readers: &SqlitePool) -> sqlx::Result<HashMap<String, i64>> {
+    Ok(
+        sqlx::query_as::<_, (String, i64)>("SELECT stream, high_water_ms FROM checkpoints")
+            .fetch_all(readers)
+            .await?
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// One read model as the pruner sees it: its stream and its tables.
+pub type Model = (StreamSpec, &'static [Table]);
+
+/// The main table of each read model and the expression of its event time, for the oldest
+/// kept time that `/ready` and the metrics report.
+fn oldest_query(stream: &str) -> Option<&'static str> {
+    Some(match stream {
+        // The index gives each kind's oldest at once.
+        "RESULTS" => {
+            "SELECT MIN((SELECT MIN(recorded_at) FROM execution_results r \
+             WHERE r.kind = k.kind AND r.success = s.v)) \
+             FROM result_kinds k, (SELECT 0 AS v UNION ALL SELECT 1) s"
+        }
+        "ALERTS" => "SELECT (SELECT received_at FROM alert_events ORDER BY seq LIMIT 1)",
+        "TOPOLOGY" => {
+            "SELECT MIN(updated_at) FROM topology_mutations WHERE state IN ('applied', 'failed')"
+        }
+        "WORKITEMS" => "SELECT MIN(recorded_at) FROM work_item_history",
+        "HEARTBEATS" => "SELECT MIN(at) FROM system_stats_samples",
+        _ => return None,
+    })
+}
+
+/// The class of a read model's main table, if it has a retention.
+fn class_of(tables: &[Table]) -> Option<Class> {
+    tables.iter().find_map(|t| match t.window {
+        Some(Window::Kept { class, .. }) => Some(class),
+        _ => None,
+    })
+}
+
+/// One pass: for every read model, deletes what its retention no longer keeps (chunk by
+/// chunk, yielding between), then frees pages; counts in `report`. Returns rows deleted.
+pub async fn prune_once(
+    writer: &SqlitePool,
+    readers: &SqlitePool,
+    models: &[Model],
+    retention: &Retention,
+    report: &Report,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> sqlx::Result<u64> {
+    let marks = high_water_marks(readers).await?;
+    let mut total = 0u64;
+    for &(stream, tables) in models {
+        let high_water = marks.get(stream.name).copied().unwrap_or(0);
+        let mut deleted = 0u64;
+        let mut statements: Vec<(i64, &str, Option<&str>)> = Vec::new();
+        for table in tables {
+            if let Some(Window::Kept { class, prune, .. }) = table.window {
+                if let Some(cutoff) = retention.cutoff(class, high_water) {
+                    statements.push((cutoff, prune, None));
+                }
+            }
+        }
+        for (cache_stream, class, prune) in CACHES {
+            if cache_stream == stream.name {
+                if let Some(cutoff) = retention.cutoff(class, high_water) {
+                    statements.push((cutoff, prune, None));
+                }
+            }
+        }
+        if let Some(cutoff) = retention.cutoff(Class::DeadLetters, high_water) {
+            statements.push((
+                cutoff,
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters \
+                 WHERE stream = ?3 AND received_at < ?1 LIMIT ?2)",
+                Some(stream.name),
+            ));
+        }
+        for (cutoff, sql, bound_stream) in statements {
+            loop {
+                if cancel.is_cancelled() {
+                    return Ok(total + deleted);
+                }
+                let mut q = sqlx::query(sql).bind(cutoff).bind(CHUNK);
+                if let Some(name) = bound_stream {
+                    q = q.bind(name);
+                }
+                let n = q.execute(writer).await?.rows_affected();
+                deleted += n;
+                if n < CHUNK as u64 {
+                    break;
+                }
+                // Let the projectors' next commit in between chunks.
+                tokio::task::yield_now().await;
+            }
+        }
+        total += deleted;
+        report.add(stream.name, deleted);
+    }
+    if total > 0 {
+        // Only a file created with auto_vacuum = INCREMENTAL has pages to give back here;
+        // an older one is compacted by `orrery compact`.
+        sqlx::query(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
+            .execute(writer)
+            .await?;
+    }
+    Ok(total)
+}
+
+/// How often the pruner looks.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Until `cancel`: a pruning pass every [`PRUNE_EVERY`].
+pub async fn prune_forever(
+    writer: SqlitePool,
+    readers: SqlitePool,
+    models: Vec<Model>,
+    retention: Retention,
+    report: std::sync::Arc<Report>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match prune_once(&writer, &readers, &models, &retention, &report, &cancel).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned rows past their retention"),
+            Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! Retention by event time: a replica that prunes while it ingests and one rebuilt later,
+//! which never pruned, hold the same kept rows (equal digests); what expired is new again.
+
+use std::path::Path;
+use std::time::Duration;
+
+use orrery::natsd::NatsServer;
+use orrery::token::Role;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+/// The retention both replicas run with: short enough for a test to see rows expire.
+const RETENTION: [(&str, &str); 5] = [
+    ("ORRERY_RESULTS_RETENTION_SECS", "3600"),
+    ("ORRERY_ALERTS_RETENTION_SECS", "2"),
+    ("ORRERY_MUTATIONS_RETENTION_SECS", "3600"),
+    ("ORRERY_DEAD_LETTERS_RETENTION_SECS", "2"),
+    ("ORRERY_WORK_ITEMS_RETENTION_SECS", "0"),
+];
+
+fn retention_settings(nats_url: &str, db: &Path) -> orrery::Settings {
+    orrery::Settings {
+        results_retention_secs: Some(3600),
+        alerts_retention_secs: Some(2),
+        mutations_retention_secs: Some(3600),
+        dead_letters_retention_secs: Some(2),
+        work_items_retention_secs: Some(0),
+        ..settings(nats_url, db)
+    }
+}
+
+/// Runs the orrery binary with the test's retention; its stdout.
+fn cli(args: &[&str], db: &Path, nats_url: &str) -> Vec<u8> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
+        .args(args)
+        .arg("--database")
+        .arg(db)
+        .env_remove("ORRERY_CONFIG")
+        .env("ORRERY_NATS_URL", nats_url)
+        .env("RUST_LOG", "warn")
+        .envs(RETENTION)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+async fn rows(db: &Path, table: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    let n = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    n
+}
+
+fn table_rows(digest: &Value, stream: &str, table: &str) -> u64 {
+    digest["read_models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stream"] == stream)
+        .unwrap()["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == table)
+        .unwrap()["rows"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn publish_alerts(js: &async_nats::jetstream::Context, ids: &[&str]) {
+    for id in ids {
+        publish_result(
+            js,
+            "alert.sentry.shop",
+            json!({"provider_event_id": id, "stage": "firing", "fingerprint": "fp-a",
+                   "alertname": "Crash"}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a_db = dir.path().join("a.db");
+    let a = spawn_app_with(
+        retention_settings(&nats.url(), &a_db),
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+
+    // Results over the last three hours (one hour kept), a dead letter, finished and pending
+    // mutations from two hours ago and from now, and alerts whose ids and group recur.
+    for i in 0..180u64 {
+        publish_at(
+            &js,
+            &format!("result.scan.a{}", i % 5),
+            &ago(Duration::from_secs(i * 60)),
+            json!({"result_id": format!("r{i}"), "job_id": "j", "exit_code": i % 3}),
+        )
+        .await;
+    }
+    publish_raw(&js, "result.scan.a1", "bad-1", b"{".to_vec())
+        .await
+        .await
+        .unwrap();
+    let two_hours = ago(Duration::from_secs(7_200));
+    for (id, state, at) in [
+        ("old-applied", "applied", &two_hours),
+        ("old-failed", "failed", &two_hours),
+        ("old-pending", "enqueued", &two_hours),
+        ("new-applied", "applied", &ago(Duration::ZERO)),
+    ] {
+        publish_at(
+            &js,
+            &format!("topology.t1.mutation.{state}"),
+            at,
+            json!({"mutation_id": id, "op": "add"}),
+        )
+        .await;
+    }
+    publish_alerts(&js, &["s-1", "s-1", "s-2"]).await;
+    a.wait_caught_up().await;
+    let before = a
+        .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
+        .await;
+    assert_eq!(before["groups"][0]["occurrence_total"], 3, "{before}");
+
+    // Past the alerts' and dead letters' retention: s-1 is new again, and the group restarts.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    publish_alerts(&js, &["s-1", "s-3"]).await;
+    publish_at(
+        &js,
+        "result.scan.a0",
+        &ago(Duration::ZERO),
+        json!({"result_id": "r-last", "job_id": "j", "exit_code": 0}),
+    )
+    .await;
+    a.wait_caught_up().await;
+    let after = a
+        .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
+        .await;
+    assert_eq!(after["groups"][0]["occurrence_total"], 2, "{after}");
+    assert_eq!(after["groups"][0]["duplicate_total"], 0, "{after}");
+
+    // A's pruner removes what expired; /ready says how far back it reaches.
+    wait_until(
+        Duration::from_secs(30),
+        "the pruner to remove expired rows",
+        || async {
+            let ready = a.get_json("/ready", Role::Viewer).await;
+            ready["retention"].as_array().is_some_and(|r| {
+                ["RESULTS", "ALERTS", "TOPOLOGY"].iter().all(|s| {
+                    r.iter()
+                        .any(|m| m["stream"] == *s && m["pruned_rows"].as_u64() > Some(0))
+                })
+            })
+        },
+    )
+    .await;
+    let ready = a.get_json("/ready", Role::Viewer).await;
+    let results = ready["retention"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stream"] == "RESULTS")
+        .unwrap();
+    assert_eq!(results["retention_secs"], 3600, "{ready}");
+    assert!(results["oldest_kept_at"].as_str().unwrap() >= results["cutoff_at"].as_str().unwrap());
+    let metrics = a.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("orrery_retention_oldest_kept_timestamp_seconds{stream=\"RESULTS\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("orrery_retention_pruned_rows_total{stream=\"ALERTS\"}"));
+    assert!(rows(&a_db, "execution_results").await <= 62);
+    assert_eq!(
+        rows(&a_db, "topology_mutations").await,
+        2,
+        "pending and new kept"
+    );
+    assert_eq!(rows(&a_db, "dead_letters").await, 0);
+
+    // B: rebuilt from the same stream later, by the CLI, which never prunes.
+    let b_db = dir.path().join("b.db");
+    cli(&["rebuild"], &b_db, &nats.url());
+    assert_eq!(rows(&b_db, "execution_results").await, 181);
+    assert_eq!(rows(&b_db, "dead_letters").await, 1);
+    let b: Value = serde_json::from_slice(&cli(&["digest"], &b_db, &nats.url())).unwrap();
+    let a_digest = a.get_json("/api/v1/admin/digest", Role::Admin).await;
+    assert_eq!(a_digest, b);
+    // What the digest holds is exactly what A kept.
+    assert_eq!(
+        table_rows(&b, "RESULTS", "execution_results") as i64,
+        rows(&a_db, "execution_results").await
+    );
+    assert_eq!(table_rows(&b, "ALERTS", "alert_events"), 2);
+    assert_eq!(table_rows(&b, "TOPOLOGY", "topology_mutations"), 2);
+}
+
+/// Every read model's tables filled with rows on both sides of the cutoff; one pruning pass
+/// must leave exactly the rows the digest counts as kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pruner_deletes_exactly_what_the_digest_no_longer_keeps() {
+    use orrery::projector::prune::{prune_once, survey, Report};
+    use orrery::projector::Window;
+    use orrery::retention::Retention;
+
+    const HIGH_WATER: i64 = 100_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let db = orrery::db::open(&path, 2).await.unwrap();
+    let w = &db.writer;
+    let exec = |sql: String| async move {
+        sqlx::query(&sql).execute(w).await.unwrap();
+    };
+    for s in orrery::bus::streams::ALL {
+        exec(format!(
+            "INSERT INTO checkpoints (stream, last_seq, updated_at, high_water_ms) \
+             VALUES ('{}', 1, {HIGH_WATER}, {HIGH_WATER})",
+            s.name
+        ))
+        .await;
+    }
+    exec("INSERT INTO result_kinds VALUES ('a'), ('b')".into()).await;
+    // Times from 0 to the high-water mark; 5,000 results span several chunks.
+    for i in 0..5_000i64 {
+        let t = i * (HIGH_WATER / 5_000);
+        let kind = ["a", "b"][(i % 2) as usize];
+        exec(format!(
+            "INSERT INTO execution_results (result_id, kind, agent_id, success, recorded_at, seq) \
+             VALUES ('r{i}', '{kind}', 'x', {}, {t}, {i})",
+            i % 3 % 2
+        ))
+        .await;
+        if i % 10 == 0 {
+            exec(format!(
+                "INSERT OR IGNORE INTO result_counts VALUES ('{kind}', {}, {}, 1)",
+                i % 3 % 2,
+                t / 60_000
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO duration_blocks VALUES ({}, 'j', '1:1', 1, 1, 'k')",
+                t / 3_600_000
+            ))
+            .await;
+        }
+        if i % 25 == 0 {
+            let seq = i + 1;
+            exec(format!(
+                "INSERT INTO alert_events (seq, event_id, project_id, provider, stage, \
+                 provider_event_id, has_redacted_content, redaction_version, source_ref_total, \
+                 is_duplicate, is_synthetic, received_at) \
+                 VALUES ({seq}, 'e{i}', 'p', 'sentry', 'firing', 'pe{i}', 0, 1, 0, 0, 0, {t})"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO alert_event_keys VALUES ('sentry', 'pe{i}', {t})"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO alert_recurrence VALUES ('p', 'k{i}', 'sentry', 1, 0, {t}, {t}, {seq})"
+            ))
+            .await;
+            let state = ["enqueued", "applying", "applied", "failed"][(i / 25 % 4) as usize];
+            exec(format!(
+                "INSERT INTO topology_mutations (topology_id, mutation_id, state, updated_at, seq) \
+                 VALUES ('t', 'm{i}', '{state}', {t}, {seq})"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO work_item_history (seq, entry_id, work_item_id, project_id, kind, \
+                 mode, passed, occurrences, latest_occurrence_at, recorded_at, entry) \
+                 VALUES ({seq}, 'w{i}', 'wi', 'p', 'dry_run', 'm', 1, 1, {t}, {t}, '{{}}')"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO dead_letters (stream, seq, subject, reason, payload, received_at) \
+                 VALUES ('{}', {seq}, 's', 'r', x'00', {t})",
+                // The streams read models project (COMMANDS has none).
+                ["RESULTS", "TOPOLOGY", "ALERTS", "HEARTBEATS", "WORKITEMS"][(i / 25) as usize % 5]
+            ))
+            .await;
+        }
+    }
+
+    let config = orrery::Settings {
+        database: Some(path.clone()),
+        ..Default::default()
+    }
+    .resolve_for(false)
+    .unwrap();
+    let models = orrery::projections::read_models(&config);
+    let half = Duration::from_millis(HIGH_WATER as u64 / 2);
+    let retention = Retention {
+        results: half,
+        alerts: half,
+        mutations: half,
+        dead_letters: half,
+        work_items: half,
+        samples: half,
+    };
+    let cutoff = HIGH_WATER / 2;
+    let count = |sql: String| {
+        let pool = db.readers.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&sql)
+                .bind(cutoff)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let kept_tables: Vec<(&str, &str)> = models
+        .iter()
+        .flat_map(|(_, tables)| tables.iter())
+        .filter_map(|t| match t.window {
+            Some(Window::Kept { keep, .. }) => Some((t.name, keep)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kept_tables.len(), 7, "{kept_tables:?}");
+    let mut kept_before = Vec::new();
+    for (table, keep) in &kept_tables {
+        let kept = count(format!("SELECT COUNT(*) FROM {table} WHERE {keep}")).await;
+        let all = count(format!("SELECT COUNT(*) FROM {table}")).await;
+        assert!(kept > 0 && kept < all, "{table}: {kept} of {all} kept");
+        kept_before.push(kept);
+    }
+
+    // Keeping everything deletes nothing.
+    let report = Report::default();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let forever = Retention::keep_all(half);
+    let n = prune_once(&db.writer, &db.readers, &models, &forever, &report, &cancel).await;
+    assert_eq!(n.unwrap(), 0);
+
+    let n = prune_once(
+        &db.writer,
+        &db.readers,
+        &models,
+        &retention,
+        &report,
+        &cancel,
+    )
+    .await
+    .unwrap();
+    assert!(n > 2_500, "{n} rows pruned");
+    for ((table, keep), before) in kept_tables.iter().zip(kept_before) {
+        let kept = count(format!("SELECT COUNT(*) FROM {table} WHERE {keep}")).await;
+        let all = count(format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!((kept, all), (before, before), "{table}");
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM dead_letters WHERE received_at < ?1".into()).await,
+        0
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM duration_blocks WHERE hour < ?1 / 3600000".into()).await,
+        0
+    );
+    let results = survey(&db.readers, &models, &retention, &report)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.stream == "RESULTS")
+        .unwrap();
+    assert_eq!(results.cutoff_ms, Some(cutoff));
+    assert!(results.oldest_ms.unwrap() >= cutoff);
+    assert!(results.pruned_rows > 2_500);
+    db.close().await;
+}
+
+/// A database made before incremental vacuum keeps the pages its pruned rows freed until
+/// `orrery compact`, which gives them back and turns incremental vacuum on for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compact_gives_an_older_files_free_pages_back_and_keeps_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    {
+        // As an older release left it: no incremental vacuum, a table of rows then deleted.
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE scratch (v BLOB)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000) \
+             INSERT INTO scratch SELECT randomblob(1000) FROM n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    cli(&["migrate"], &db, "nats://127.0.0.1:1");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO result_kinds VALUES ('scan')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM scratch")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, 0, "the file was made without incremental vacuum");
+    pool.close().await;
+    let before = std::fs::metadata(&db).unwrap().len();
+
+    let out = String::from_utf8(cli(&["compact"], &db, "nats://127.0.0.1:1")).unwrap();
+    assert!(out.contains("bytes before"), "{out}");
+    let after = std::fs::metadata(&db).unwrap().len();
+    assert!(after * 4 < before, "{before} → {after} bytes");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, 2, "incremental from now on");
+    let kinds: Vec<String> = sqlx::query_scalar("SELECT kind FROM result_kinds")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["scan"]);
+    pool.close().await;
+}
