@@ -11,15 +11,22 @@
 container_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 ensure_podman() {
-  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  # netavark sets up container networks (RUN steps of a build included) with iptables, which
+  # not every Debian machine has: without it every build fails with "netavark: No such file
+  # or directory".
+  local cmd missing=0
+  for cmd in podman runc iptables; do
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing=1
+  done
+  if [ "$missing" = 1 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      echo "installing podman and runc (Debian's packages)..." >&2
+      echo "installing podman, runc and iptables (Debian's packages)..." >&2
       export DEBIAN_FRONTEND=noninteractive
-      local pkgs=(podman runc uidmap slirp4netns fuse-overlayfs netavark aardvark-dns)
+      local pkgs=(podman runc iptables uidmap slirp4netns fuse-overlayfs netavark aardvark-dns)
       apt-get install -y -q "${pkgs[@]}" >&2 ||
         { apt-get update -q >&2 && apt-get install -y -q "${pkgs[@]}" >&2; }
     else
-      echo "containers need docker (with a running daemon) or podman and runc installed" >&2
+      echo "containers need docker (with a running daemon) or podman, runc and iptables installed" >&2
       return 1
     fi
   fi
