@@ -140,6 +140,11 @@ pub enum Bench {
         /// Query clients, each asking every 50 ms.
         #[arg(long, default_value_t = 4)]
         query_clients: usize,
+        /// Run the daemon with every read model's retention set to this (e.g. 2m), to see
+        /// a month of traffic in minutes: the database should level off once the first
+        /// retention has passed. Stats samples keep their 60 s minimum.
+        #[arg(long)]
+        retention: Option<String>,
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
@@ -274,6 +279,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             rate,
             sse_clients,
             query_clients,
+            retention,
             nats_url,
             json,
         } => {
@@ -287,6 +293,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 rate,
                 sse_clients,
                 query_clients,
+                retention: retention.map(|r| parse("retention", &r)).transpose()?,
             };
             let (_nats, url) = bench_nats(nats_url)?;
             print_report(&soak::run(&url, opts).await?, json)

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use orrery::config::Secret;
 use orrery::token::{mint, Role};
 
-use super::fanout::spawn_daemon;
+use super::fanout::spawn_daemon_with;
 use super::Quantiles;
 use crate::demo::{self, DemoOpts};
 
@@ -34,6 +34,9 @@ pub struct SoakOptions {
     /// Reporting interval.
     #[serde(with = "secs")]
     pub every: Duration,
+    /// Every read model's retention, if set (else the daemon's defaults).
+    #[serde(serialize_with = "secs::option")]
+    pub retention: Option<Duration>,
 }
 
 mod secs {
@@ -42,6 +45,16 @@ mod secs {
         s: S,
     ) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn option<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -132,7 +145,34 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let daemon = spawn_daemon(nats_url, &secret, opts.sse_clients)?;
+    let mut env = vec![
+        ("ORRERY_JWT_SECRET", secret.clone()),
+        (
+            "ORRERY_SSE_MAX_STREAMS_PER_USER",
+            opts.sse_clients.to_string(),
+        ),
+        (
+            "ORRERY_SSE_MAX_CONNECTIONS",
+            (opts.sse_clients + 16).to_string(),
+        ),
+    ];
+    if let Some(r) = opts.retention {
+        let secs = r.as_secs().max(1).to_string();
+        for name in [
+            "ORRERY_RESULTS_RETENTION_SECS",
+            "ORRERY_ALERTS_RETENTION_SECS",
+            "ORRERY_MUTATIONS_RETENTION_SECS",
+            "ORRERY_DEAD_LETTERS_RETENTION_SECS",
+            "ORRERY_WORK_ITEMS_RETENTION_SECS",
+        ] {
+            env.push((name, secs.clone()));
+        }
+        env.push((
+            "ORRERY_SAMPLE_RETENTION_SECS",
+            r.as_secs().max(60).to_string(),
+        ));
+    }
+    let daemon = spawn_daemon_with(nats_url, &env)?;
     let http = reqwest::Client::new();
     daemon.wait_ready(&http).await?;
     let pid = daemon.child.id();
@@ -433,15 +473,24 @@ impl std::fmt::Display for SoakReport {
             o.sse_clients,
             o.query_clients
         )?;
+        if let Some(r) = o.retention {
+            writeln!(
+                f,
+                "  every read model's retention: {:.0} s (samples: at least 60 s)",
+                r.as_secs_f64()
+            )?;
+        }
         for row in &self.intervals {
             writeln!(f, "{row}")?;
         }
         if let (Some(first), Some(last)) = (self.intervals.first(), self.intervals.last()) {
             writeln!(
                 f,
-                "  first → last interval: rss {:.1} → {:.1} MiB, fds {} → {}",
+                "  first → last interval: rss {:.1} → {:.1} MiB, db {:.1} → {:.1} MiB, fds {} → {}",
                 first.rss_bytes as f64 / 1_048_576.0,
                 last.rss_bytes as f64 / 1_048_576.0,
+                first.db_bytes as f64 / 1_048_576.0,
+                last.db_bytes as f64 / 1_048_576.0,
                 first.fds,
                 last.fds
             )?;
