@@ -125,6 +125,10 @@ impl Application {
                 read_models.to_vec(),
                 config.retention,
                 Arc::clone(&pruning),
+                forget_pruned_durations(
+                    Arc::clone(&listeners.durations),
+                    config.retention.of(crate::retention::Class::Results),
+                ),
                 cancel.clone(),
             )),
         ];
@@ -393,6 +397,21 @@ async fn diagnose_while_unreachable(
             if let Some(cause) = cause {
                 tracing::error!(%cause, "NATS cannot be reached; retrying");
             }
+        }
+    }
+}
+
+/// After a pruning pass, the durations cache forgets the hours the results' retention has
+/// reached (judged by this clock, which is at or past the bus's: it may forget an hour early,
+/// never keep one late).
+fn forget_pruned_durations(
+    cache: Arc<results::DurationCache>,
+    retention: Option<Duration>,
+) -> impl Fn() + Send + 'static {
+    move || {
+        if let Some(retention) = retention {
+            let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
+            cache.forget_before(cutoff.div_euclid(3_600_000) + 1);
         }
     }
 }

@@ -25,15 +25,23 @@ const CACHES: [(&str, Class, &str); 1] = [(
      WHERE hour < ?1 / 3600000 LIMIT ?2)",
 )];
 
-/// Rows the pruner has deleted per stream since the daemon started.
+/// Rows the pruner has deleted per stream since the daemon started, and a generation that
+/// moves whenever it deleted any: caches of answers made of pruned tables key on it, since
+/// pruning moves no checkpoint.
 #[derive(Debug, Default)]
 pub struct Report {
     pruned: std::sync::Mutex<HashMap<&'static str, u64>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Report {
     fn add(&self, stream: &'static str, rows: u64) {
         *crate::sync::lock(&self.pruned).entry(stream).or_default() += rows;
+    }
+
+    /// Moves after every pass that deleted rows, once they are committed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Rows deleted from `stream`'s read model so far.
@@ -198,6 +206,9 @@ pub async fn prune_once(
         report.add(stream.name, deleted);
     }
     if total > 0 {
+        report
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // Only a file created with auto_vacuum = INCREMENTAL has pages to give back here;
         // an older one is compacted by `orrery compact`.
         sqlx::query(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
@@ -217,12 +228,16 @@ pub async fn prune_forever(
     models: Vec<Model>,
     retention: Retention,
     report: std::sync::Arc<Report>,
+    on_pruned: impl Fn() + Send + 'static,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     loop {
         match prune_once(&writer, &readers, &models, &retention, &report, &cancel).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "pruned rows past their retention"),
+            Ok(n) => {
+                on_pruned();
+                tracing::info!(deleted = n, "pruned rows past their retention");
+            }
             Err(error) => tracing::warn!(%error, "pruning failed; will retry"),
         }
         tokio::select! {

@@ -25,8 +25,9 @@ pub const MAX_PAGES: usize = 32;
 /// A page of groups, shared by the requests that read it.
 pub(super) type Page = Arc<Vec<PageGroup>>;
 
-/// The ALERTS and RESULTS checkpoints a page was read at.
-type Stamp = (u64, u64);
+/// The ALERTS and RESULTS checkpoints a page was read at, and the pruner's generation
+/// (pruning removes groups without moving a checkpoint).
+type Stamp = (u64, u64, u64);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -71,7 +72,7 @@ impl PageCache {
                 recurrence_page(&state.db.readers, filters, limit).await?,
             ));
         };
-        let stamp = (alerts, results);
+        let stamp = (alerts, results, state.pruning.generation());
         let key = Key {
             project_id: filters.project_id().map(str::to_owned),
             provider: filters.provider().map(str::to_owned),

@@ -194,6 +194,24 @@ impl DurationCache {
         }
     }
 
+    /// Forgets what is kept of every hour before `hour`: the pruner removed their runs.
+    pub fn forget_before(&self, hour: i64) {
+        let old: Vec<i64> = {
+            let inner = lock(&self.inner);
+            let mut old: Vec<i64> = inner
+                .hours
+                .keys()
+                .map(|(h, _)| *h)
+                .chain(inner.merged.iter().map(|((first, _), _)| *first))
+                .filter(|h| *h < hour)
+                .collect();
+            old.sort_unstable();
+            old.dedup();
+            old
+        };
+        self.changed(old);
+    }
+
     /// Waits for the right to read what is missing from the database (single flight): a
     /// request that found its window's merged range or start hour missing holds it while
     /// it reads, and the requests behind it look again once it is done.
@@ -337,6 +355,22 @@ mod tests {
         cache.keep_merged(10, 20, t, runs(&[1]));
         assert!(cache.merged(10, 20).is_none(), "built before the change");
         assert_eq!(cache.bytes(), 0);
+    }
+
+    #[test]
+    fn pruned_hours_are_forgotten_and_later_ones_kept() {
+        let cache = DurationCache::new();
+        let t = cache.ticket();
+        cache.keep_hour(3, Form::Blocks, t, runs(&[1]));
+        cache.keep_hour(9, Form::Rows, t, runs(&[1]));
+        cache.keep_merged(4, 6, t, runs(&[1]));
+        cache.keep_merged(8, 12, t, runs(&[1]));
+        cache.forget_before(8);
+        assert!(cache.hour(3, Form::Blocks).is_none() && cache.merged(4, 6).is_none());
+        assert!(cache.hour(9, Form::Rows).is_some() && cache.merged(8, 12).is_some());
+        // A read that started before the pruning is not kept either.
+        cache.keep_hour(3, Form::Blocks, t, runs(&[1]));
+        assert!(cache.hour(3, Form::Blocks).is_none());
     }
 
     #[test]
