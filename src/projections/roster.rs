@@ -43,7 +43,10 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
             deploy_keep: config.fleet.deploy_history_keep,
             durations: Arc::clone(&listeners.durations),
         }),
-        Box::new(TopologyProjection::new(Arc::clone(&listeners.hub))),
+        Box::new(
+            TopologyProjection::new(Arc::clone(&listeners.hub))
+                .with_retention(config.retention.of(crate::retention::Class::Mutations)),
+        ),
         Box::new(AlertsProjection {
             retention_ms: config
                 .retention

@@ -1,6 +1,7 @@
 //! `topology.<tid>.status` and `topology.<tid>.mutation.<state>` → `topologies`,
 //! `topology_mutations`; committed events are handed to the live hub.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -59,6 +60,8 @@ pub struct TopologyEvent {
     pub seq: u64,
     /// Event time, Unix ms.
     pub ts: i64,
+    /// JetStream publish time, Unix ms: what retention is judged against.
+    pub published_ms: i64,
     /// The change.
     pub change: Change,
     /// The event as live clients receive it.
@@ -181,21 +184,188 @@ pub fn decode(msg: &Message<'_>) -> Result<TopologyEvent, String> {
         topology_id: tid.to_owned(),
         seq: msg.seq,
         ts,
+        published_ms: msg.published_ms,
         change,
         live,
     })
 }
 
+/// Writes a batch's topologies and mutations.
+async fn write(conn: &mut SqliteConnection, events: &[TopologyEvent]) -> sqlx::Result<()> {
+    // A chunk feeds two statements, of 5 and 11 binds a row.
+    for chunk in events.chunks(rows_per_statement(11)) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO topologies (id, name, status, updated_at, last_seq) ");
+        q.push_values(chunk, |mut b, e| {
+            let (status, name) = match &e.change {
+                Change::Status { status, name } => (Some(status.as_str()), name.as_deref()),
+                Change::Mutation { .. } => (None, None),
+            };
+            b.push_bind(e.topology_id.as_str())
+                .push_bind(name)
+                .push_bind(status)
+                .push_bind(e.ts)
+                .push_bind(e.seq as i64);
+        });
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET \
+             name = COALESCE(excluded.name, topologies.name), \
+             status = COALESCE(excluded.status, topologies.status), \
+             updated_at = excluded.updated_at, last_seq = excluded.last_seq",
+        );
+        q.build().execute(&mut *conn).await?;
+
+        let mutations: Vec<_> = chunk
+            .iter()
+            .filter_map(|e| match &e.change {
+                Change::Mutation {
+                    mutation_id,
+                    state,
+                    op,
+                    spec,
+                    actor,
+                    error,
+                } => Some((e, mutation_id, *state, op, spec, actor, error)),
+                Change::Status { .. } => None,
+            })
+            .collect();
+        if mutations.is_empty() {
+            continue;
+        }
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO topology_mutations (topology_id, mutation_id, op, spec, actor, \
+             state, error, enqueued_at, enqueued_seq, updated_at, seq) ",
+        );
+        q.push_values(
+            mutations,
+            |mut b, (e, mutation_id, state, op, spec, actor, error)| {
+                b.push_bind(e.topology_id.as_str())
+                    .push_bind(mutation_id.as_str())
+                    .push_bind(op.as_deref())
+                    .push_bind(spec.as_deref())
+                    .push_bind(actor.as_deref())
+                    .push_bind(state)
+                    .push_bind(error.as_deref())
+                    .push_bind((state == "enqueued").then_some(e.ts))
+                    .push_bind((state == "enqueued").then_some(e.seq as i64))
+                    .push_bind(e.ts)
+                    .push_bind(e.seq as i64);
+            },
+        );
+        q.push(
+            " ON CONFLICT (topology_id, mutation_id) DO UPDATE SET \
+             op = COALESCE(excluded.op, topology_mutations.op), \
+             spec = COALESCE(excluded.spec, topology_mutations.spec), \
+             actor = COALESCE(excluded.actor, topology_mutations.actor), \
+             state = excluded.state, error = excluded.error, \
+             enqueued_at = COALESCE(topology_mutations.enqueued_at, excluded.enqueued_at), \
+             enqueued_seq = COALESCE(topology_mutations.enqueued_seq, excluded.enqueued_seq), \
+             updated_at = excluded.updated_at, seq = excluded.seq",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The TOPOLOGY stream's projection; hands committed events to the hub.
 pub struct TopologyProjection {
     hub: Arc<Hub>,
+    /// Finished mutations' retention in ms (`None`: for ever). A mutation that had finished
+    /// longer than this before an event about it was published is gone for that event,
+    /// whether or not the pruner has removed it yet.
+    retention_ms: Option<i64>,
 }
 
 impl TopologyProjection {
-    /// A projection publishing to `hub`.
+    /// A projection publishing to `hub`, keeping finished mutations for ever.
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            retention_ms: None,
+        }
     }
+
+    /// The same, forgetting finished mutations after `retention` (`None`: never).
+    pub fn with_retention(mut self, retention: Option<std::time::Duration>) -> Self {
+        self.retention_ms = retention.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self
+    }
+}
+
+/// Mutation keys looked up per statement.
+const KEYS_PER_STATEMENT: usize = 400;
+
+/// A mutation event's (topology, mutation) and state.
+fn mutation(e: &TopologyEvent) -> Option<((&str, &str), &'static str)> {
+    match &e.change {
+        Change::Mutation {
+            mutation_id, state, ..
+        } => Some(((e.topology_id.as_str(), mutation_id.as_str()), *state)),
+        Change::Status { .. } => None,
+    }
+}
+
+/// Deletes the stored mutations the batch names that had finished longer than `retention_ms`
+/// before the event naming them was published, so that they are written afresh, as on a
+/// replica whose pruner already removed them. `Ok(false)` when that would have to happen
+/// between two events of the batch (a mutation finishing, then named again past its
+/// retention): the caller then applies the batch one event at a time.
+async fn forget_expired(
+    conn: &mut SqliteConnection,
+    events: &[TopologyEvent],
+    retention_ms: i64,
+) -> sqlx::Result<bool> {
+    let mut keys: Vec<(&str, &str)> = events.iter().filter_map(mutation).map(|(k, _)| k).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let mut stored: HashMap<(&str, &str), i64> = HashMap::new();
+    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT topology_id, mutation_id, updated_at FROM topology_mutations \
+             WHERE state IN ('applied', 'failed') AND (topology_id, mutation_id) IN (",
+        );
+        q.push_values(chunk, |mut b, (t, m)| {
+            b.push_bind(*t).push_bind(*m);
+        });
+        q.push(")");
+        let found: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        for (t, m, at) in found {
+            if let Ok(i) = keys.binary_search(&(t.as_str(), m.as_str())) {
+                stored.insert(keys[i], at);
+            }
+        }
+    }
+    // Per key: when it finished, if it has, and whether this batch wrote that.
+    let mut latest: HashMap<(&str, &str), (Option<i64>, bool)> = HashMap::new();
+    let mut stale = Vec::new();
+    for e in events {
+        let Some((key, state)) = mutation(e) else {
+            continue;
+        };
+        let (finished, in_batch) = latest
+            .get(&key)
+            .copied()
+            .unwrap_or((stored.get(&key).copied(), false));
+        if finished.is_some_and(|at| at < e.published_ms.saturating_sub(retention_ms)) {
+            if in_batch {
+                return Ok(false);
+            }
+            stale.push(key);
+        }
+        let done = matches!(state, "applied" | "failed");
+        latest.insert(key, (done.then_some(e.ts), true));
+    }
+    for chunk in stale.chunks(KEYS_PER_STATEMENT) {
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "DELETE FROM topology_mutations WHERE (topology_id, mutation_id) IN (",
+        );
+        q.push_values(chunk, |mut b, (t, m)| {
+            b.push_bind(*t).push_bind(*m);
+        });
+        q.push(")");
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(true)
 }
 
 impl Projection for TopologyProjection {
@@ -214,78 +384,16 @@ impl Projection for TopologyProjection {
         conn: &mut SqliteConnection,
         events: &[TopologyEvent],
     ) -> sqlx::Result<()> {
-        // A chunk feeds two statements, of 5 and 11 binds a row.
-        for chunk in events.chunks(rows_per_statement(11)) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO topologies (id, name, status, updated_at, last_seq) ",
-            );
-            q.push_values(chunk, |mut b, e| {
-                let (status, name) = match &e.change {
-                    Change::Status { status, name } => (Some(status.as_str()), name.as_deref()),
-                    Change::Mutation { .. } => (None, None),
-                };
-                b.push_bind(e.topology_id.as_str())
-                    .push_bind(name)
-                    .push_bind(status)
-                    .push_bind(e.ts)
-                    .push_bind(e.seq as i64);
-            });
-            q.push(
-                " ON CONFLICT (id) DO UPDATE SET \
-                 name = COALESCE(excluded.name, topologies.name), \
-                 status = COALESCE(excluded.status, topologies.status), \
-                 updated_at = excluded.updated_at, last_seq = excluded.last_seq",
-            );
-            q.build().execute(&mut *conn).await?;
-
-            let mutations: Vec<_> = chunk
-                .iter()
-                .filter_map(|e| match &e.change {
-                    Change::Mutation {
-                        mutation_id,
-                        state,
-                        op,
-                        spec,
-                        actor,
-                        error,
-                    } => Some((e, mutation_id, *state, op, spec, actor, error)),
-                    Change::Status { .. } => None,
-                })
-                .collect();
-            if mutations.is_empty() {
-                continue;
-            }
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO topology_mutations (topology_id, mutation_id, op, spec, actor, \
-                 state, error, enqueued_at, enqueued_seq, updated_at, seq) ",
-            );
-            q.push_values(
-                mutations,
-                |mut b, (e, mutation_id, state, op, spec, actor, error)| {
-                    b.push_bind(e.topology_id.as_str())
-                        .push_bind(mutation_id.as_str())
-                        .push_bind(op.as_deref())
-                        .push_bind(spec.as_deref())
-                        .push_bind(actor.as_deref())
-                        .push_bind(state)
-                        .push_bind(error.as_deref())
-                        .push_bind((state == "enqueued").then_some(e.ts))
-                        .push_bind((state == "enqueued").then_some(e.seq as i64))
-                        .push_bind(e.ts)
-                        .push_bind(e.seq as i64);
-                },
-            );
-            q.push(
-                " ON CONFLICT (topology_id, mutation_id) DO UPDATE SET \
-                 op = COALESCE(excluded.op, topology_mutations.op), \
-                 spec = COALESCE(excluded.spec, topology_mutations.spec), \
-                 actor = COALESCE(excluded.actor, topology_mutations.actor), \
-                 state = excluded.state, error = excluded.error, \
-                 enqueued_at = COALESCE(topology_mutations.enqueued_at, excluded.enqueued_at), \
-                 enqueued_seq = COALESCE(topology_mutations.enqueued_seq, excluded.enqueued_seq), \
-                 updated_at = excluded.updated_at, seq = excluded.seq",
-            );
-            q.build().execute(&mut *conn).await?;
+        let Some(retention) = self.retention_ms else {
+            return write(conn, events).await;
+        };
+        if forget_expired(conn, events, retention).await? {
+            return write(conn, events).await;
+        }
+        for e in events {
+            let one = std::slice::from_ref(e);
+            forget_expired(conn, one, retention).await?;
+            write(conn, one).await?;
         }
         Ok(())
     }

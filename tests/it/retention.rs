@@ -129,7 +129,7 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
             &js,
             &format!("topology.t1.mutation.{state}"),
             at,
-            json!({"mutation_id": id, "op": "add"}),
+            json!({"mutation_id": id, "op": "add", "spec": {"v": 1}, "actor": "alice"}),
         )
         .await;
     }
@@ -152,6 +152,14 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
     // Past the alerts' and dead letters' retention: s-1 is new again, and the group restarts.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     publish_alerts(&js, &["s-1", "s-3"]).await;
+    // A mutation named again after it finished past its retention starts afresh.
+    publish_at(
+        &js,
+        "topology.t1.mutation.enqueued",
+        &ago(Duration::ZERO),
+        json!({"mutation_id": "old-applied", "op": "redo"}),
+    )
+    .await;
     publish_at(
         &js,
         "result.scan.a0",
@@ -212,8 +220,24 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
     assert!(rows(&a_db, "execution_results").await <= 62);
     assert_eq!(
         rows(&a_db, "topology_mutations").await,
-        2,
-        "pending and new kept"
+        3,
+        "pending, new and renewed kept"
+    );
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", a_db.display()))
+        .await
+        .unwrap();
+    // Nothing of the finished one is merged in: no spec or actor of its.
+    let renewed: (String, Option<String>, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT state, op, spec, actor FROM topology_mutations \
+         WHERE mutation_id = 'old-applied'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(
+        renewed,
+        ("enqueued".into(), Some("redo".into()), None, None)
     );
     assert_eq!(rows(&a_db, "dead_letters").await, 0);
 
@@ -232,7 +256,7 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
     );
     assert_eq!(table_rows(&b, "ALERTS", "alert_events"), 2);
     assert_eq!(table_rows(&b, "ALERTS", "alert_recurrence"), 1);
-    assert_eq!(table_rows(&b, "TOPOLOGY", "topology_mutations"), 2);
+    assert_eq!(table_rows(&b, "TOPOLOGY", "topology_mutations"), 3);
 }
 
 /// Every read model's tables filled with rows on both sides of the cutoff; one pruning pass
