@@ -183,8 +183,45 @@ pub async fn provider_heartbeat(
     ))
 }
 
+/// Longest label or annotation name of an Alertmanager alert, in characters.
+const MAX_LABEL_NAME_CHARS: usize = 256;
+/// Longest label or annotation value of an Alertmanager alert, in characters.
+const MAX_LABEL_VALUE_CHARS: usize = 8 * 1024;
+
+/// The schema of an alert's labels or annotations: bounded in characters, as JSON Schema
+/// counts them and as [`parse_webhook`] checks them (not in bytes, which no schema states).
+fn label_map(description: &str) -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let string = |max: usize| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .max_length(Some(max))
+    };
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property_names(Some(string(MAX_LABEL_NAME_CHARS)))
+        .additional_properties(Some(string(MAX_LABEL_VALUE_CHARS)))
+        .build()
+}
+
+fn labels_schema() -> utoipa::openapi::Object {
+    label_map(
+        "Labels: `alertname`, `severity`, `namespace` and `instance`/`pod`/`service`/`job` \
+         name the alert. Names of at most 256 characters, values of at most 8,192.",
+    )
+}
+
+fn annotations_schema() -> utoipa::openapi::Object {
+    label_map(
+        "Annotations: `summary`, `description` and `message` are its content. Names of at \
+         most 256 characters, values of at most 8,192.",
+    )
+}
+
 /// One alert of an Alertmanager v4 webhook body (unknown fields are ignored, as Alertmanager
-/// adds fields over time). Label and annotation names are at most 256 bytes, values 8 KiB.
+/// adds fields over time). Label and annotation names are at most 256 characters, values
+/// 8,192.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(as = AlertmanagerAlert)]
@@ -194,9 +231,11 @@ pub struct AmAlert {
     status: String,
     /// Labels: `alertname`, `severity`, `namespace` and `instance`/`pod`/`service`/`job`
     /// name the alert.
+    #[schema(schema_with = labels_schema)]
     labels: BTreeMap<String, String>,
     /// Annotations: `summary`, `description` and `message` are its content.
     #[serde(default)]
+    #[schema(schema_with = annotations_schema)]
     annotations: BTreeMap<String, String>,
     /// When it started (RFC 3339, at most 64 characters).
     #[schema(format = DateTime, max_length = 64)]
@@ -269,7 +308,7 @@ fn alertmanager_event(a: &AmAlert) -> Result<(String, Value), String> {
         None => return Err("alert fingerprint is missing".into()),
     };
     for (k, v) in a.labels.iter().chain(&a.annotations) {
-        if k.len() > MAX_FIELD_LEN || v.len() > 8 * 1024 {
+        if k.chars().count() > MAX_LABEL_NAME_CHARS || v.chars().count() > MAX_LABEL_VALUE_CHARS {
             return Err(format!("label or annotation `{k}` is too long"));
         }
     }
@@ -354,4 +393,34 @@ pub async fn alertmanager_webhook(
             seqs,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, value: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({"version": "4", "alerts": [{
+            "status": "firing", "startsAt": "2026-11-22T10:00:00Z", "fingerprint": "fp",
+            "labels": {name: value}}]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn label_bounds_count_characters_as_the_document_does() {
+        // 256 characters of four bytes each: within the schema's maxLength, so accepted.
+        let wide = "𝔸".repeat(MAX_LABEL_NAME_CHARS);
+        assert!(parse_webhook(&hook(&wide, "v")).is_ok());
+        assert!(parse_webhook(&hook("k", &"é".repeat(MAX_LABEL_VALUE_CHARS))).is_ok());
+        // One character more is refused, whatever its width.
+        let long = "a".repeat(MAX_LABEL_NAME_CHARS + 1);
+        assert!(parse_webhook(&hook(&long, "v")).is_err());
+        assert!(parse_webhook(&hook("k", &"a".repeat(MAX_LABEL_VALUE_CHARS + 1))).is_err());
+        let schema = serde_json::to_value(labels_schema()).unwrap();
+        assert_eq!(schema["propertyNames"]["maxLength"], MAX_LABEL_NAME_CHARS);
+        assert_eq!(
+            schema["additionalProperties"]["maxLength"],
+            MAX_LABEL_VALUE_CHARS
+        );
+    }
 }
