@@ -1,7 +1,7 @@
 //! The pruner: deletes the rows each read model's retention no longer keeps (see
 //! [`crate::retention`]), a bounded chunk per transaction, so that the projectors' commits
-//! and the live streams go on between chunks; then hands the freed pages back to the file
-//! system (incremental vacuum) and records, per read model, the oldest event time it keeps.
+//! and the live streams go on between chunks. The pages they held go to SQLite's free list and are reused by new rows, so a database
+//! under retention levels off; `orrery compact` gives them back to the file system.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,8 +14,6 @@ use crate::retention::{Class, Retention};
 
 /// Rows deleted per transaction: a few milliseconds of the writer.
 pub const CHUNK: i64 = 2_000;
-/// Free pages handed back per pass.
-const VACUUM_PAGES: i64 = 4_096;
 
 /// Derived caches pruned with their read model but never hashed: (stream, class, prune SQL).
 const CACHES: [(&str, Class, &str); 1] = [(
@@ -147,7 +145,7 @@ fn class_of(tables: &[Table]) -> Option<Class> {
 }
 
 /// One pass: for every read model, deletes what its retention no longer keeps (chunk by
-/// chunk, yielding between), then frees pages; counts in `report`. Returns rows deleted.
+/// chunk, yielding between); counts in `report`. Returns rows deleted.
 pub async fn prune_once(
     writer: &SqlitePool,
     readers: &SqlitePool,
@@ -209,11 +207,6 @@ pub async fn prune_once(
         report
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        // Only a file created with auto_vacuum = INCREMENTAL has pages to give back here;
-        // an older one is compacted by `orrery compact`.
-        sqlx::query(&format!("PRAGMA incremental_vacuum({VACUUM_PAGES})"))
-            .execute(writer)
-            .await?;
     }
     Ok(total)
 }

@@ -27,9 +27,8 @@ enum Command {
     Serve(Settings),
     /// Create or upgrade the database schema, then exit.
     Migrate(Settings),
-    /// Give the space of pruned rows back to the file system: rewrites the database once,
-    /// with incremental vacuum on for a file made before it (stop the daemon first; needs
-    /// free disk space the size of the file).
+    /// Give the space of pruned rows back to the file system by rewriting the database
+    /// (stop the daemon first; needs free disk space the size of the file).
     Compact(Settings),
     /// Reset read models and replay them from the streams (stop the daemon first).
     Rebuild {
