@@ -402,16 +402,23 @@ async fn diagnose_while_unreachable(
 }
 
 /// After a pruning pass, the durations cache forgets the hours the results' retention has
-/// reached (judged by this clock, which is at or past the bus's: it may forget an hour early,
-/// never keep one late).
+/// passed whole (judged by this clock, which is at or past the bus's), once per hour that
+/// passes: an hour the cutoff is still inside stays, or a retention shorter than an hour
+/// would have every window read from SQLite again after every pass (seen in `bench soak
+/// --retention 1m`: `/results/durations` p50 6 → 40 ms). A window reaching back past the
+/// retention asks for what may be gone anyway.
 fn forget_pruned_durations(
     cache: Arc<results::DurationCache>,
     retention: Option<Duration>,
 ) -> impl Fn() + Send + 'static {
+    let forgotten = std::sync::atomic::AtomicI64::new(i64::MIN);
     move || {
         if let Some(retention) = retention {
             let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
-            cache.forget_before(cutoff.div_euclid(3_600_000) + 1);
+            let hour = cutoff.div_euclid(3_600_000);
+            if forgotten.fetch_max(hour, std::sync::atomic::Ordering::Relaxed) < hour {
+                cache.forget_before(hour);
+            }
         }
     }
 }
