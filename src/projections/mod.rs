@@ -25,3 +25,32 @@ pub(crate) async fn delete_all(
     }
     Ok(())
 }
+
+/// Key pairs looked up per statement: a row-value `IN` list stays short.
+const PAIRS_PER_STATEMENT: usize = 400;
+
+/// For each of `keys` (sorted, without repeats) that `select` finds, the time it reads.
+/// `select` is a query of three columns — the pair and a time — ending in
+/// `(a, b) IN (`, which this completes; names come from code, never from input. The map
+/// borrows the batch's own strings, not the rows read.
+pub(crate) async fn times_of_pairs<'k>(
+    conn: &mut sqlx::SqliteConnection,
+    select: &str,
+    keys: &[(&'k str, &'k str)],
+) -> sqlx::Result<std::collections::HashMap<(&'k str, &'k str), i64>> {
+    let mut found = std::collections::HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(PAIRS_PER_STATEMENT) {
+        let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(select);
+        q.push_values(chunk, |mut b, (x, y)| {
+            b.push_bind(*x).push_bind(*y);
+        });
+        q.push(")");
+        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
+        for (x, y, at) in rows {
+            if let Ok(i) = keys.binary_search(&(x.as_str(), y.as_str())) {
+                found.insert(keys[i], at);
+            }
+        }
+    }
+    Ok(found)
+}

@@ -318,23 +318,13 @@ async fn forget_expired(
     let mut keys: Vec<(&str, &str)> = events.iter().filter_map(mutation).map(|(k, _)| k).collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut stored: HashMap<(&str, &str), i64> = HashMap::new();
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT topology_id, mutation_id, updated_at FROM topology_mutations \
-             WHERE state IN ('applied', 'failed') AND (topology_id, mutation_id) IN (",
-        );
-        q.push_values(chunk, |mut b, (t, m)| {
-            b.push_bind(*t).push_bind(*m);
-        });
-        q.push(")");
-        let found: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        for (t, m, at) in found {
-            if let Ok(i) = keys.binary_search(&(t.as_str(), m.as_str())) {
-                stored.insert(keys[i], at);
-            }
-        }
-    }
+    let stored = super::times_of_pairs(
+        conn,
+        "SELECT topology_id, mutation_id, updated_at FROM topology_mutations \
+         WHERE state IN ('applied', 'failed') AND (topology_id, mutation_id) IN (",
+        &keys,
+    )
+    .await?;
     // Per key: when it finished, if it has, and whether this batch wrote that.
     let mut latest: HashMap<(&str, &str), (Option<i64>, bool)> = HashMap::new();
     let mut stale = Vec::new();

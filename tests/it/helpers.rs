@@ -463,12 +463,16 @@ pub async fn run_demo(nats_url: &str, args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
-/// `orrery digest` of a database file, as JSON.
-pub fn digest_of(db: &std::path::Path) -> Value {
+/// Runs the orrery binary with `args` on the database `db` and `env` added; asserts it
+/// succeeded and returns its stdout.
+pub fn orrery_cli(args: &[&str], db: &std::path::Path, env: &[(&str, &str)]) -> Vec<u8> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args(["digest", "--database"])
+        .args(args)
+        .arg("--database")
         .arg(db)
         .env_remove("ORRERY_CONFIG")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -476,7 +480,12 @@ pub fn digest_of(db: &std::path::Path) -> Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    out.stdout
+}
+
+/// `orrery digest` of a database file, as JSON.
+pub fn digest_of(db: &std::path::Path) -> Value {
+    serde_json::from_slice(&orrery_cli(&["digest"], db, &[])).unwrap()
 }
 
 /// Runs `orrery rebuild` on `db` against `nats_url` (every stream, or `stream`) and asserts

@@ -32,22 +32,9 @@ fn retention_settings(nats_url: &str, db: &Path) -> orrery::Settings {
 
 /// Runs the orrery binary with the test's retention; its stdout.
 fn cli(args: &[&str], db: &Path, nats_url: &str) -> Vec<u8> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orrery"))
-        .args(args)
-        .arg("--database")
-        .arg(db)
-        .env_remove("ORRERY_CONFIG")
-        .env("ORRERY_NATS_URL", nats_url)
-        .env("RUST_LOG", "warn")
-        .envs(RETENTION)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut env = RETENTION.to_vec();
+    env.push(("ORRERY_NATS_URL", nats_url));
+    orrery_cli(args, db, &env)
 }
 
 async fn rows(db: &Path, table: &str) -> i64 {

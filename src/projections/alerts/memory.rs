@@ -9,6 +9,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{AlertEvent, AlertsProjection, KEY_PAIRS_PER_STATEMENT};
 use crate::db::rows_per_statement;
+use crate::projections::times_of_pairs;
 
 /// One recurrence group's change within a batch.
 struct GroupDelta<'a> {
@@ -41,25 +42,13 @@ impl AlertsProjection {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        let mut seen: HashMap<(&str, &str), i64> = HashMap::with_capacity(keys.len());
-        for chunk in keys.chunks(KEY_PAIRS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT provider, provider_event_id, first_received_at FROM alert_event_keys \
-                 WHERE (provider, provider_event_id) IN (",
-            );
-            q.push_values(chunk, |mut b, (p, id)| {
-                b.push_bind(*p).push_bind(*id);
-            });
-            q.push(")");
-            let found: Vec<(String, String, i64)> =
-                q.build_query_as().fetch_all(&mut *conn).await?;
-            for (provider, id, at) in found {
-                // The batch's own strings, so that the map borrows nothing from `found`.
-                if let Ok(i) = keys.binary_search(&(provider.as_str(), id.as_str())) {
-                    seen.insert(keys[i], at);
-                }
-            }
-        }
+        let mut seen = times_of_pairs(
+            conn,
+            "SELECT provider, provider_event_id, first_received_at FROM alert_event_keys \
+             WHERE (provider, provider_event_id) IN (",
+            &keys,
+        )
+        .await?;
         let mut fresh: HashMap<(&str, &str), i64> = HashMap::new();
         let duplicate: Vec<bool> = events
             .iter()
@@ -198,24 +187,12 @@ impl AlertsProjection {
             .collect();
         groups.sort_unstable();
         groups.dedup();
-        let mut stored = HashMap::new();
-        for chunk in groups.chunks(KEY_PAIRS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT project_id, recurrence_key, latest_received_at FROM alert_recurrence \
-                 WHERE (project_id, recurrence_key) IN (",
-            );
-            q.push_values(chunk, |mut b, (p, k)| {
-                b.push_bind(*p).push_bind(*k);
-            });
-            q.push(")");
-            let found: Vec<(String, String, i64)> =
-                q.build_query_as().fetch_all(&mut *conn).await?;
-            for (project, key, at) in found {
-                if let Ok(i) = groups.binary_search(&(project.as_str(), key.as_str())) {
-                    stored.insert(groups[i], at);
-                }
-            }
-        }
-        Ok(stored)
+        times_of_pairs(
+            conn,
+            "SELECT project_id, recurrence_key, latest_received_at FROM alert_recurrence \
+             WHERE (project_id, recurrence_key) IN (",
+            &groups,
+        )
+        .await
     }
 }
