@@ -18,12 +18,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use utoipa::ToSchema;
 
-use crate::bus::streams::StreamSpec;
 use crate::projector::{Table, Window};
 use crate::retention::{Class, Retention};
 
-/// What the digest covers of one read model: its stream and its tables.
-pub type ReadModel = (StreamSpec, &'static [Table]);
+pub use crate::projector::ReadModel;
 
 /// A digest as [`digest`] makes it: what `/api/v1/admin/digest` and `orrery digest` show.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -172,10 +170,9 @@ fn hash_table(
     high_water: i64,
 ) -> anyhow::Result<(u64, String)> {
     let (condition, param) = match table.window {
-        Some(Window::Samples(condition)) => (
-            Some(condition),
-            i64::try_from(retention.samples.as_millis()).unwrap_or(i64::MAX),
-        ),
+        Some(Window::Samples(condition)) => {
+            (Some(condition), crate::retention::millis(retention.samples))
+        }
         Some(Window::Kept { class, keep, .. }) => match retention.cutoff(class, high_water) {
             Some(cutoff) => (Some(keep), cutoff),
             None => (None, 0),

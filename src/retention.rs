@@ -111,11 +111,15 @@ impl Retention {
         (!d.is_zero()).then_some(d)
     }
 
+    /// The retention of `class` in ms; `None` keeps for ever.
+    pub fn ms(&self, class: Class) -> Option<i64> {
+        self.of(class).map(millis)
+    }
+
     /// Event times before this (Unix ms) are expired in `class` once the bus has reached
     /// `high_water_ms`; `None` when `class` keeps for ever.
     pub fn cutoff(&self, class: Class, high_water_ms: i64) -> Option<i64> {
-        self.of(class)
-            .map(|d| high_water_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        self.ms(class).map(|r| high_water_ms.saturating_sub(r))
     }
 
     /// A line that [`Retention::decode`] reads back: recorded beside snapshots and backups,
@@ -153,6 +157,18 @@ impl Retention {
         }
         Ok(r)
     }
+}
+
+/// `d` in ms, saturating.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether a row last touched at `at` had expired, under `retention_ms` (`None`: for ever),
+/// when an event published at `published_ms` arrived: the rule the projections that read
+/// back their own rows apply, so that pruned and unpruned replicas answer alike.
+pub fn expired_at(at: i64, published_ms: i64, retention_ms: Option<i64>) -> bool {
+    retention_ms.is_some_and(|r| at < published_ms.saturating_sub(r))
 }
 
 /// Which rows of a table `orrery digest` hashes, and how the pruner removes the others.

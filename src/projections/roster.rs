@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::digest::ReadModel;
 use crate::live::Hub;
 use crate::projector::AnyProjection;
+use crate::projector::ReadModel;
 
 use super::results::durations::DurationCache;
 
@@ -45,13 +45,10 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
         }),
         Box::new(
             TopologyProjection::new(Arc::clone(&listeners.hub))
-                .with_retention(config.retention.of(crate::retention::Class::Mutations)),
+                .with_retention(config.retention.ms(crate::retention::Class::Mutations)),
         ),
         Box::new(AlertsProjection {
-            retention_ms: config
-                .retention
-                .of(crate::retention::Class::Alerts)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            retention_ms: config.retention.ms(crate::retention::Class::Alerts),
         }),
         Box::new(HeartbeatsProjection),
         Box::new(WorkItemsProjection),

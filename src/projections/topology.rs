@@ -14,7 +14,7 @@ use crate::bus::subjects;
 use crate::db::rows_per_statement;
 use crate::live::{self, Hub, LiveEvent};
 use crate::projector::{Message, Projection, Table};
-use crate::retention::Class;
+use crate::retention::{expired_at, Class};
 use crate::window::format_unix_ms;
 
 /// Lifecycle states of a mutation.
@@ -285,9 +285,9 @@ impl TopologyProjection {
         }
     }
 
-    /// The same, forgetting finished mutations after `retention` (`None`: never).
-    pub fn with_retention(mut self, retention: Option<std::time::Duration>) -> Self {
-        self.retention_ms = retention.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    /// The same, forgetting finished mutations after `retention_ms` (`None`: never).
+    pub fn with_retention(mut self, retention_ms: Option<i64>) -> Self {
+        self.retention_ms = retention_ms;
         self
     }
 }
@@ -336,7 +336,7 @@ async fn forget_expired(
             .get(&key)
             .copied()
             .unwrap_or((stored.get(&key).copied(), false));
-        if finished.is_some_and(|at| at < e.published_ms.saturating_sub(retention_ms)) {
+        if finished.is_some_and(|at| expired_at(at, e.published_ms, Some(retention_ms))) {
             if in_batch {
                 return Ok(false);
             }

@@ -97,6 +97,9 @@ impl Table {
     }
 }
 
+/// One read model as `orrery digest` and the pruner see it: its stream and its tables.
+pub type ReadModel = (StreamSpec, &'static [Table]);
+
 /// A read model fed by one stream: decode is pure, apply touches only the transaction.
 pub trait Projection: Send + Sync + 'static {
     /// A validated event, ready to apply.

@@ -1,15 +1,15 @@
 //! The pruner: deletes the rows each read model's retention no longer keeps (see
 //! [`crate::retention`]), a bounded chunk per transaction, so that the projectors' commits
-//! and the live streams go on between chunks. The pages they held go to SQLite's free list and are reused by new rows, so a database
-//! under retention levels off; `orrery compact` gives them back to the file system.
+//! and the live streams go on between chunks. The pages they held go to SQLite's free list
+//! and are reused by new rows, so a database under retention levels off; `orrery compact`
+//! gives them back to the file system.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
 
-use super::{Table, Window};
-use crate::bus::streams::StreamSpec;
+use super::{ReadModel, Table, Window};
 use crate::retention::{Class, Retention};
 
 /// Rows deleted per transaction: a few milliseconds of the writer.
@@ -71,7 +71,7 @@ pub struct ModelReport {
 /// lookups on the read pool), with the pruner's counts from `report`.
 pub async fn survey(
     readers: &SqlitePool,
-    models: &[Model],
+    models: &[ReadModel],
     retention: &Retention,
     report: &Report,
 ) -> sqlx::Result<Vec<ModelReport>> {
@@ -113,9 +113,6 @@ async fn high_water_marks(readers: &SqlitePool) -> sqlx::Result<HashMap<String, 
     )
 }
 
-/// One read model as the pruner sees it: its stream and its tables.
-pub type Model = (StreamSpec, &'static [Table]);
-
 /// The main table of each read model and the expression of its event time, for the oldest
 /// kept time that `/ready` and the metrics report.
 fn oldest_query(stream: &str) -> Option<&'static str> {
@@ -149,7 +146,7 @@ fn class_of(tables: &[Table]) -> Option<Class> {
 pub async fn prune_once(
     writer: &SqlitePool,
     readers: &SqlitePool,
-    models: &[Model],
+    models: &[ReadModel],
     retention: &Retention,
     report: &Report,
     cancel: &tokio_util::sync::CancellationToken,
@@ -218,7 +215,7 @@ pub const PRUNE_EVERY: Duration = Duration::from_secs(10);
 pub async fn prune_forever(
     writer: SqlitePool,
     readers: SqlitePool,
-    models: Vec<Model>,
+    models: Vec<ReadModel>,
     retention: Retention,
     report: std::sync::Arc<Report>,
     on_pruned: impl Fn() + Send + 'static,

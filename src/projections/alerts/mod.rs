@@ -35,8 +35,7 @@ pub struct AlertsProjection {
 impl AlertsProjection {
     /// Whether a row last touched at `at` had expired when `event` was published.
     fn expired(&self, at: i64, event: &AlertEvent) -> bool {
-        self.retention_ms
-            .is_some_and(|r| at < event.received_at.saturating_sub(r))
+        crate::retention::expired_at(at, event.received_at, self.retention_ms)
     }
 }
 
