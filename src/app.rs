@@ -467,8 +467,7 @@ async fn prune_samples_forever(
     loop {
         if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(std::time::Instant::now());
-            let cutoff = crate::window::now_ms() - retention.as_millis() as i64;
-            match heartbeats::prune_samples(&writer, cutoff).await {
+            match heartbeats::prune_samples(&writer, retention).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, "pruned old stats samples"),
                 Err(error) => tracing::warn!(%error, "pruning stats samples failed; will retry"),

@@ -343,22 +343,46 @@ impl Projection for HeartbeatsProjection {
     }
 }
 
-/// Deletes samples older than `cutoff_ms`, a bounded chunk per transaction, so the writer is
-/// never held for long; returns rows deleted.
-pub async fn prune_samples(writer: &sqlx::SqlitePool, cutoff_ms: i64) -> sqlx::Result<u64> {
+/// Deletes the samples older than `retention` before the newest, a bounded chunk per
+/// transaction so the writer is never held for long; returns rows deleted.
+///
+/// "The newest" is the lesser of the newest sample's time and the HEARTBEATS high-water mark
+/// (the newest publish time committed): both are the same on every replica at the same
+/// checkpoint, whatever its clock says, so a replica catching up on a week-old stream keeps
+/// what a replica that never stopped keeps. The lesser, because `at` is the agent's clock: an
+/// agent a month ahead must not sweep away everyone else's recent samples. Since this
+/// cutoff is never later than the digest's (`MAX(at) - retention`), no hashed row is pruned.
+pub async fn prune_samples(
+    writer: &sqlx::SqlitePool,
+    retention: std::time::Duration,
+) -> sqlx::Result<u64> {
     const CHUNK: i64 = 5_000;
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let high_water: Option<i64> =
+        sqlx::query_scalar("SELECT high_water_ms FROM checkpoints WHERE stream = ?1")
+            .bind(streams::HEARTBEATS.name)
+            .fetch_optional(writer)
+            .await?;
+    let Some(high_water) = high_water else {
+        return Ok(0);
+    };
     let mut total = 0;
     for (table, key) in [
         ("system_stats_samples", "seq"),
         ("container_stats_samples", "rowid"),
     ] {
+        let newest: Option<i64> = sqlx::query_scalar(&format!("SELECT MAX(at) FROM {table}"))
+            .fetch_one(writer)
+            .await?;
+        let Some(newest) = newest else { continue };
+        let cutoff = newest.min(high_water).saturating_sub(retention_ms);
         loop {
             let sql = format!(
                 "DELETE FROM {table} WHERE {key} IN \
                  (SELECT {key} FROM {table} WHERE at < ?1 LIMIT ?2)"
             );
             let n = sqlx::query(&sql)
-                .bind(cutoff_ms)
+                .bind(cutoff)
                 .bind(CHUNK)
                 .execute(writer)
                 .await?

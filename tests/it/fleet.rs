@@ -746,18 +746,20 @@ async fn the_deploy_ledger_hides_errors_prunes_and_guards_rollbacks() {
     assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
 }
 
-#[tokio::test]
-async fn old_samples_are_pruned_and_recent_ones_kept() {
+/// Publishes one heartbeat with one container per `(agent, time)`, lets the daemon project
+/// them, stops it, prunes with a retention of a day and returns (rows deleted, system and
+/// container samples left).
+async fn prune_a_day_of(times: &[(&str, String)]) -> (u64, (i64, i64)) {
     let nats = NatsServer::start().unwrap();
     let app = spawn_app(&nats).await;
     let js = jetstream(&nats).await;
     wait_for_streams(&js).await;
     let c = json!([{"container_id": "c1", "workload_id": "shop", "cpu_percent": 1.0}]);
-    for (agent, secs) in [("a1", 3 * 86_400), ("a1", 60), ("a2", 2 * 86_400)] {
+    for (agent, time) in times {
         publish_at(
             &js,
             &format!("heartbeat.{agent}"),
-            &ago(Duration::from_secs(secs)),
+            time,
             json!({"stats": {"cpu_percent": 1.0}, "containers": c}),
         )
         .await;
@@ -767,21 +769,65 @@ async fn old_samples_are_pruned_and_recent_ones_kept() {
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display()))
         .await
         .unwrap();
-    let cutoff = orrery::window::now_ms() - 86_400_000;
-    let deleted = orrery::projections::heartbeats::prune_samples(&pool, cutoff)
-        .await
-        .unwrap();
-    assert_eq!(deleted, 4, "two system and two container samples");
+    let deleted =
+        orrery::projections::heartbeats::prune_samples(&pool, Duration::from_secs(86_400))
+            .await
+            .unwrap();
     let left: (i64, i64) = sqlx::query_as("SELECT (SELECT COUNT(*) FROM system_stats_samples), (SELECT COUNT(*) FROM container_stats_samples)")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(left, (1, 1));
     let agents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(agents, 2, "agents are never pruned");
+    (deleted, left)
+}
+
+#[tokio::test]
+async fn old_samples_are_pruned_and_recent_ones_kept() {
+    let days = |d: u64| Duration::from_secs(d * 86_400);
+    let (deleted, left) = prune_a_day_of(&[
+        ("a1", ago(days(3))),
+        ("a1", ago(Duration::from_secs(60))),
+        ("a2", ago(days(2))),
+    ])
+    .await;
+    assert_eq!(deleted, 4, "two system and two container samples");
+    assert_eq!(left, (1, 1));
+}
+
+#[tokio::test]
+async fn samples_are_pruned_by_the_newest_event_not_by_the_clock() {
+    // A replica catching up on heartbeats sent ten days ago keeps the last day of them, as
+    // the replica that projected them live did: pruning by the wall clock would drop all.
+    let days = |d: u64| Duration::from_secs(d * 86_400);
+    let (deleted, left) = prune_a_day_of(&[
+        ("a1", ago(days(13))),
+        ("a1", ago(days(10) + Duration::from_secs(60))),
+        ("a2", ago(days(10) + Duration::from_secs(3_600))),
+        ("a2", ago(days(12))),
+    ])
+    .await;
+    assert_eq!(deleted, 4, "the samples of 12 and 13 days ago");
+    assert_eq!(left, (2, 2));
+}
+
+#[tokio::test]
+async fn an_agent_clock_far_ahead_prunes_nobody_recent() {
+    let ahead = time::OffsetDateTime::now_utc() + time::Duration::days(30);
+    let ahead = ahead
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (deleted, left) = prune_a_day_of(&[
+        ("a1", ago(Duration::from_secs(3 * 86_400))),
+        ("a1", ago(Duration::from_secs(60))),
+        ("a2", ahead),
+    ])
+    .await;
+    assert_eq!(deleted, 2, "only the sample three days old");
+    assert_eq!(left, (2, 2));
 }
 
 #[tokio::test]
