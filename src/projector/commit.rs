@@ -179,10 +179,13 @@ pub async fn reset<P: Projection>(projection: &P, writer: &SqlitePool) -> sqlx::
         .bind(stream)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM stream_gaps WHERE stream = ?")
-        .bind(stream)
-        .execute(&mut *tx)
-        .await?;
+    // A replay from the first message leaves nothing to read again.
+    for table in ["stream_gaps", "stream_rereads"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE stream = ?"))
+            .bind(stream)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await
 }
 

@@ -14,6 +14,7 @@ mod any;
 mod commit;
 mod error;
 pub mod prune;
+mod reread;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,6 +133,16 @@ pub trait Projection: Send + Sync + 'static {
     /// Its tables as `orrery digest` hashes them: what replicas at the same checkpoint must
     /// hold identically (derived caches that depend on timing are left out).
     fn tables(&self) -> &'static [Table];
+
+    /// Re-applies events already projected, for the parts of them an older release did not
+    /// keep (see [`reread`]): must add nothing twice. Most projections have none.
+    fn reapply(
+        &self,
+        _conn: &mut SqliteConnection,
+        _events: &[Self::Event],
+    ) -> impl Future<Output = sqlx::Result<()>> + Send {
+        async { Ok(()) }
+    }
 
     /// Deletes every row this projection wrote (for `orrery rebuild`).
     fn reset(&self, conn: &mut SqliteConnection) -> impl Future<Output = sqlx::Result<()>> + Send;
@@ -361,6 +372,33 @@ impl<P: Projection> Projector<P> {
     pub async fn run(mut self, cancel: CancellationToken) {
         let stream = self.shared.stream.name;
         let mut failures: u32 = 0;
+        // What an older release did not keep comes first: a rebuild would have it before
+        // anything newer.
+        while !cancel.is_cancelled() {
+            match reread::run(
+                self.projection.as_ref(),
+                &self.js,
+                &self.writer,
+                self.batch_size,
+                &cancel,
+            )
+            .await
+            {
+                Ok(()) => break,
+                Err(error) => {
+                    self.set_failure(Some(error.to_string()));
+                    let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(stream, %error, "reading the stream again failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.set_failure(None);
+        failures = 0;
         loop {
             match self.project_next_batch(&cancel).await {
                 Ok(Outcome::Stopped) => break,

@@ -193,6 +193,30 @@ impl Default for ResultsProjection {
     }
 }
 
+impl ResultsProjection {
+    /// The runs linked to alerts and the deploy ledger entries of a batch.
+    async fn links_and_deploys(
+        &self,
+        conn: &mut SqliteConnection,
+        events: &[ResultEvent],
+    ) -> sqlx::Result<()> {
+        let linked: Vec<runs::NewRun<'_>> = events
+            .iter()
+            .filter_map(|e| {
+                Some(runs::NewRun {
+                    result_id: &e.result_id,
+                    seq: e.seq,
+                    agent_id: &e.agent_id,
+                    recorded_at: e.recorded_at,
+                    run: e.run.as_ref()?,
+                })
+            })
+            .collect();
+        runs::insert(conn, &linked).await?;
+        deploys::apply(conn, events, self.deploy_keep).await
+    }
+}
+
 impl Projection for ResultsProjection {
     type Event = ResultEvent;
 
@@ -228,20 +252,16 @@ impl Projection for ResultsProjection {
             counts::add_rows_since(conn, rowid_before).await?;
             durations::insert_blocks_from_rows(conn, rowid_before).await?;
         }
-        let linked: Vec<runs::NewRun<'_>> = events
-            .iter()
-            .filter_map(|e| {
-                Some(runs::NewRun {
-                    result_id: &e.result_id,
-                    seq: e.seq,
-                    agent_id: &e.agent_id,
-                    recorded_at: e.recorded_at,
-                    run: e.run.as_ref()?,
-                })
-            })
-            .collect();
-        runs::insert(conn, &linked).await?;
-        deploys::apply(conn, events, self.deploy_keep).await
+        self.links_and_deploys(conn, events).await
+    }
+
+    async fn reapply(
+        &self,
+        conn: &mut SqliteConnection,
+        events: &[ResultEvent],
+    ) -> sqlx::Result<()> {
+        // Both insert each run and deploy once, by result id: a second time is a no-op.
+        self.links_and_deploys(conn, events).await
     }
 
     fn committed(&self, events: &[ResultEvent]) {
