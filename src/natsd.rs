@@ -137,6 +137,20 @@ impl NatsServer {
         let _ = self.child.wait();
     }
 
+    /// Stops the server gracefully (SIGTERM, as an init system would) and waits for it, so
+    /// its store is flushed and closed as a production shutdown leaves it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed: {status}", self.child.id());
+        }
+        self.child.wait().context("waiting for nats-server")?;
+        Ok(())
+    }
+
     /// Starts the server again on the same port and store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

@@ -63,7 +63,8 @@ pub struct Provisioning {
 }
 
 impl Provisioning {
-    fn config(&self, spec: StreamSpec) -> stream::Config {
+    /// The configuration of the stream `spec` under these settings.
+    pub fn config(&self, spec: StreamSpec) -> stream::Config {
         stream::Config {
             name: spec.name.to_owned(),
             subjects: vec![spec.subject.to_owned()],

@@ -26,4 +26,5 @@ mod security;
 mod settings;
 mod snapshot;
 mod telemetry;
+mod upgrade;
 mod work_items;
