@@ -4,6 +4,7 @@
 //! release migrates each, catches up on a second part published after the "upgrade", and
 //! must then equal, by digest, a database it rebuilt from the same stream.
 
+mod rolling;
 mod traffic;
 
 use std::path::{Path, PathBuf};
