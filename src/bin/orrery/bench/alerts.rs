@@ -39,35 +39,110 @@ pub struct AlertsReport {
 
 const PROVIDERS: [&str; 3] = ["alertmanager", "sentry", "signoz"];
 
-/// One alert event: a tenth carry a secret, a fifth repeat an earlier provider event id.
-fn alert_event(i: u64) -> (String, Vec<u8>) {
-    let provider = PROVIDERS[(i % 3) as usize];
-    let project = i % 10;
-    let peid = if i % 5 == 4 { i - 3 } else { i };
-    let secret = if i % 10 == 0 {
-        format!(" curl -H 'Authorization: Bearer tok{i:08}abcdef' https://api.example/v1")
-    } else {
-        String::new()
-    };
-    let body = format!(
-        r#"{{"specversion":"1.0","id":"bench-alert-{i}","type":"alert","source":"bench","time":"2026-11-22T10:00:00Z","data":{{"provider_event_id":"{provider}-{peid}","stage":"{stage}","alertname":"Alert{a}","severity":"warning","namespace":"ns-{n}","target_resource":"svc-{t}","fingerprint":"fp-{fp}","labels":{{"team":"t{n}","env":"prod"}},"content":"Error rate above 5% for svc-{t} in ns-{n} over the last 10 minutes; see runbook.{secret}","source_url":"https://{provider}.example/issues/{i}","provider_ts":"2026-11-22T09:59:58Z","source_refs":{{"{provider}":["{i}"]}}}}}}"#,
-        stage = if i % 7 == 0 { "resolved" } else { "firing" },
-        a = i % 40,
-        n = i % 13,
-        t = i % 97,
-        fp = i % 5_000,
-    );
-    (
-        format!("alert.{provider}.proj-{project}"),
-        body.into_bytes(),
-    )
+/// What the bridges and repair agents send, reproducible from a seed so that a run can name
+/// the provider id of an alert published before it: random-looking UUID v4 envelope ids and
+/// result ids, 32-hex provider event ids, 16-hex fingerprints, event times spread over the
+/// day before `now_ms`.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    seed: u64,
+    now_ms: i64,
 }
 
-/// The `data.provider_event_id` and group of alert event `i`, as [`alert_event`] makes it.
-fn alert_identity(i: u64) -> (String, String) {
-    let provider = PROVIDERS[(i % 3) as usize];
-    let peid = if i % 5 == 4 { i - 3 } else { i };
-    (format!("{provider}-{peid}"), format!("fp:fp-{}", i % 5_000))
+/// SplitMix64: one well-mixed 64-bit value per input.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Shape {
+    fn new() -> Self {
+        Self {
+            seed: fastrand::u64(..),
+            now_ms: orrery::window::now_ms(),
+        }
+    }
+
+    /// 64 random-looking bits for (`kind`, `i`).
+    fn bits(&self, kind: u64, i: u64) -> u64 {
+        mix(self.seed ^ mix(kind.wrapping_mul(0x100_0000_01b3) ^ mix(i)))
+    }
+
+    /// A UUID v4 for (`kind`, `i`).
+    fn uuid(&self, kind: u64, i: u64) -> uuid::Uuid {
+        let bits = (u128::from(self.bits(kind, i)) << 64) | u128::from(self.bits(kind + 1, i));
+        uuid::Builder::from_random_bytes(bits.to_be_bytes()).into_uuid()
+    }
+
+    /// A time within the day before `now_ms`, RFC 3339.
+    fn time(&self, kind: u64, i: u64, minus_ms: i64) -> String {
+        let ago = (self.bits(kind, i) % 86_400_000) as i64;
+        orrery::window::format_unix_ms(self.now_ms - ago - minus_ms)
+    }
+
+    /// One alert event: a tenth carry a secret, a fifth repeat an earlier provider event id.
+    fn alert_event(&self, i: u64) -> (String, Vec<u8>) {
+        let provider = PROVIDERS[(i % 3) as usize];
+        let project = i % 10;
+        let (peid, _) = self.alert_identity(i);
+        let fp = self.bits(20, i % 5_000);
+        let secret = if i % 10 == 0 {
+            format!(" curl -H 'Authorization: Bearer tok{i:08}abcdef' https://api.example/v1")
+        } else {
+            String::new()
+        };
+        let body = format!(
+            r#"{{"specversion":"1.0","id":"{id}","type":"alert","source":"bench","time":"{time}","data":{{"provider_event_id":"{peid}","stage":"{stage}","alertname":"Alert{a}","severity":"warning","namespace":"ns-{n}","target_resource":"svc-{t}","fingerprint":"{fp:016x}","labels":{{"team":"t{n}","env":"prod"}},"content":"Error rate above 5% for svc-{t} in ns-{n} over the last 10 minutes; see runbook.{secret}","source_url":"https://{provider}.example/issues/{fp:016x}","provider_ts":"{provider_ts}","source_refs":{{"{provider}":["{peid}"]}}}}}}"#,
+            id = self.uuid(10, i),
+            time = self.time(30, i, 0),
+            provider_ts = self.time(30, i, 2_000),
+            stage = if i % 7 == 0 { "resolved" } else { "firing" },
+            a = i % 40,
+            n = i % 13,
+            t = i % 97,
+        );
+        (
+            format!("alert.{provider}.proj-{project}"),
+            body.into_bytes(),
+        )
+    }
+
+    /// The `data.provider_event_id` and group of alert event `i`, as [`Self::alert_event`]
+    /// makes them.
+    fn alert_identity(&self, i: u64) -> (String, String) {
+        let peid = if i % 5 == 4 { i - 3 } else { i };
+        (
+            self.uuid(12, peid).simple().to_string(),
+            format!("fp:{:016x}", self.bits(20, i % 5_000)),
+        )
+    }
+
+    /// Run `j` of `runs` answering the alerts of `events`: two thirds name an alert event,
+    /// one third a recurrence key; states, repairs and verification vary.
+    fn run_event(&self, j: u64, events: u64) -> (String, Vec<u8>) {
+        let i = (j * 7_919) % events;
+        let (peid, key) = self.alert_identity(i);
+        let links = if j % 3 == 2 {
+            format!(r#"{{"recurrence_key":"{key}"}}"#)
+        } else {
+            format!(
+                r#"{{"provider":"{}","provider_event_id":"{peid}","incident_id":"INC-{}"}}"#,
+                PROVIDERS[(i % 3) as usize],
+                j % 900
+            )
+        };
+        let (state, repair, verified) = RUN_HABITS[((j / 3) % 5) as usize];
+        let body = format!(
+            r#"{{"id":"{id}","data":{{"result_id":"{result_id}","job_id":"repair","success":{ok},"finished_at":"{finished}","links":{links},"run_state":"{state}","repair":"{repair}","verified":{verified}}}}}"#,
+            id = self.uuid(40, j),
+            result_id = self.uuid(42, j),
+            finished = self.time(44, j, 0),
+            ok = state != "failed",
+        );
+        (format!("result.job.fixer-{}", j % 50), body.into_bytes())
+    }
 }
 
 const RUN_HABITS: [(&str, &str, bool); 5] = [
@@ -77,28 +152,6 @@ const RUN_HABITS: [(&str, &str, bool); 5] = [
     ("running", "auto", false),
     ("succeeded", "manual", false),
 ];
-
-/// Run `j` of `runs` answering the alerts of `events`: two thirds name an alert event, one
-/// third a recurrence key; states, repairs and verification vary.
-fn run_event(j: u64, events: u64) -> (String, Vec<u8>) {
-    let i = (j * 7_919) % events;
-    let (peid, key) = alert_identity(i);
-    let links = if j % 3 == 2 {
-        format!(r#"{{"recurrence_key":"{key}"}}"#)
-    } else {
-        format!(
-            r#"{{"provider":"{}","provider_event_id":"{peid}","incident_id":"INC-{}"}}"#,
-            PROVIDERS[(i % 3) as usize],
-            j % 900
-        )
-    };
-    let (state, repair, verified) = RUN_HABITS[((j / 3) % 5) as usize];
-    let body = format!(
-        r#"{{"id":"bench-run-{j}","data":{{"result_id":"run-{j}","job_id":"repair","success":{ok},"links":{links},"run_state":"{state}","repair":"{repair}","verified":{verified}}}}}"#,
-        ok = state != "failed",
-    );
-    (format!("result.job.fixer-{}", j % 50), body.into_bytes())
-}
 
 /// Alerts published in the background at a steady rate, until stopped.
 struct Arriving {
@@ -115,7 +168,7 @@ impl Arriving {
 }
 
 /// Publishes alert events after the first `from`, `rate` per second in 10 ms steps.
-fn live_alerts(js: &jetstream::Context, run: &str, from: u64, rate: u64) -> Arriving {
+fn live_alerts(js: &jetstream::Context, shape: Shape, run: &str, from: u64, rate: u64) -> Arriving {
     let stop = tokio_util::sync::CancellationToken::new();
     let (js, run, token) = (js.clone(), run.to_owned(), stop.clone());
     let task = tokio::spawn(async move {
@@ -126,7 +179,7 @@ fn live_alerts(js: &jetstream::Context, run: &str, from: u64, rate: u64) -> Arri
             let due = rate * started.elapsed().as_millis() as u64 / 1_000;
             let mut acks = Vec::new();
             while sent < due {
-                let (subject, body) = alert_event(from + sent);
+                let (subject, body) = shape.alert_event(from + sent);
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("{run}-live-{sent}").as_str());
                 acks.push(
@@ -162,7 +215,8 @@ pub async fn run(
     let js = connect_provisioned(nats_url, Duration::from_secs(86_400)).await?;
     let before = last_seq(&js, streams::ALERTS.name).await?;
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let publish_time = publish_with(&js, events, &run, alert_event).await?;
+    let shape = Shape::new();
+    let publish_time = publish_with(&js, events, &run, |i| shape.alert_event(i)).await?;
     let last = before + events;
 
     let dir = tempfile::tempdir()?;
@@ -176,7 +230,10 @@ pub async fn run(
         .fetch_one(&db.writer)
         .await?;
     let runs_before = last_seq(&js, streams::RESULTS.name).await?;
-    publish_with(&js, runs, &format!("{run}-runs"), |j| run_event(j, events)).await?;
+    publish_with(&js, runs, &format!("{run}-runs"), |j| {
+        shape.run_event(j, events)
+    })
+    .await?;
     let runs_time = catch_up(
         streams::RESULTS,
         &js,
@@ -220,7 +277,7 @@ pub async fn run(
         recurrence.push(measure(&daemon.base, &preview, concurrency, requests).await?);
     }
     // The first page again while alerts keep arriving: every commit makes the pages new.
-    let arriving = live_alerts(&js, &run, events, live_rate);
+    let arriving = live_alerts(&js, shape, &run, events, live_rate);
     // Ten times the requests, so that the measure spans many commits.
     let mut busy = measure(
         &daemon.base,

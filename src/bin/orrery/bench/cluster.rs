@@ -158,10 +158,11 @@ async fn until_caught_up(
     }
 }
 
-fn result_body(run: &str, i: u64) -> Vec<u8> {
+/// One result as agents send it: UUID v4 ids, finished now.
+fn result_body(i: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
-        "id": format!("{run}-{i}"),
-        "data": {"result_id": format!("{run}-{i}"), "exit_code": i % 9,
+        "id": uuid::Uuid::new_v4(),
+        "data": {"result_id": uuid::Uuid::new_v4(), "exit_code": i % 9,
                  "finished_at": orrery::window::format_unix_ms(orrery::window::now_ms())}
     }))
     .expect("serializable")
@@ -196,10 +197,7 @@ pub async fn run(opts: ClusterOpts) -> anyhow::Result<ClusterReport> {
     eprintln!("publishing {} results to R3 streams…", opts.events);
     let mut a = spawn_replica(&urls, &dir.path().join("a.db"), true)?;
     let publish = super::publish_with(&js, opts.events, "bench", |i| {
-        (
-            format!("result.traffic.agent-{}", i % 1000),
-            result_body("bench", i),
-        )
+        (format!("result.traffic.agent-{}", i % 1000), result_body(i))
     })
     .await?;
     let published_at = Instant::now();
@@ -337,7 +335,7 @@ async fn leader_loss(
             let first = Instant::now();
             let subject = format!("result.failover.agent-{}", i % 100);
             let id = format!("failover-{i}");
-            let body = bytes::Bytes::from(result_body("failover", i));
+            let body = bytes::Bytes::from(result_body(i));
             let mut attempts = 0u32;
             loop {
                 attempts += 1;

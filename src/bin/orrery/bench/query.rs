@@ -77,7 +77,8 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
             String::new()
         };
         let body = format!(
-            r#"{{"id":"hb-{run}-{i}","time":"{t}","data":{{"hostname":"agent-{agent}.corp","version":"1.8.2","labels":{{"site":"s{s}"}},"stats":{{"cpu_percent":{cpu}.0,"memory_usage":{mem},"memory_limit":8589934592}}{container}}}}}"#,
+            r#"{{"id":"{id}","time":"{t}","data":{{"hostname":"agent-{agent}.corp","version":"1.8.2","labels":{{"site":"s{s}"}},"stats":{{"cpu_percent":{cpu}.0,"memory_usage":{mem},"memory_limit":8589934592}}{container}}}}}"#,
+            id = uuid::Uuid::new_v4(),
             t = format_unix_ms(at),
             s = agent % 7,
             cpu = i % 100,
@@ -93,7 +94,9 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
         let finished = now - span + (i as i64 * span) / load.results as i64;
         let duration = (i * 7_919) % 5_000;
         let body = format!(
-            r#"{{"id":"res-{run}-{i}","data":{{"result_id":"r-{run}-{i}","job_id":"probe-{job}","exit_code":{code},"started_at":"{s}","finished_at":"{f}"}}}}"#,
+            r#"{{"id":"{id}","data":{{"result_id":"{result_id}","job_id":"probe-{job}","exit_code":{code},"started_at":"{s}","finished_at":"{f}"}}}}"#,
+            id = uuid::Uuid::new_v4(),
+            result_id = uuid::Uuid::new_v4(),
             job = i % 200,
             code = u8::from(i % 10 == 0),
             s = format_unix_ms(finished - duration as i64),
