@@ -174,6 +174,81 @@ async fn every_earlier_schema_upgrades_to_the_digest_of_a_rebuild() {
     );
 }
 
+/// A database older than schema 9 asks for RESULTS to be read again; when the stream no
+/// longer holds those messages (retention moved on), the request is given up with a warning
+/// and projection goes on from the checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reread_the_stream_no_longer_holds_is_given_up_and_projection_goes_on() {
+    let t0 = OffsetDateTime::parse(manifest()["t0"].as_str().unwrap(), &Rfc3339).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
+    let nats = NatsServer::start_in(store, free_port().unwrap()).unwrap();
+    let js = jetstream(&nats).await;
+    // Everything the schema-8 release projected is gone from RESULTS.
+    js.get_stream("RESULTS")
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    publish(&js, &traffic::traffic(2, t0)).await;
+
+    let db = dir.path().join("upgraded.db");
+    std::fs::copy(Path::new(FIXTURES).join("schema-8.db"), &db).unwrap();
+    catch_up(&nats.url(), &db).await;
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+        .await
+        .unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM stream_rereads").await, 0);
+    // The first part's results stay as the old release left them, the second is projected.
+    assert_eq!(count("SELECT COUNT(*) FROM execution_results").await, 134);
+    // Only the second part's runs are linked: the first part's links were never stored.
+    assert_eq!(count("SELECT COUNT(*) FROM alert_runs").await, 3);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM alert_runs WHERE result_id LIKE 'run-2-%'").await,
+        3
+    );
+}
+
+/// `orrery rebuild` replays from the first message, so it drops a pending request to read
+/// the stream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_drops_a_pending_reread() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
+    let nats = NatsServer::start_in(store, free_port().unwrap()).unwrap();
+    let db = dir.path().join("upgraded.db");
+    std::fs::copy(Path::new(FIXTURES).join("schema-8.db"), &db).unwrap();
+    // Migrating alone (no projector runs) leaves the request pending.
+    orrery_cli(&["migrate"], &db, &[]);
+    let pending = || async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", db.display()))
+            .await
+            .unwrap();
+        let v: Vec<(String, i64)> =
+            sqlx::query_as("SELECT stream, through_seq FROM stream_rereads")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        v
+    };
+    assert_eq!(pending().await, vec![("RESULTS".to_owned(), 70)]);
+    rebuild(&nats.url(), &db, Some("RESULTS"));
+    assert_eq!(pending().await, vec![]);
+}
+
 /// `stream.table (rows upgraded/rebuilt)` of every table whose hash differs.
 fn differing_tables(a: &Value, b: &Value) -> Vec<String> {
     let tables = |d: &Value| -> Vec<(String, Value)> {
