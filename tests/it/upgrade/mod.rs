@@ -63,6 +63,13 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A nats-server on a copy (in `dir`) of the fixtures' store, which holds the first part.
+fn fixture_bus(dir: &Path) -> NatsServer {
+    let store = dir.join("store");
+    copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
+    NatsServer::start_in(store, free_port().unwrap()).unwrap()
+}
+
 async fn publish(js: &jetstream::Context, messages: &[traffic::Message]) {
     for m in messages {
         publish_raw(js, &m.subject, &m.id, m.body.clone())
@@ -118,9 +125,7 @@ async fn every_earlier_schema_upgrades_to_the_digest_of_a_rebuild() {
     for release in releases {
         let schema = release["schema"].as_i64().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
-        let nats = NatsServer::start_in(store, free_port().unwrap()).unwrap();
+        let nats = fixture_bus(dir.path());
         let js = jetstream(&nats).await;
         publish(&js, &second).await;
 
@@ -181,9 +186,7 @@ async fn every_earlier_schema_upgrades_to_the_digest_of_a_rebuild() {
 async fn a_reread_the_stream_no_longer_holds_is_given_up_and_projection_goes_on() {
     let t0 = OffsetDateTime::parse(manifest()["t0"].as_str().unwrap(), &Rfc3339).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
-    let nats = NatsServer::start_in(store, free_port().unwrap()).unwrap();
+    let nats = fixture_bus(dir.path());
     let js = jetstream(&nats).await;
     // Everything the schema-8 release projected is gone from RESULTS.
     js.get_stream("RESULTS")
@@ -225,9 +228,7 @@ async fn a_reread_the_stream_no_longer_holds_is_given_up_and_projection_goes_on(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_drops_a_pending_reread() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    copy_dir(&Path::new(FIXTURES).join("jetstream"), &store);
-    let nats = NatsServer::start_in(store, free_port().unwrap()).unwrap();
+    let nats = fixture_bus(dir.path());
     let db = dir.path().join("upgraded.db");
     std::fs::copy(Path::new(FIXTURES).join("schema-8.db"), &db).unwrap();
     // Migrating alone (no projector runs) leaves the request pending.
