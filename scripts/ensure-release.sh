@@ -24,6 +24,11 @@ if [ ! -x "$bin" ]; then
     mkdir -p "$dir"
     src=$(mktemp -d "$dir/src.XXXXXX")
     trap 'rm -rf "$src"' EXIT
+    # A shallow clone (as some CI systems make) lacks the release's commit: fetch the history.
+    if ! git -C "$root" cat-file -e "$commit^{commit}" 2>/dev/null; then
+        echo "fetching the history to find $commit" >&2
+        git -C "$root" fetch --quiet --unshallow 2>/dev/null || git -C "$root" fetch --quiet origin "$commit"
+    fi
     git -C "$root" archive "$commit" | tar -x -C "$src"
     # The archive's files carry the commit's time, older than the last build's output in the
     # shared target directory, which cargo would then take for this release's.
