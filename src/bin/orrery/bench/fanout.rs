@@ -32,6 +32,11 @@ pub struct FanoutOptions {
     pub rate: u64,
     /// How long to publish.
     pub duration: Duration,
+    /// Results loaded into the database before the measure, finished 2 to 32 days ago.
+    pub backlog: u64,
+    /// The daemon's results retention during the measure (zero: kept for ever): a day
+    /// makes it prune the whole backlog while the clients listen.
+    pub backlog_retention: Duration,
 }
 
 /// Figures of one `bench fanout` run.
@@ -66,6 +71,10 @@ pub struct FanoutReport {
     pub rss_connected: u64,
     /// `(rss_connected - rss_before) / connected`, bytes.
     pub rss_per_connection: u64,
+    /// Results in the database before the measure.
+    pub backlog: u64,
+    /// Rows the pruner deleted from the first publish to the last delivery.
+    pub pruned_while_publishing: u64,
 }
 
 fn now_us() -> u64 {
@@ -140,7 +149,24 @@ pub(super) fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyh
 
 /// Starts `orrery serve` on a fresh temporary database with `env` added to its settings.
 pub(super) fn spawn_daemon_with(nats_url: &str, env: &[(&str, String)]) -> anyhow::Result<Daemon> {
-    let dir = tempfile::tempdir()?;
+    spawn_daemon_in(tempfile::tempdir()?, nats_url, env)
+}
+
+impl Daemon {
+    /// Kills the daemon and hands over its directory, database included.
+    fn stop_keeping_database(mut self) -> anyhow::Result<tempfile::TempDir> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(std::mem::replace(&mut self.dir, tempfile::tempdir()?))
+    }
+}
+
+/// Starts `orrery serve` on the database in `dir` (`fanout.db`) with `env` added.
+fn spawn_daemon_in(
+    dir: tempfile::TempDir,
+    nats_url: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Daemon> {
     let port = free_port()?;
     // Another build's daemon may be measured by the same load (before and after a change).
     let exe = match std::env::var_os("ORRERY_BENCH_DAEMON") {
@@ -246,14 +272,18 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let daemon = spawn_daemon(nats_url, &secret, opts.clients)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
-    daemon.wait_ready(&http).await?;
-
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();
+    let daemon = if opts.backlog > 0 {
+        load_backlog(nats_url, &run, &secret, &opts, &http).await?
+    } else {
+        spawn_daemon(nats_url, &secret, opts.clients)?
+    };
+    daemon.wait_ready(&http).await?;
+
     let tids: Vec<String> = (0..opts.topologies)
         .map(|i| format!("bench-{}-{i}", &run[..8]))
         .collect();
@@ -334,6 +364,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let pruned_before = pruned_results(&http, &daemon.base).await?;
     let publish_start = Instant::now();
     let mut published = 0u64;
     let mut acks = std::collections::VecDeque::new();
@@ -372,6 +403,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered_n = delivered.load(Ordering::Relaxed);
+    let pruned_after = pruned_results(&http, &daemon.base).await?;
     stop.cancel();
 
     let mut latencies = Vec::new();
@@ -401,7 +433,72 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         rss_before,
         rss_connected,
         rss_per_connection: rss_connected.saturating_sub(rss_before) / connected_n.max(1) as u64,
+        backlog: opts.backlog,
+        pruned_while_publishing: pruned_after.saturating_sub(pruned_before),
     })
+}
+
+/// Publishes `opts.backlog` results finished 2 to 32 days ago, lets a first daemon (keeping
+/// everything) project them, then starts the measured daemon on that database with
+/// `opts.backlog_retention`.
+async fn load_backlog(
+    nats_url: &str,
+    run: &str,
+    secret: &str,
+    opts: &FanoutOptions,
+    http: &reqwest::Client,
+) -> anyhow::Result<Daemon> {
+    const DAY_MS: i64 = 86_400_000;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let end = orrery::window::now_ms() - 2 * DAY_MS;
+    // The streams as the daemon makes them (7 days, counted from publishing).
+    let js = super::connect_provisioned(nats_url, Duration::from_secs(7 * 86_400)).await?;
+    super::publish_with(&js, opts.backlog, &format!("{run}-backlog"), |_| {
+        super::ingest::realistic_event(&mut rng, end, 30 * DAY_MS)
+    })
+    .await?;
+    let loader = spawn_daemon_with(
+        nats_url,
+        &[
+            ("ORRERY_JWT_SECRET", secret.to_owned()),
+            ("ORRERY_READY_MAX_LAG", "0".to_owned()),
+            ("ORRERY_RESULTS_RETENTION_SECS", "0".to_owned()),
+        ],
+    )?;
+    let limit = Duration::from_secs(60 + opts.backlog / 2_000);
+    loader.wait_ready_within(http, limit).await?;
+    let dir = loader.stop_keeping_database()?;
+    spawn_daemon_in(
+        dir,
+        nats_url,
+        &[
+            ("ORRERY_JWT_SECRET", secret.to_owned()),
+            ("ORRERY_SSE_MAX_STREAMS_PER_USER", opts.clients.to_string()),
+            (
+                "ORRERY_SSE_MAX_CONNECTIONS",
+                (opts.clients + 16).to_string(),
+            ),
+            (
+                "ORRERY_RESULTS_RETENTION_SECS",
+                opts.backlog_retention.as_secs().to_string(),
+            ),
+        ],
+    )
+}
+
+/// `orrery_retention_pruned_rows_total{stream="RESULTS"}` of the daemon at `base`.
+async fn pruned_results(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("orrery_retention_pruned_rows_total{stream=\"RESULTS\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
 }
 
 impl std::fmt::Display for FanoutReport {
@@ -437,6 +534,13 @@ impl std::fmt::Display for FanoutReport {
             self.latency.p50_ms, self.latency.p99_ms, self.latency.max_ms
         )?;
         writeln!(f, "  errors                     {}", self.errors)?;
+        if self.backlog > 0 {
+            writeln!(
+                f,
+                "  backlog                    {} results; {} rows pruned while publishing",
+                self.backlog, self.pruned_while_publishing
+            )?;
+        }
         write!(
             f,
             "  daemon RSS                 {:.1} MiB idle, {:.1} MiB connected, {:.1} KiB per connection",

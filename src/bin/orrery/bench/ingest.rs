@@ -183,7 +183,11 @@ const JOBS: [&str; 7] = [
 ];
 
 /// One realistic result: subject and body.
-fn realistic_event(rng: &mut fastrand::Rng, now_ms: i64, spread_ms: i64) -> (String, Vec<u8>) {
+pub(super) fn realistic_event(
+    rng: &mut fastrand::Rng,
+    now_ms: i64,
+    spread_ms: i64,
+) -> (String, Vec<u8>) {
     const KINDS: [&str; 4] = ["traffic", "file", "email", "job"];
     let finished = now_ms - rng.i64(0..spread_ms.max(1));
     let took = rng.i64(200..30_000);

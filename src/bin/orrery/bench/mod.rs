@@ -167,6 +167,14 @@ pub enum Bench {
         /// How long to publish, e.g. 10s.
         #[arg(long, default_value = "10s")]
         duration: String,
+        /// Results to load into the database first, finished 2 to 32 days ago (a month of
+        /// data to prune while the clients listen).
+        #[arg(long, default_value_t = 0)]
+        backlog: u64,
+        /// The daemon's results retention during the measure, e.g. 1d; 0 keeps the backlog
+        /// (the same load without pruning).
+        #[arg(long, default_value = "1d")]
+        backlog_retention: String,
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
@@ -303,17 +311,28 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             topologies,
             rate,
             duration,
+            backlog,
+            backlog_retention,
             nats_url,
             json,
         } => {
             let duration = orrery::window::parse_duration(&duration)
                 .map_err(|e| anyhow::anyhow!("--duration `{duration}`: {e}"))?;
+            let backlog_retention = if backlog_retention == "0" {
+                Duration::ZERO
+            } else {
+                orrery::window::parse_duration(&backlog_retention).map_err(|e| {
+                    anyhow::anyhow!("--backlog-retention `{backlog_retention}`: {e}")
+                })?
+            };
             let (_nats, url) = bench_nats(nats_url)?;
             let opts = fanout::FanoutOptions {
                 clients,
                 topologies,
                 rate,
                 duration,
+                backlog,
+                backlog_retention,
             };
             print_report(&fanout::run(&url, opts).await?, json)
         }
