@@ -12,8 +12,15 @@ use sqlx::SqlitePool;
 use super::{ReadModel, Table, Window};
 use crate::retention::{Class, Retention};
 
-/// Rows deleted per transaction: a few milliseconds of the writer.
+/// Most rows deleted per transaction.
 pub const CHUNK: i64 = 2_000;
+
+/// Fewest rows deleted per transaction.
+const MIN_CHUNK: i64 = 50;
+
+/// How long one pruning transaction may hold the writer: the projectors' commits, and so the
+/// live streams, wait at most about this long for it.
+const CHUNK_TIME: Duration = Duration::from_millis(10);
 
 /// Derived caches pruned with their read model but never hashed: (stream, class, prune SQL).
 const CACHES: [(&str, Class, &str); 1] = [(
@@ -179,26 +186,40 @@ pub async fn prune_once(
                 Some(stream.name),
             ));
         }
+        // Chunks are sized to hold the writer about CHUNK_TIME (random keys make a row cost
+        // anything from microseconds to a page read each), and the pruner then waits as long
+        // as it held the writer, so that projecting always gets at least half of it.
         for (cutoff, sql, bound_stream) in statements {
+            // Each table's rows cost differently: start small and grow.
+            let mut chunk = MIN_CHUNK;
             loop {
                 if cancel.is_cancelled() {
                     return Ok(total + deleted);
                 }
-                let mut q = sqlx::query(sql).bind(cutoff).bind(CHUNK);
+                let mut q = sqlx::query(sql).bind(cutoff).bind(chunk);
                 if let Some(name) = bound_stream {
                     q = q.bind(name);
                 }
+                let started = std::time::Instant::now();
                 let n = q.execute(writer).await?.rows_affected();
+                let held = started.elapsed();
                 deleted += n;
-                if n < CHUNK as u64 {
+                // Counted as committed, so a long pass shows its progress in the metrics.
+                report.add(stream.name, n);
+                if n < chunk as u64 {
                     break;
                 }
-                // Let the projectors' next commit in between chunks.
-                tokio::task::yield_now().await;
+                chunk = if held > CHUNK_TIME {
+                    (chunk / 2).max(MIN_CHUNK)
+                } else if held < CHUNK_TIME / 2 {
+                    (chunk * 2).min(CHUNK)
+                } else {
+                    chunk
+                };
+                tokio::time::sleep(held).await;
             }
         }
         total += deleted;
-        report.add(stream.name, deleted);
     }
     if total > 0 {
         report
