@@ -31,6 +31,18 @@ pub fn binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// Sends `child` SIGTERM, as an init system would, and waits for it to exit.
+pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -TERM {} failed: {status}", child.id());
+    }
+    child.wait().context("waiting for the process")
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -140,14 +152,7 @@ impl NatsServer {
     /// Stops the server gracefully (SIGTERM, as an init system would) and waits for it, so
     /// its store is flushed and closed as a production shutdown leaves it.
     pub fn stop(&mut self) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -TERM {} failed: {status}", self.child.id());
-        }
-        self.child.wait().context("waiting for nats-server")?;
+        terminate(&mut self.child)?;
         Ok(())
     }
 

@@ -343,8 +343,8 @@ impl Projection for HeartbeatsProjection {
     }
 }
 
-/// Deletes the samples older than `retention` before the newest, a bounded chunk per
-/// transaction so the writer is never held for long; returns rows deleted.
+/// Deletes the samples older than `retention` before the newest, in transactions sized as
+/// the pruner's ([`crate::projector::prune::delete_in_chunks`]); returns rows deleted.
 ///
 /// "The newest" is the lesser of the newest sample's time and the HEARTBEATS high-water mark
 /// (the newest publish time committed): both are the same on every replica at the same
@@ -356,8 +356,7 @@ pub async fn prune_samples(
     writer: &sqlx::SqlitePool,
     retention: std::time::Duration,
 ) -> sqlx::Result<u64> {
-    const CHUNK: i64 = 5_000;
-    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    let retention_ms = crate::retention::millis(retention);
     let high_water: Option<i64> =
         sqlx::query_scalar("SELECT high_water_ms FROM checkpoints WHERE stream = ?1")
             .bind(streams::HEARTBEATS.name)
@@ -376,24 +375,13 @@ pub async fn prune_samples(
             .await?;
         let Some(newest) = newest else { continue };
         let cutoff = newest.min(high_water).saturating_sub(retention_ms);
-        loop {
-            let sql = format!(
-                "DELETE FROM {table} WHERE {key} IN \
-                 (SELECT {key} FROM {table} WHERE at < ?1 LIMIT ?2)"
-            );
-            let n = sqlx::query(&sql)
-                .bind(cutoff)
-                .bind(CHUNK)
-                .execute(writer)
-                .await?
-                .rows_affected();
-            total += n;
-            if n < CHUNK as u64 {
-                break;
-            }
-            // Let the projector's next commit in between chunks.
-            tokio::task::yield_now().await;
-        }
+        let sql = format!(
+            "DELETE FROM {table} WHERE {key} IN \
+             (SELECT {key} FROM {table} WHERE at < ?1 LIMIT ?2)"
+        );
+        total +=
+            crate::projector::prune::delete_in_chunks(writer, &sql, cutoff, None, None, |_| {})
+                .await?;
     }
     Ok(total)
 }

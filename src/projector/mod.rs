@@ -289,6 +289,42 @@ struct Shared {
     counters: Arc<Counters>,
 }
 
+/// Capped exponential backoff after the `failures`-th failure in a row (counted here).
+fn retry_delay(failures: &mut u32) -> Duration {
+    let delay = Duration::from_millis((100u64 << (*failures).min(6)).min(5_000));
+    *failures = failures.saturating_add(1);
+    delay
+}
+
+/// An ordered consumer's messages of `stream` from sequence `start` (or the first the stream
+/// still holds).
+async fn ordered_from(
+    js: &jetstream::Context,
+    stream: &str,
+    start: u64,
+) -> Result<consumer::pull::Ordered, ProjectorError> {
+    js.get_stream_no_info(stream)
+        .await
+        .map_err(|e| ProjectorError::bus("opening stream", e))?
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| ProjectorError::bus("creating ordered consumer", e))?
+        .messages()
+        .await
+        .map_err(|e| ProjectorError::bus("starting consumer", e))
+}
+
+/// Decodes one message; a decoder bug costs one dead letter, not the whole projection.
+fn decode_guarded<P: Projection>(projection: &P, msg: &Message<'_>) -> Result<P::Event, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| projection.decode(msg)))
+        .unwrap_or_else(|_| Err("the decoder panicked on this message".to_owned()))
+}
+
 /// Drives one [`Projection`] from its stream into SQLite.
 ///
 /// Two stages overlap: while batch *k* commits on its own task, batch *k + 1* is collected
@@ -387,8 +423,7 @@ impl<P: Projection> Projector<P> {
                 Ok(()) => break,
                 Err(error) => {
                     self.set_failure(Some(error.to_string()));
-                    let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                    failures = failures.saturating_add(1);
+                    let delay = retry_delay(&mut failures);
                     tracing::warn!(stream, %error, "reading the stream again failed; retrying");
                     tokio::select! {
                         _ = cancel.cancelled() => break,
@@ -413,8 +448,7 @@ impl<P: Projection> Projector<P> {
                 Err(error) => {
                     self.shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     self.set_failure(Some(error.to_string()));
-                    let delay = Duration::from_millis((100u64 << failures.min(6)).min(5_000));
-                    failures = failures.saturating_add(1);
+                    let delay = retry_delay(&mut failures);
                     tracing::warn!(stream, %error, retry_in_ms = delay.as_millis() as u64,
                         "projection step failed; resuming from checkpoint");
                     tokio::select! {
@@ -434,24 +468,7 @@ impl<P: Projection> Projector<P> {
     async fn open_consumer(&mut self) -> Result<&mut consumer::pull::Ordered, ProjectorError> {
         if self.consumer.is_none() {
             let name = self.shared.stream.name;
-            let stream = self
-                .js
-                .get_stream_no_info(name)
-                .await
-                .map_err(|e| ProjectorError::bus("opening stream", e))?;
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: self.position + 1,
-                    },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| ProjectorError::bus("creating ordered consumer", e))?;
-            let messages = consumer
-                .messages()
-                .await
-                .map_err(|e| ProjectorError::bus("starting consumer", e))?;
+            let messages = ordered_from(&self.js, name, self.position + 1).await?;
             tracing::debug!(
                 stream = name,
                 from = self.position + 1,
@@ -613,13 +630,7 @@ impl<P: Projection> Projector<P> {
         batch.events.reserve(batch.raw.len());
         batch.origins.reserve(batch.raw.len());
         for i in 0..batch.raw.len() {
-            let msg = batch.message(i);
-            // A decoder bug must cost one dead letter, not the whole projection.
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.projection.decode(&msg)
-            }))
-            .unwrap_or_else(|_| Err("the decoder panicked on this message".to_owned()));
-            match decoded {
+            match decode_guarded(self.projection.as_ref(), &batch.message(i)) {
                 Ok(ev) => {
                     batch.events.push(ev);
                     batch.origins.push(i);

@@ -186,37 +186,15 @@ pub async fn prune_once(
                 Some(stream.name),
             ));
         }
-        // Chunks are sized to hold the writer about CHUNK_TIME (random keys make a row cost
-        // anything from microseconds to a page read each), and the pruner then waits as long
-        // as it held the writer, so that projecting always gets at least half of it.
         for (cutoff, sql, bound_stream) in statements {
-            // Each table's rows cost differently: start small and grow.
-            let mut chunk = MIN_CHUNK;
-            loop {
-                if cancel.is_cancelled() {
-                    return Ok(total + deleted);
-                }
-                let mut q = sqlx::query(sql).bind(cutoff).bind(chunk);
-                if let Some(name) = bound_stream {
-                    q = q.bind(name);
-                }
-                let started = std::time::Instant::now();
-                let n = q.execute(writer).await?.rows_affected();
-                let held = started.elapsed();
-                deleted += n;
+            let n = delete_in_chunks(writer, sql, cutoff, bound_stream, Some(cancel), |n| {
                 // Counted as committed, so a long pass shows its progress in the metrics.
-                report.add(stream.name, n);
-                if n < chunk as u64 {
-                    break;
-                }
-                chunk = if held > CHUNK_TIME {
-                    (chunk / 2).max(MIN_CHUNK)
-                } else if held < CHUNK_TIME / 2 {
-                    (chunk * 2).min(CHUNK)
-                } else {
-                    chunk
-                };
-                tokio::time::sleep(held).await;
+                report.add(stream.name, n)
+            })
+            .await?;
+            deleted += n;
+            if cancel.is_cancelled() {
+                return Ok(total + deleted);
             }
         }
         total += deleted;
@@ -227,6 +205,48 @@ pub async fn prune_once(
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
     Ok(total)
+}
+
+/// Runs the delete `sql` (`?1` the cutoff, `?2` a row count, `?3` `stream` if given) a
+/// transaction at a time until one deletes fewer rows than asked, or `cancel` fires; tells
+/// `on_chunk` each transaction's count and returns the total.
+///
+/// Transactions are sized to hold the writer about [`CHUNK_TIME`] (random keys make a row
+/// cost anything from microseconds to a page read), starting small, and the writer is then
+/// left alone as long as it was held, so that projecting always gets at least half of it.
+pub async fn delete_in_chunks(
+    writer: &SqlitePool,
+    sql: &str,
+    cutoff: i64,
+    stream: Option<&str>,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+    mut on_chunk: impl FnMut(u64),
+) -> sqlx::Result<u64> {
+    let mut chunk = MIN_CHUNK;
+    let mut deleted = 0;
+    while !cancel.is_some_and(|c| c.is_cancelled()) {
+        let mut q = sqlx::query(sql).bind(cutoff).bind(chunk);
+        if let Some(name) = stream {
+            q = q.bind(name);
+        }
+        let started = std::time::Instant::now();
+        let n = q.execute(writer).await?.rows_affected();
+        let held = started.elapsed();
+        deleted += n;
+        on_chunk(n);
+        if n < chunk as u64 {
+            break;
+        }
+        chunk = if held > CHUNK_TIME {
+            (chunk / 2).max(MIN_CHUNK)
+        } else if held < CHUNK_TIME / 2 {
+            (chunk * 2).min(CHUNK)
+        } else {
+            chunk
+        };
+        tokio::time::sleep(held).await;
+    }
+    Ok(deleted)
 }
 
 /// How often the pruner looks.

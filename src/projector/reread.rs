@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::{FutureExt, StreamExt};
 use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
@@ -49,21 +49,7 @@ pub(super) async fn run<P: Projection>(
         "reading the stream again for what an older release did not keep"
     );
     if done < through {
-        let mut messages = js
-            .get_stream_no_info(stream)
-            .await
-            .map_err(|e| ProjectorError::bus("opening stream", e))?
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: done + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ProjectorError::bus("creating ordered consumer", e))?
-            .messages()
-            .await
-            .map_err(|e| ProjectorError::bus("starting consumer", e))?;
+        let mut messages = super::ordered_from(js, stream, done + 1).await?;
         while done < through {
             let mut raw = Vec::new();
             while raw.len() < batch_size {
@@ -116,11 +102,7 @@ pub(super) async fn run<P: Projection>(
                     published_ms: to_unix_ms(info.published),
                 };
                 // Dead letters were stored when the message was first projected.
-                if let Ok(Ok(event)) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        projection.decode(&msg)
-                    }))
-                {
+                if let Ok(event) = super::decode_guarded(projection, &msg) {
                     events.push(event);
                 }
             }

@@ -178,15 +178,19 @@ impl TestApp {
             "projections to catch up",
             || async {
                 let res = self.get("/ready", None).await;
-                let v: Value = res.json().await.unwrap();
-                v["status"] == "ready"
-                    && v["projections"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(|p| p["lag"] == 0))
+                caught_up(&res.json().await.unwrap())
             },
         )
         .await;
     }
+}
+
+/// Whether a `/ready` answer says ready with every projection at lag 0.
+pub fn caught_up(ready: &Value) -> bool {
+    ready["status"] == "ready"
+        && ready["projections"]
+            .as_array()
+            .is_some_and(|a| a.iter().all(|p| p["lag"] == 0))
 }
 
 impl Drop for TestApp {

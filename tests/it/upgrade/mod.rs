@@ -359,13 +359,8 @@ async fn regenerate_upgrade_fixtures() {
             .spawn()
             .unwrap();
         wait_for_old_release(&nats, &db, &mut old, schema).await;
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &old.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
         assert!(
-            old.wait().unwrap().success(),
+            orrery::natsd::terminate(&mut old).unwrap().success(),
             "schema {schema} stopped badly"
         );
         nats.stop().unwrap();

@@ -106,12 +106,7 @@ impl Replica {
                 .send()
                 .await
             {
-                let v: Value = res.json().await.unwrap_or_default();
-                if v["status"] == "ready"
-                    && v["projections"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(|p| p["lag"] == 0))
-                {
+                if caught_up(&res.json().await.unwrap_or_default()) {
                     return;
                 }
             }
@@ -125,12 +120,8 @@ impl Replica {
 
     /// Stops it as an init system would (SIGTERM) and waits.
     fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert!(self.child.wait().unwrap().success(), "{}", self.log());
+        let status = orrery::natsd::terminate(&mut self.child).unwrap();
+        assert!(status.success(), "{}", self.log());
     }
 }
 

@@ -137,14 +137,16 @@ impl Drop for Daemon {
 
 /// Starts `orrery serve` with room for `clients` live streams of one user.
 pub(super) fn spawn_daemon(nats_url: &str, secret: &str, clients: usize) -> anyhow::Result<Daemon> {
-    spawn_daemon_with(
-        nats_url,
-        &[
-            ("ORRERY_JWT_SECRET", secret.to_owned()),
-            ("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string()),
-            ("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string()),
-        ],
-    )
+    spawn_daemon_with(nats_url, &room_for(secret, clients))
+}
+
+/// The settings that give one user `clients` live streams.
+fn room_for(secret: &str, clients: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("ORRERY_JWT_SECRET", secret.to_owned()),
+        ("ORRERY_SSE_MAX_STREAMS_PER_USER", clients.to_string()),
+        ("ORRERY_SSE_MAX_CONNECTIONS", (clients + 16).to_string()),
+    ]
 }
 
 /// Starts `orrery serve` on a fresh temporary database with `env` added to its settings.
@@ -468,22 +470,12 @@ async fn load_backlog(
     let limit = Duration::from_secs(60 + opts.backlog / 2_000);
     loader.wait_ready_within(http, limit).await?;
     let dir = loader.stop_keeping_database()?;
-    spawn_daemon_in(
-        dir,
-        nats_url,
-        &[
-            ("ORRERY_JWT_SECRET", secret.to_owned()),
-            ("ORRERY_SSE_MAX_STREAMS_PER_USER", opts.clients.to_string()),
-            (
-                "ORRERY_SSE_MAX_CONNECTIONS",
-                (opts.clients + 16).to_string(),
-            ),
-            (
-                "ORRERY_RESULTS_RETENTION_SECS",
-                opts.backlog_retention.as_secs().to_string(),
-            ),
-        ],
-    )
+    let mut env = room_for(secret, opts.clients);
+    env.push((
+        "ORRERY_RESULTS_RETENTION_SECS",
+        opts.backlog_retention.as_secs().to_string(),
+    ));
+    spawn_daemon_in(dir, nats_url, &env)
 }
 
 /// `orrery_retention_pruned_rows_total{stream="RESULTS"}` of the daemon at `base`.
