@@ -107,6 +107,15 @@ fn digest_blocking(
         [],
         |r| r.get(0),
     )?;
+    // The digest definitions are those of the database's own schema (see
+    // `Table::window_since`); a file without migrations is read as of this binary's.
+    let schema: i64 = conn
+        .query_row(
+            "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(i64::MAX);
     let checkpoint_sql = if marked {
         "SELECT last_seq, high_water_ms FROM checkpoints WHERE stream = ?1"
     } else {
@@ -125,7 +134,7 @@ fn digest_blocking(
         let mut all = Sha256::new();
         let mut hashed = Vec::with_capacity(tables.len() + 1);
         for table in tables.iter() {
-            let (rows, sha) = hash_table(&conn, table, &retention, high_water)?;
+            let (rows, sha) = hash_table(&conn, table, &retention, high_water, schema)?;
             all.update(sha.as_bytes());
             hashed.push(TableDigest::new(table.name, rows, sha));
         }
@@ -152,7 +161,7 @@ fn digest_blocking(
     }
     let mut shared = Vec::new();
     for table in &SHARED {
-        let (rows, sha) = hash_table(&conn, table, &retention, 0)?;
+        let (rows, sha) = hash_table(&conn, table, &retention, 0, schema)?;
         shared.push(TableDigest::new(table.name, rows, sha));
     }
     conn.execute_batch("COMMIT")?;
@@ -162,14 +171,17 @@ fn digest_blocking(
     })
 }
 
-/// Hashes the rows of `table` that `retention` keeps once its stream reached `high_water`.
+/// Hashes the rows of `table` that `retention` keeps once its stream reached `high_water`,
+/// in a database of schema version `schema`.
 fn hash_table(
     conn: &Connection,
     table: &Table,
     retention: &Retention,
     high_water: i64,
+    schema: i64,
 ) -> anyhow::Result<(u64, String)> {
-    let (condition, param) = match table.window {
+    let window = table.window.filter(|_| schema >= table.window_since);
+    let (condition, param) = match window {
         Some(Window::Samples(condition)) => {
             (Some(condition), crate::retention::millis(retention.samples))
         }

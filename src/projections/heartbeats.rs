@@ -321,6 +321,7 @@ impl Projection for HeartbeatsProjection {
                 window: Some(Window::Samples(
                     "at >= (SELECT MAX(at) FROM system_stats_samples) - ?1",
                 )),
+                window_since: 0,
             },
             Table {
                 name: "container_stats_samples",
@@ -328,6 +329,7 @@ impl Projection for HeartbeatsProjection {
                 window: Some(Window::Samples(
                     "at >= (SELECT MAX(at) FROM container_stats_samples) - ?1",
                 )),
+                window_since: 0,
             },
         ];
         TABLES

@@ -42,6 +42,7 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
         Box::new(ResultsProjection {
             deploy_keep: config.fleet.deploy_history_keep,
             durations: Arc::clone(&listeners.durations),
+            retention_ms: config.retention.ms(crate::retention::Class::Results),
         }),
         Box::new(
             TopologyProjection::new(Arc::clone(&listeners.hub))
@@ -49,6 +50,7 @@ pub fn roster(config: &Config, listeners: &Listeners) -> Vec<Box<dyn AnyProjecti
         ),
         Box::new(AlertsProjection {
             retention_ms: config.retention.ms(crate::retention::Class::Alerts),
+            results_retention_ms: config.retention.ms(crate::retention::Class::Results),
         }),
         Box::new(HeartbeatsProjection),
         Box::new(WorkItemsProjection),

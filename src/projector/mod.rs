@@ -70,6 +70,10 @@ pub struct Table {
     /// For tables with a retention (so that replicas differ for a while in their oldest
     /// rows, until each one's pruner gets to them): which rows are hashed and pruned.
     pub window: Option<Window>,
+    /// The schema version that gave the table its window: a database of an older schema (a
+    /// snapshot or backup being verified before it is migrated) is hashed whole, as the
+    /// release that wrote it and recorded its digest hashed it.
+    pub window_since: i64,
 }
 
 impl Table {
@@ -79,6 +83,7 @@ impl Table {
             name,
             key,
             window: None,
+            window_since: 0,
         }
     }
 
@@ -94,6 +99,15 @@ impl Table {
             name,
             key,
             window: Some(Window::Kept { class, keep, prune }),
+            window_since: 0,
+        }
+    }
+
+    /// This table, with a window that schema `version` gave it.
+    pub const fn windowed_since(self, version: i64) -> Self {
+        Self {
+            window_since: version,
+            ..self
         }
     }
 }

@@ -120,6 +120,45 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
         )
         .await;
     }
+    // Runs linked to alerts: a group expired whole (k-gone, with an incident), a group kept
+    // whole for its newest run (k-kept), groups that expired and come back (k-back in one
+    // batch, k-old after the pause), runs waiting for an alert that never comes (one
+    // expired), and one waiting for s-1, published just below.
+    let ninety_minutes = ago(Duration::from_secs(5_400));
+    let ten_minutes = ago(Duration::from_secs(600));
+    let now = ago(Duration::ZERO);
+    let by_key = |k: &str| json!({"recurrence_key": k});
+    let by_event = |id: &str| json!({"provider": "sentry", "provider_event_id": id});
+    for (id, links, at, incident) in [
+        ("run-gone", by_key("k-gone"), &two_hours, Some("inc-1")),
+        // Not expired when run-kept-2 joins; expired by itself after the pause below.
+        (
+            "run-kept-1",
+            by_key("k-kept"),
+            &ago(Duration::from_secs(3_599)),
+            None,
+        ),
+        ("run-kept-2", by_key("k-kept"), &ten_minutes, None),
+        ("run-old-1", by_key("k-old"), &two_hours, Some("inc-2")),
+        ("run-old-2", by_key("k-old"), &ninety_minutes, None),
+        ("run-back-1", by_key("k-back"), &two_hours, None),
+        ("run-back-2", by_key("k-back"), &now, None),
+        ("run-wait-old", by_event("never"), &two_hours, None),
+        ("run-wait-new", by_event("never"), &now, None),
+        ("run-s1", by_event("s-1"), &now, None),
+    ] {
+        let mut links = links;
+        if let Some(incident) = incident {
+            links["incident_id"] = json!(incident);
+        }
+        publish_at(
+            &js,
+            "result.repair.a0",
+            at,
+            json!({"result_id": id, "exit_code": 0, "links": links, "run_state": "succeeded"}),
+        )
+        .await;
+    }
     publish_alerts(&js, &["s-1", "s-1", "s-2"]).await;
     // A group seen only now: it expires, and leaves the answers once pruned.
     publish_result(
@@ -152,6 +191,14 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
         "result.scan.a0",
         &ago(Duration::ZERO),
         json!({"result_id": "r-last", "job_id": "j", "exit_code": 0}),
+    )
+    .await;
+    publish_at(
+        &js,
+        "result.repair.a0",
+        &ago(Duration::ZERO),
+        json!({"result_id": "run-old-3", "exit_code": 1,
+               "links": {"recurrence_key": "k-old"}, "run_state": "failed"}),
     )
     .await;
     a.wait_caught_up().await;
@@ -204,7 +251,55 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
         "{metrics}"
     );
     assert!(metrics.contains("orrery_retention_pruned_rows_total{stream=\"ALERTS\"}"));
-    assert!(rows(&a_db, "execution_results").await <= 62);
+    assert!(rows(&a_db, "execution_results").await <= 62 + 5);
+    // Runs: every group kept whole, the expired groups and the expired waiting run gone.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", a_db.display()))
+        .await
+        .unwrap();
+    let runs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT result_id, recurrence_key FROM alert_runs ORDER BY result_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let runs: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        runs,
+        [
+            "run-back-2",
+            "run-kept-1",
+            "run-kept-2",
+            "run-old-3",
+            "run-s1",
+            "run-wait-new"
+        ]
+    );
+    let groups: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT recurrence_key, project_id, total, failed FROM alert_run_groups \
+         ORDER BY recurrence_key",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let keys: Vec<(&str, &str, i64, i64)> = groups
+        .iter()
+        .map(|g| (g.0.as_str(), g.1.as_str(), g.2, g.3))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("fp:fp-a", "shop", 1, 0),
+            ("k-back", "", 1, 0),
+            ("k-kept", "", 2, 0),
+            ("k-old", "", 1, 1)
+        ],
+        "run-s1 joined s-1's group; k-back and k-old started afresh"
+    );
+    let incidents: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM alert_run_incidents")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(incidents, 0, "inc-1 and inc-2 left with their groups");
+    pool.close().await;
     assert_eq!(
         rows(&a_db, "topology_mutations").await,
         3,
@@ -231,7 +326,9 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
     // B: rebuilt from the same stream later, by the CLI, which never prunes.
     let b_db = dir.path().join("b.db");
     cli(&["rebuild"], &b_db, &nats.url());
-    assert_eq!(rows(&b_db, "execution_results").await, 181);
+    assert_eq!(rows(&b_db, "execution_results").await, 192);
+    // B never pruned, but forgot the groups that came back after expiring, as A did.
+    assert_eq!(rows(&b_db, "alert_runs").await, 8);
     assert_eq!(rows(&b_db, "dead_letters").await, 1);
     let b: Value = serde_json::from_slice(&cli(&["digest"], &b_db, &nats.url())).unwrap();
     let a_digest = a.get_json("/api/v1/admin/digest", Role::Admin).await;
@@ -244,6 +341,8 @@ async fn a_replica_pruning_while_it_ingests_and_one_rebuilt_later_agree() {
     assert_eq!(table_rows(&b, "ALERTS", "alert_events"), 2);
     assert_eq!(table_rows(&b, "ALERTS", "alert_recurrence"), 1);
     assert_eq!(table_rows(&b, "TOPOLOGY", "topology_mutations"), 3);
+    assert_eq!(table_rows(&b, "RESULTS", "alert_runs"), 6);
+    assert_eq!(table_rows(&b, "RESULTS", "alert_run_groups"), 4);
 }
 
 /// Every read model's tables filled with rows on both sides of the cutoff; one pruning pass
@@ -296,6 +395,41 @@ async fn the_pruner_deletes_exactly_what_the_digest_no_longer_keeps() {
         }
         if i % 25 == 0 {
             let seq = i + 1;
+            // Runs linked to alerts: four to a group, groups alternately linked by key alone
+            // (project '') and by event; the group across the cutoff is kept whole. And runs
+            // still waiting for their alert, kept by their own time.
+            let g = i / 100;
+            let (project, group_project) = if g % 2 == 0 {
+                ("NULL", "")
+            } else {
+                ("'p'", "p")
+            };
+            exec(format!(
+                "INSERT INTO alert_runs (result_id, seq, agent_id, recorded_at, run_state, \
+                 repair, verified, project_id, recurrence_key) \
+                 VALUES ('run{i}', {seq}, 'x', {t}, 'succeeded', 'none', 0, {project}, 'g{g}')"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO alert_runs (result_id, seq, agent_id, recorded_at, link_provider, \
+                 link_event_id, run_state, repair, verified) \
+                 VALUES ('wait{i}', {seq}, 'x', {t}, 'sentry', 'pe-none{i}', 'running', 'none', 0)"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO alert_run_groups (recurrence_key, project_id, total, running, \
+                 succeeded, failed, needs_approval, auto, manual, none, verified, latest_seq, \
+                 latest_result_id, latest_agent_id, latest_state, latest_repair, \
+                 latest_verified, newest_recorded_at) \
+                 VALUES ('g{g}', '{group_project}', 1, 0, 1, 0, 0, 0, 0, 1, 0, {seq}, 'run{i}', \
+                 'x', 'succeeded', 'none', 0, {t}) ON CONFLICT DO UPDATE SET \
+                 total = total + 1, newest_recorded_at = excluded.newest_recorded_at"
+            ))
+            .await;
+            exec(format!(
+                "INSERT OR IGNORE INTO alert_run_incidents VALUES ('g{g}', '{group_project}', 'inc{g}')"
+            ))
+            .await;
             exec(format!(
                 "INSERT INTO alert_events (seq, event_id, project_id, provider, stage, \
                  provider_event_id, has_redacted_content, redaction_version, source_ref_total, \
@@ -368,7 +502,7 @@ async fn the_pruner_deletes_exactly_what_the_digest_no_longer_keeps() {
             _ => None,
         })
         .collect();
-    assert_eq!(kept_tables.len(), 7, "{kept_tables:?}");
+    assert_eq!(kept_tables.len(), 10, "{kept_tables:?}");
     let mut kept_before = Vec::new();
     for (table, keep) in &kept_tables {
         let kept = count(format!("SELECT COUNT(*) FROM {table} WHERE {keep}")).await;

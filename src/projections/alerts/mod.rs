@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
+use super::results::runs;
 use crate::bus::streams::{self, StreamSpec};
 use crate::db::rows_per_statement;
 use crate::projector::{Message, Projection, Table};
@@ -30,6 +31,8 @@ pub struct AlertsProjection {
     /// seen longer than this before an event's publish time is new again for that event,
     /// whether or not the pruner has removed it yet.
     pub retention_ms: Option<i64>,
+    /// The results' retention in ms (`None`: for ever), which runs linked to alerts follow.
+    pub results_retention_ms: Option<i64>,
 }
 
 impl AlertsProjection {
@@ -67,7 +70,7 @@ impl Projection for AlertsProjection {
         let rows: Vec<(&AlertEvent, bool)> = events.iter().zip(duplicate).collect();
         insert_events(conn, &rows).await?;
         // Runs that named these alerts before they were projected get their group now.
-        let sightings: Vec<(&str, &str, &str, &str)> = rows
+        let sightings: Vec<runs::Sighting<'_>> = rows
             .iter()
             .filter(|(_, dup)| !dup)
             .filter_map(|(e, _)| {
@@ -76,10 +79,11 @@ impl Projection for AlertsProjection {
                     e.provider_event_id.as_str(),
                     e.project_id.as_str(),
                     e.recurrence_key.as_deref()?,
+                    e.received_at,
                 ))
             })
             .collect();
-        super::results::runs::resolve_for_alerts(conn, &sightings).await?;
+        runs::resolve_for_alerts(conn, &sightings, self.results_retention_ms).await?;
         self.fold_recurrence(conn, &rows).await?;
         update_freshness(conn, events).await
     }

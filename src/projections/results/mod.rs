@@ -87,6 +87,8 @@ pub struct ResultEvent {
     pub finished_at: Option<i64>,
     /// The row's time: finished_at, else envelope time, else publish time.
     pub recorded_at: i64,
+    /// JetStream publish time, Unix ms: what retention judges expiry against.
+    pub published_ms: i64,
     /// Stream sequence.
     pub seq: u64,
     /// Ledger fields, for `deploy` results.
@@ -169,6 +171,7 @@ pub fn decode(msg: &Message<'_>) -> Result<ResultEvent, String> {
         started_at,
         finished_at,
         recorded_at: finished_at.or(env.time_ms).unwrap_or(msg.published_ms),
+        published_ms: msg.published_ms,
         seq: msg.seq,
         deploy,
         run,
@@ -182,6 +185,9 @@ pub struct ResultsProjection {
     pub deploy_keep: u32,
     /// Told the hours of committed runs.
     pub durations: Arc<DurationCache>,
+    /// The results' retention in ms (`None`: for ever), for the groups of runs linked to
+    /// alerts ([`runs`]).
+    pub retention_ms: Option<i64>,
 }
 
 impl Default for ResultsProjection {
@@ -189,6 +195,7 @@ impl Default for ResultsProjection {
         Self {
             deploy_keep: 50,
             durations: Arc::default(),
+            retention_ms: None,
         }
     }
 }
@@ -208,11 +215,12 @@ impl ResultsProjection {
                     seq: e.seq,
                     agent_id: &e.agent_id,
                     recorded_at: e.recorded_at,
+                    published_ms: e.published_ms,
                     run: e.run.as_ref()?,
                 })
             })
             .collect();
-        runs::insert(conn, &linked).await?;
+        runs::insert(conn, &linked, self.retention_ms).await?;
         deploys::apply(conn, events, self.deploy_keep).await
     }
 }
@@ -281,8 +289,7 @@ impl Projection for ResultsProjection {
     fn tables(&self) -> &'static [Table] {
         // duration_blocks are left out: a cache of execution_results whose blocks are
         // merged in the background, at moments that differ between replicas. The deploy
-        // ledger keeps its last entries per workload instead of a time; runs linked to
-        // alerts are kept with the group figures they add up to.
+        // ledger keeps its last entries per workload instead of a time.
         const TABLES: &[Table] = &[
             // Pruned kind by kind through the (kind, success, recorded_at) index.
             Table::kept(
@@ -307,12 +314,33 @@ impl Projection for ResultsProjection {
                  LIMIT ?2)",
             ),
             Table::keyed("deploy_history", "deploy_id"),
-            Table::keyed("alert_runs", "result_id"),
-            Table::keyed("alert_run_groups", "recurrence_key, project_id"),
-            Table::keyed(
+            // Runs linked to alerts leave a recurrence group at a time (see `runs`): a run
+            // with a group is kept while its group is, a run still waiting for its alert by
+            // its own time.
+            Table::kept(
+                "alert_runs",
+                "result_id",
+                Class::Results,
+                runs::KEEP_RUNS,
+                runs::PRUNE_RUNS,
+            )
+            .windowed_since(13),
+            Table::kept(
+                "alert_run_groups",
+                "recurrence_key, project_id",
+                Class::Results,
+                "newest_recorded_at >= ?1",
+                runs::PRUNE_GROUPS,
+            )
+            .windowed_since(13),
+            Table::kept(
                 "alert_run_incidents",
                 "recurrence_key, project_id, incident_id",
-            ),
+                Class::Results,
+                runs::KEEP_INCIDENTS,
+                runs::PRUNE_INCIDENTS,
+            )
+            .windowed_since(13),
         ];
         TABLES
     }

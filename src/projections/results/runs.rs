@@ -6,6 +6,12 @@
 //! filled by whichever projection comes second: here when the alert is already known, and by
 //! the alerts projection ([`resolve_for_alerts`]) when the alert arrives later. A run linked
 //! by `recurrence_key` has its key at once and belongs to that key's groups in every project.
+//!
+//! Runs leave with the results' retention a group at a time: a group whose newest run is
+//! older than the retention goes whole, with its runs and incidents, because its figures are
+//! sums that would otherwise differ between a replica that pruned some of its runs and one
+//! that has not yet. A run of a group that had expired when the run was published starts
+//! the group afresh, pruned by this replica or not ([`crate::retention::expired_at`]).
 
 use std::collections::HashMap;
 
@@ -14,6 +20,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::bus::subjects;
 use crate::db::rows_per_statement;
+use crate::retention::expired_at;
 
 /// Longest `provider_event_id`, `recurrence_key` or `incident_id` accepted.
 pub const MAX_LINK_LEN: usize = 512;
@@ -135,21 +142,179 @@ pub(super) fn decode(
     }))
 }
 
+/// The runs `orrery digest` hashes at cutoff `?1`: a run with a group while its group is
+/// kept, a run still waiting for its alert by its own time.
+pub(super) const KEEP_RUNS: &str = "CASE WHEN recurrence_key IS NULL THEN recorded_at >= ?1 \
+     ELSE EXISTS (SELECT 1 FROM alert_run_groups g \
+     WHERE g.recurrence_key = alert_runs.recurrence_key \
+     AND g.project_id = COALESCE(alert_runs.project_id, '') \
+     AND g.newest_recorded_at >= ?1) END";
+
+/// Deletes at most `?2` runs [`KEEP_RUNS`] does not keep, from the oldest groups.
+pub(super) const PRUNE_RUNS: &str = "DELETE FROM alert_runs WHERE rowid IN (\
+     SELECT r.rowid FROM alert_run_groups g JOIN alert_runs r \
+     ON r.recurrence_key = g.recurrence_key AND r.project_id IS NULLIF(g.project_id, '') \
+     WHERE g.newest_recorded_at < ?1 \
+     UNION ALL SELECT rowid FROM alert_runs INDEXED BY alert_runs_waiting \
+     WHERE recurrence_key IS NULL AND recorded_at < ?1 LIMIT ?2)";
+
+/// Deletes at most `?2` expired groups whose runs are gone already (a group joined by an
+/// expired run after the runs' pass goes on the next pass), so that no run is ever left
+/// without its group. Their incidents go with them (trigger `alert_run_groups_incidents`).
+pub(super) const PRUNE_GROUPS: &str = "DELETE FROM alert_run_groups \
+     WHERE (recurrence_key, project_id) IN (SELECT g.recurrence_key, g.project_id \
+     FROM alert_run_groups g WHERE g.newest_recorded_at < ?1 \
+     AND NOT EXISTS (SELECT 1 FROM alert_runs r WHERE r.recurrence_key = g.recurrence_key \
+     AND r.project_id IS NULLIF(g.project_id, '')) LIMIT ?2)";
+
+/// The incidents `orrery digest` hashes at cutoff `?1`: those of groups kept.
+pub(super) const KEEP_INCIDENTS: &str = "EXISTS (SELECT 1 FROM alert_run_groups g \
+     WHERE g.recurrence_key = alert_run_incidents.recurrence_key \
+     AND g.project_id = alert_run_incidents.project_id AND g.newest_recorded_at >= ?1)";
+
+/// Deletes at most `?2` incidents of expired groups (none, once their groups are deleted:
+/// the trigger took them; kept for a group whose runs outlast the pass).
+pub(super) const PRUNE_INCIDENTS: &str = "DELETE FROM alert_run_incidents \
+     WHERE (recurrence_key, project_id, incident_id) IN (\
+     SELECT i.recurrence_key, i.project_id, i.incident_id \
+     FROM alert_run_groups g JOIN alert_run_incidents i \
+     ON i.recurrence_key = g.recurrence_key AND i.project_id = g.project_id \
+     WHERE g.newest_recorded_at < ?1 LIMIT ?2)";
+
 /// One linked run of a batch, with the result fields it is stored with.
 pub(super) struct NewRun<'a> {
     pub result_id: &'a str,
     pub seq: u64,
     pub agent_id: &'a str,
     pub recorded_at: i64,
+    pub published_ms: i64,
     pub run: &'a Run,
 }
 
+/// A group as `alert_run_groups` keys it: (recurrence_key, project_id or '').
+type GroupKey<'a> = (&'a str, &'a str);
+
+/// (provider, provider_event_id) → (project_id, recurrence_key) of the alert's first
+/// sighting.
+type Sightings = HashMap<(String, String), (String, String)>;
+
+/// The group `run` joins: its alert's, or its key's in every project (`''`); `None` while its
+/// alert is not projected yet.
+fn group_of<'a>(run: &'a NewRun<'_>, sightings: &'a Sightings) -> Option<GroupKey<'a>> {
+    match &run.run.link {
+        Link::Event {
+            provider,
+            provider_event_id,
+        } => sightings
+            .get(&(provider.clone(), provider_event_id.clone()))
+            .map(|(project, key)| (key.as_str(), project.as_str())),
+        Link::Key(key) => Some((key.as_str(), "")),
+    }
+}
+
+/// The newest run time of the stored groups among `keys` (sorted, distinct).
+async fn newest_of<'k>(
+    conn: &mut SqliteConnection,
+    keys: &[GroupKey<'k>],
+) -> sqlx::Result<HashMap<GroupKey<'k>, i64>> {
+    crate::projections::times_of_pairs(
+        conn,
+        "SELECT recurrence_key, project_id, newest_recorded_at FROM alert_run_groups \
+         WHERE (recurrence_key, project_id) IN (",
+        keys,
+    )
+    .await
+}
+
+/// Deletes groups whole, with their runs and incidents, as the pruner would have.
+async fn forget(conn: &mut SqliteConnection, stale: &[GroupKey<'_>]) -> sqlx::Result<()> {
+    // Rare (a group coming back after a quiet retention): a statement per table and group.
+    for (key, project) in stale {
+        sqlx::query(
+            "DELETE FROM alert_runs WHERE recurrence_key = ?1 \
+             AND project_id IS NULLIF(?2, '')",
+        )
+        .bind(key)
+        .bind(project)
+        .execute(&mut *conn)
+        .await?;
+        // Its incidents go with it (trigger `alert_run_groups_incidents`).
+        sqlx::query("DELETE FROM alert_run_groups WHERE recurrence_key = ?1 AND project_id = ?2")
+            .bind(key)
+            .bind(project)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Forgets the groups of `runs` that had expired when the run joining them was published.
+/// `Ok(false)` when that would have to happen between two runs of the batch (a group joined,
+/// then joined again past its retention): the caller then stores the runs one at a time.
+async fn forget_expired(
+    conn: &mut SqliteConnection,
+    runs: &[NewRun<'_>],
+    sightings: &Sightings,
+    retention_ms: i64,
+) -> sqlx::Result<bool> {
+    let mut keys: Vec<GroupKey<'_>> = runs.iter().filter_map(|r| group_of(r, sightings)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let stored = newest_of(conn, &keys).await?;
+    // Per group: its newest run, and whether this batch joined it. A re-sent result id is
+    // counted as joining, though its insert is ignored: a known limit at the retention edge.
+    let mut latest: HashMap<GroupKey<'_>, (Option<i64>, bool)> = HashMap::new();
+    let mut stale = Vec::new();
+    for run in runs {
+        let Some(key) = group_of(run, sightings) else {
+            continue;
+        };
+        let (mut newest, joined) = latest
+            .get(&key)
+            .copied()
+            .unwrap_or((stored.get(&key).copied(), false));
+        if newest.is_some_and(|at| expired_at(at, run.published_ms, Some(retention_ms))) {
+            if joined {
+                return Ok(false);
+            }
+            stale.push(key);
+            newest = None;
+        }
+        let newest = newest.map_or(run.recorded_at, |n| n.max(run.recorded_at));
+        latest.insert(key, (Some(newest), true));
+    }
+    forget(conn, &stale).await?;
+    Ok(true)
+}
+
 /// Stores the linked runs of a batch (a result id seen before is ignored, as in
-/// `execution_results`), each with its group when its alert is already projected.
-pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> sqlx::Result<()> {
+/// `execution_results`), each with its group when its alert is already projected; under
+/// the results' retention `retention_ms`, a group expired when a run joins it starts afresh.
+pub(super) async fn insert(
+    conn: &mut SqliteConnection,
+    runs: &[NewRun<'_>],
+    retention_ms: Option<i64>,
+) -> sqlx::Result<()> {
     if runs.is_empty() {
         return Ok(());
     }
+    let sightings = sightings_of(conn, runs).await?;
+    let Some(retention_ms) = retention_ms else {
+        return write(conn, runs, &sightings).await;
+    };
+    if forget_expired(conn, runs, &sightings, retention_ms).await? {
+        return write(conn, runs, &sightings).await;
+    }
+    for run in runs {
+        let one = std::slice::from_ref(run);
+        forget_expired(conn, one, &sightings, retention_ms).await?;
+        write(conn, one, &sightings).await?;
+    }
+    Ok(())
+}
+
+/// The groups of the alerts `runs` name that are projected already.
+async fn sightings_of(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> sqlx::Result<Sightings> {
     let mut ids: Vec<&str> = runs
         .iter()
         .filter_map(|r| match &r.run.link {
@@ -161,8 +326,7 @@ pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> 
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    // (provider, provider_event_id) → (project_id, recurrence_key) of the first sighting.
-    let mut groups: HashMap<(String, String), (String, String)> = HashMap::new();
+    let mut groups = Sightings::new();
     for chunk in ids.chunks(rows_per_statement(1)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT provider, provider_event_id, project_id, recurrence_key FROM alert_events \
@@ -181,6 +345,15 @@ pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> 
                 .map(|(p, e, proj, key)| ((p, e), (proj, key))),
         );
     }
+    Ok(groups)
+}
+
+/// Inserts `runs` and folds those with a group into its figures.
+async fn write(
+    conn: &mut SqliteConnection,
+    runs: &[NewRun<'_>],
+    sightings: &Sightings,
+) -> sqlx::Result<()> {
     for chunk in runs.chunks(rows_per_statement(12)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO alert_runs (result_id, seq, agent_id, recorded_at, link_provider, \
@@ -188,21 +361,17 @@ pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> 
              recurrence_key) ",
         );
         q.push_values(chunk, |mut b, r| {
-            let (provider, event_id, project, key) = match &r.run.link {
+            let (provider, event_id) = match &r.run.link {
                 Link::Event {
                     provider,
                     provider_event_id,
-                } => {
-                    let group = groups.get(&(provider.clone(), provider_event_id.clone()));
-                    (
-                        Some(provider.as_str()),
-                        Some(provider_event_id.as_str()),
-                        group.map(|g| g.0.as_str()),
-                        group.map(|g| g.1.as_str()),
-                    )
-                }
-                Link::Key(k) => (None, None, None, Some(k.as_str())),
+                } => (Some(provider.as_str()), Some(provider_event_id.as_str())),
+                Link::Key(_) => (None, None),
             };
+            let group = group_of(r, sightings);
+            // A run linked by key alone has no project: its group's '' stands for every one.
+            let project = group.map(|g| g.1).filter(|p| !p.is_empty());
+            let key = group.map(|g| g.0);
             b.push_bind(r.result_id)
                 .push_bind(r.seq as i64)
                 .push_bind(r.agent_id)
@@ -226,7 +395,7 @@ pub(super) async fn insert(conn: &mut SqliteConnection, runs: &[NewRun<'_>]) -> 
 
 /// What a run with a group adds to its group's figures.
 const RUN_COLUMNS: &str = "recurrence_key, COALESCE(project_id, ''), seq, result_id, agent_id, \
-                           run_state, repair, verified, incident_id";
+                           run_state, repair, verified, incident_id, recorded_at";
 
 /// A run as [`RUN_COLUMNS`] reads it (`recurrence_key` NULL: no group yet).
 type GroupedRun = (
@@ -239,21 +408,22 @@ type GroupedRun = (
     String,
     bool,
     Option<String>,
+    i64,
 );
 
 /// Adds runs that just got their group to `alert_run_groups` and `alert_run_incidents`.
 async fn fold(conn: &mut SqliteConnection, runs: &[GroupedRun]) -> sqlx::Result<()> {
     let grouped: Vec<&GroupedRun> = runs.iter().filter(|r| r.0.is_some()).collect();
-    for chunk in grouped.chunks(rows_per_statement(23)) {
+    for chunk in grouped.chunks(rows_per_statement(24)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO alert_run_groups (recurrence_key, project_id, total, running, \
              succeeded, failed, needs_approval, auto, manual, none, verified, latest_seq, \
              latest_result_id, latest_agent_id, latest_state, latest_repair, latest_verified, \
              latest_incident_id, repair_seq, repair_result_id, repair_kind, repair_state, \
-             repair_verified) ",
+             repair_verified, newest_recorded_at) ",
         );
         q.push_values(chunk, |mut b, r| {
-            let (key, project, seq, id, agent, state, repair, verified, incident) = r;
+            let (key, project, seq, id, agent, state, repair, verified, incident, at) = r;
             let is = |s: &str| i64::from(state == s);
             let kind = |k: &str| i64::from(repair == k);
             let is_repair = repair != "none";
@@ -279,7 +449,8 @@ async fn fold(conn: &mut SqliteConnection, runs: &[GroupedRun]) -> sqlx::Result<
                 .push_bind(is_repair.then_some(id.as_str()))
                 .push_bind(is_repair.then_some(repair.as_str()))
                 .push_bind(is_repair.then_some(state.as_str()))
-                .push_bind(is_repair.then_some(*verified));
+                .push_bind(is_repair.then_some(*verified))
+                .push_bind(*at);
         });
         // Every right-hand side reads the values from before this update.
         q.push(
@@ -300,7 +471,8 @@ async fn fold(conn: &mut SqliteConnection, runs: &[GroupedRun]) -> sqlx::Result<
              repair_result_id = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_result_id, repair_result_id), \
              repair_kind = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_kind, repair_kind), \
              repair_state = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_state, repair_state), \
-             repair_verified = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_verified, repair_verified)",
+             repair_verified = iif(excluded.repair_seq > COALESCE(repair_seq, -1), excluded.repair_verified, repair_verified), \
+             newest_recorded_at = MAX(newest_recorded_at, excluded.newest_recorded_at)",
         );
         q.build().execute(&mut *conn).await?;
     }
@@ -320,27 +492,58 @@ async fn fold(conn: &mut SqliteConnection, runs: &[GroupedRun]) -> sqlx::Result<
     Ok(())
 }
 
-/// Called by the alerts projection with the first sightings of a batch
-/// (provider, provider_event_id, project_id, recurrence_key): fills the group of the runs that
-/// named them before they were projected.
+/// An alert's first sighting as the alerts projection reports it to [`resolve_for_alerts`]:
+/// (provider, provider_event_id, project_id, recurrence_key, publish time in Unix ms).
+pub type Sighting<'a> = (&'a str, &'a str, &'a str, &'a str, i64);
+
+/// Called by the alerts projection with the first sightings of a batch: fills the group of
+/// the runs that named them before they were projected. Under the results' retention
+/// `retention_ms`, a run already expired when its alert was published stays unresolved (and
+/// leaves by its own time), and a group expired at its first sighting of the batch starts
+/// afresh. Run and alert come from two streams with their own marks, so at the retention
+/// edge replicas that projected them in a different order can still differ: a known limit.
 pub async fn resolve_for_alerts(
     conn: &mut SqliteConnection,
-    sightings: &[(&str, &str, &str, &str)],
+    sightings: &[Sighting<'_>],
+    retention_ms: Option<i64>,
 ) -> sqlx::Result<()> {
-    for chunk in sightings.chunks(rows_per_statement(4)) {
+    if let Some(retention_ms) = retention_ms {
+        let mut keys: Vec<GroupKey<'_>> = sightings.iter().map(|s| (s.3, s.2)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let stored = newest_of(conn, &keys).await?;
+        let mut first = std::collections::HashSet::new();
+        let stale: Vec<GroupKey<'_>> = sightings
+            .iter()
+            .filter(|s| first.insert((s.3, s.2)))
+            .filter(|s| {
+                stored
+                    .get(&(s.3, s.2))
+                    .is_some_and(|&at| expired_at(at, s.4, Some(retention_ms)))
+            })
+            .map(|s| (s.3, s.2))
+            .collect();
+        forget(conn, &stale).await?;
+    }
+    for chunk in sightings.chunks(rows_per_statement(5)) {
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "UPDATE alert_runs SET project_id = v.column3, recurrence_key = v.column4 FROM (",
         );
-        q.push_values(chunk, |mut b, (provider, event_id, project, key)| {
-            b.push_bind(*provider)
-                .push_bind(*event_id)
-                .push_bind(*project)
-                .push_bind(*key);
-        });
+        q.push_values(
+            chunk,
+            |mut b, (provider, event_id, project, key, published)| {
+                let cutoff = retention_ms.map_or(i64::MIN, |r| published.saturating_sub(r));
+                b.push_bind(*provider)
+                    .push_bind(*event_id)
+                    .push_bind(*project)
+                    .push_bind(*key)
+                    .push_bind(cutoff);
+            },
+        );
         q.push(
             ") AS v WHERE alert_runs.link_event_id = v.column2 \
              AND alert_runs.link_provider = v.column1 AND alert_runs.recurrence_key IS NULL \
-             RETURNING ",
+             AND alert_runs.recorded_at >= v.column5 RETURNING ",
         );
         q.push(RUN_COLUMNS);
         let resolved: Vec<GroupedRun> = q.build_query_as().fetch_all(&mut *conn).await?;
