@@ -314,14 +314,13 @@ impl Projection for ResultsProjection {
                  LIMIT ?2)",
             ),
             Table::keyed("deploy_history", "deploy_id"),
-            // Runs linked to alerts leave a recurrence group at a time (see `runs`): a run
-            // with a group is kept while its group is, a run still waiting for its alert by
-            // its own time.
+            // Runs linked to alerts leave by their own time; their groups' figures are
+            // running totals, and a group leaves once its newest run has (see `runs`).
             Table::kept(
                 "alert_runs",
                 "result_id",
                 Class::Results,
-                runs::KEEP_RUNS,
+                "recorded_at >= ?1",
                 runs::PRUNE_RUNS,
             )
             .windowed_since(13),

@@ -7,11 +7,12 @@
 //! the alerts projection ([`resolve_for_alerts`]) when the alert arrives later. A run linked
 //! by `recurrence_key` has its key at once and belongs to that key's groups in every project.
 //!
-//! Runs leave with the results' retention a group at a time: a group whose newest run is
-//! older than the retention goes whole, with its runs and incidents, because its figures are
-//! sums that would otherwise differ between a replica that pruned some of its runs and one
-//! that has not yet. A run of a group that had expired when the run was published starts
-//! the group afresh, pruned by this replica or not ([`crate::retention::expired_at`]).
+//! Runs leave with the results' retention by their own time, as results do. A group's
+//! figures are running totals over every run it was given, like an alert recurrence group's
+//! counts, so pruning a run changes no figure and replicas agree whether or not they pruned
+//! it; the group itself goes, with its incidents, once its newest run is past the retention.
+//! A run joining a group that had expired when the run was published starts the group afresh,
+//! pruned by this replica or not ([`crate::retention::expired_at`]).
 
 use std::collections::HashMap;
 
@@ -142,38 +143,23 @@ pub(super) fn decode(
     }))
 }
 
-/// The runs `orrery digest` hashes at cutoff `?1`: a run with a group while its group is
-/// kept, a run still waiting for its alert by its own time.
-pub(super) const KEEP_RUNS: &str = "CASE WHEN recurrence_key IS NULL THEN recorded_at >= ?1 \
-     ELSE EXISTS (SELECT 1 FROM alert_run_groups g \
-     WHERE g.recurrence_key = alert_runs.recurrence_key \
-     AND g.project_id = COALESCE(alert_runs.project_id, '') \
-     AND g.newest_recorded_at >= ?1) END";
-
-/// Deletes at most `?2` runs [`KEEP_RUNS`] does not keep, from the oldest groups.
+/// Deletes at most `?2` runs older than the cutoff `?1`, oldest first.
 pub(super) const PRUNE_RUNS: &str = "DELETE FROM alert_runs WHERE rowid IN (\
-     SELECT r.rowid FROM alert_run_groups g JOIN alert_runs r \
-     ON r.recurrence_key = g.recurrence_key AND r.project_id IS NULLIF(g.project_id, '') \
-     WHERE g.newest_recorded_at < ?1 \
-     UNION ALL SELECT rowid FROM alert_runs INDEXED BY alert_runs_waiting \
-     WHERE recurrence_key IS NULL AND recorded_at < ?1 LIMIT ?2)";
+     SELECT rowid FROM alert_runs WHERE recorded_at < ?1 ORDER BY recorded_at LIMIT ?2)";
 
-/// Deletes at most `?2` expired groups whose runs are gone already (a group joined by an
-/// expired run after the runs' pass goes on the next pass), so that no run is ever left
-/// without its group. Their incidents go with them (trigger `alert_run_groups_incidents`).
+/// Deletes at most `?2` groups whose newest run is older than the cutoff `?1`; their
+/// incidents go with them (trigger `alert_run_groups_incidents`).
 pub(super) const PRUNE_GROUPS: &str = "DELETE FROM alert_run_groups \
-     WHERE (recurrence_key, project_id) IN (SELECT g.recurrence_key, g.project_id \
-     FROM alert_run_groups g WHERE g.newest_recorded_at < ?1 \
-     AND NOT EXISTS (SELECT 1 FROM alert_runs r WHERE r.recurrence_key = g.recurrence_key \
-     AND r.project_id IS NULLIF(g.project_id, '')) LIMIT ?2)";
+     WHERE (recurrence_key, project_id) IN (SELECT recurrence_key, project_id \
+     FROM alert_run_groups WHERE newest_recorded_at < ?1 LIMIT ?2)";
 
 /// The incidents `orrery digest` hashes at cutoff `?1`: those of groups kept.
 pub(super) const KEEP_INCIDENTS: &str = "EXISTS (SELECT 1 FROM alert_run_groups g \
      WHERE g.recurrence_key = alert_run_incidents.recurrence_key \
      AND g.project_id = alert_run_incidents.project_id AND g.newest_recorded_at >= ?1)";
 
-/// Deletes at most `?2` incidents of expired groups (none, once their groups are deleted:
-/// the trigger took them; kept for a group whose runs outlast the pass).
+/// Deletes at most `?2` incidents of expired groups (normally none: the trigger takes them
+/// with their group).
 pub(super) const PRUNE_INCIDENTS: &str = "DELETE FROM alert_run_incidents \
      WHERE (recurrence_key, project_id, incident_id) IN (\
      SELECT i.recurrence_key, i.project_id, i.incident_id \
@@ -553,7 +539,8 @@ pub async fn resolve_for_alerts(
 }
 
 /// Forgets the groups the alerts projection filled (its read models are being rebuilt) and
-/// counts the groups' figures again from the runs that keep theirs.
+/// counts the groups' figures again from the runs that keep theirs: from the runs still kept,
+/// so a group recounted after its oldest runs were pruned counts only the rest.
 pub async fn unresolve(conn: &mut SqliteConnection) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE alert_runs SET project_id = NULL, recurrence_key = NULL \
