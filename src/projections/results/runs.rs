@@ -212,7 +212,8 @@ async fn newest_of<'k>(
     .await
 }
 
-/// Deletes groups whole, with their runs and incidents, as the pruner would have.
+/// Deletes groups whole, with their runs and incidents, as the pruner would have (every run
+/// of an expired group is past the retention too: none is newer than the group's newest).
 async fn forget(conn: &mut SqliteConnection, stale: &[GroupKey<'_>]) -> sqlx::Result<()> {
     // Rare (a group coming back after a quiet retention): a statement per table and group.
     for (key, project) in stale {
