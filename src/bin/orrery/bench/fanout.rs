@@ -84,6 +84,10 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
+fn file_bytes(path: std::path::PathBuf) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
 /// A daemon started as its own process on a temporary database; killed on drop.
 pub(super) struct Daemon {
     pub(super) child: Child,
@@ -99,8 +103,12 @@ impl Daemon {
 
     /// Bytes of its database file and WAL.
     pub(super) fn database_bytes(&self) -> u64 {
-        let size = |p: std::path::PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
-        size(self.database()) + size(self.dir.path().join("fanout.db-wal"))
+        file_bytes(self.database()) + self.wal_bytes()
+    }
+
+    /// Bytes of its WAL alone.
+    pub(super) fn wal_bytes(&self) -> u64 {
+        file_bytes(self.dir.path().join("fanout.db-wal"))
     }
 
     /// Waits (≤ 30 s) until `/ready` says 200.

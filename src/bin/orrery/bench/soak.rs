@@ -69,6 +69,11 @@ pub struct Interval {
     pub fds: u64,
     /// The database file and its WAL, bytes: what the page caches grow towards.
     pub db_bytes: u64,
+    /// Of which the WAL, bytes.
+    pub wal_bytes: u64,
+    /// Rows per table, read from the database file (empty if it could not be read): what
+    /// grows, once the retention has passed.
+    pub rows: std::collections::BTreeMap<String, i64>,
     /// Messages behind, all projections together (`/ready`).
     pub lag: u64,
     /// Queries answered in the interval.
@@ -258,6 +263,8 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
             rss_bytes: orrery::telemetry::resident_bytes(pid),
             fds: open_fds(pid),
             db_bytes: daemon.database_bytes(),
+            wal_bytes: daemon.wal_bytes(),
+            rows: table_rows(&daemon.database()).await,
             lag: lag(&http, &base).await,
             queries: lat.len(),
             query_errors: counters.query_errors.swap(0, Ordering::Relaxed),
@@ -441,14 +448,47 @@ async fn query_client(
     }
 }
 
+/// Rows of every table of the database at `path`, read-only beside the serving daemon; an
+/// empty map if it cannot be read (the report goes on without it).
+async fn table_rows(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+    use sqlx::Connection;
+    let counted = async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let mut rows = std::collections::BTreeMap::new();
+        for table in tables {
+            // Names come from the schema, quoted.
+            let n: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM \"{}\"",
+                table.replace('"', "\"\"")
+            ))
+            .fetch_one(&mut conn)
+            .await?;
+            rows.insert(table, n);
+        }
+        conn.close().await?;
+        Ok::<_, sqlx::Error>(rows)
+    };
+    counted.await.unwrap_or_default()
+}
+
 impl std::fmt::Display for Interval {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "  {:>6} s  rss {:>7.1} MiB  db {:>7.1} MiB  fds {:>4}  lag {:>6}  queries {:>6} (errors {:>3}) p50 {:>6.2} ms p99 {:>7.2} ms  live: {:>4} opened, {:>7} delivered, {:>3} errors",
+            "  {:>6} s  rss {:>7.1} MiB  db {:>7.1} MiB (wal {:>6.1})  fds {:>4}  lag {:>6}  queries {:>6} (errors {:>3}) p50 {:>6.2} ms p99 {:>7.2} ms  live: {:>4} opened, {:>7} delivered, {:>3} errors",
             self.at_secs,
             self.rss_bytes as f64 / 1_048_576.0,
             self.db_bytes as f64 / 1_048_576.0,
+            self.wal_bytes as f64 / 1_048_576.0,
             self.fds,
             self.lag,
             self.queries,
@@ -494,6 +534,23 @@ impl std::fmt::Display for SoakReport {
                 first.fds,
                 last.fds
             )?;
+        }
+        // From halfway: with a retention, by then what levels off has.
+        if let (Some(half), Some(last)) = (
+            self.intervals.get(self.intervals.len() / 2),
+            self.intervals.last(),
+        ) {
+            writeln!(
+                f,
+                "  rows per table that grew from {} s to {} s:",
+                half.at_secs, last.at_secs
+            )?;
+            for (table, &n) in &last.rows {
+                let before = half.rows.get(table).copied().unwrap_or(0);
+                if n > before {
+                    writeln!(f, "    {table:<32} {before:>9} → {n:>9}")?;
+                }
+            }
         }
         writeln!(f, "  per query, first → last interval:")?;
         for q in &self.queries {
