@@ -368,6 +368,32 @@ async fn durations_stay_exact_as_late_runs_land_in_hours_already_read() {
     }
     app.wait_caught_up().await;
     check(runs.clone()).await;
+    // Waves into the open hour, whose kept blocks each committed batch extends: new runs,
+    // then result ids already counted (re-sent with other times, which must not count)
+    // beside new ones, then new runs again.
+    for wave in 0..3 {
+        let mut resent = Vec::new();
+        for k in 0..20 {
+            if wave == 1 && k % 2 == 0 {
+                let (job, id, f, ms) = runs[k * 7].clone();
+                resent.push(id.clone());
+                publish_result(
+                    &js,
+                    "result.job.a1",
+                    json!({"result_id": id, "job_id": job, "success": true,
+                    "started_at": rfc3339_ms(now - 5 - ms - 1_000).replace("%2B", "+"),
+                    "finished_at": rfc3339_ms(now - 5 + f % 3).replace("%2B", "+")}),
+                )
+                .await;
+            } else {
+                publish(&mut runs, i, now - 2 - k as i64).await;
+                i += 1;
+            }
+        }
+        assert!(wave != 1 || resent.len() == 10);
+        app.wait_caught_up().await;
+        check(runs.clone()).await;
+    }
 }
 
 #[tokio::test]

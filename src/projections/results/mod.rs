@@ -257,6 +257,9 @@ impl Projection for ResultsProjection {
             counts::add_batch(conn, events).await?;
         } else {
             // Some result_ids were known already: count what this batch actually inserted.
+            if let Some(last) = events.last() {
+                self.durations.inexact(last.seq);
+            }
             counts::add_rows_since(conn, rowid_before).await?;
             durations::insert_blocks_from_rows(conn, rowid_before).await?;
         }
@@ -273,17 +276,28 @@ impl Projection for ResultsProjection {
     }
 
     fn committed(&self, events: &[ResultEvent]) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let runs: Vec<durations::cache::AddedRun<'_>> =
+            events.iter().filter_map(durations::added_run).collect();
+        if runs.is_empty() {
+            return;
+        }
         let mut hours: Vec<i64> = events
             .iter()
             .filter(|e| e.job_id.is_some() && e.started_at.is_some())
             .filter_map(|e| e.finished_at)
             .flat_map(durations::hours_of)
             .collect();
-        if !hours.is_empty() {
-            hours.sort_unstable();
-            hours.dedup();
-            self.durations.changed(hours);
-        }
+        hours.sort_unstable();
+        hours.dedup();
+        self.durations.committed(&durations::cache::Committed {
+            first: first.seq,
+            last: last.seq,
+            runs,
+            hours,
+        });
     }
 
     fn tables(&self) -> &'static [Table] {

@@ -7,6 +7,12 @@
 //! before it reads the database and keeps what it read only if nothing it covers changed
 //! since; otherwise the answer is still exact, it is just not kept.
 //!
+//! An hour's blocks are different: the hours still receiving runs (the open one above all)
+//! would otherwise be read again after every batch, and a busy hour holds hundreds of
+//! thousands of runs. What is kept of them says through which stream sequence it is
+//! complete, and a committed batch adds its runs to it ([`DurationCache::committed`]):
+//! a batch already in what was read is skipped, a later one is merged in.
+//!
 //! Two kinds of entries share one memory budget, evicted least recently used first: one
 //! hour's runs per job (sorted by duration, with their finish times, so that the hour a
 //! window starts in can be cut at any instant), and per job the sorted durations of a range
@@ -37,7 +43,7 @@ pub enum Form {
 }
 
 /// The runs of one job in one hour (or in a range of hours).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct JobRuns {
     /// Durations, ascending.
     pub ms: Vec<i64>,
@@ -63,6 +69,30 @@ impl JobRuns {
         }
     }
 
+    /// Adds runs to a [`Form::Blocks`] entry: durations merged into their sorted place.
+    fn add(&mut self, mut runs: Vec<(i64, &str)>) {
+        runs.sort_unstable();
+        let old = self.ms.len();
+        self.ms.reserve(runs.len());
+        for &(ms, id) in &runs {
+            self.ms.push(ms);
+            self.sum_ms += ms;
+            self.offer_max(ms, id);
+        }
+        // Merge from the back, in place: the old values are sorted, and so are the new.
+        let (mut i, mut j, mut k) = (old, runs.len(), self.ms.len());
+        while j > 0 {
+            k -= 1;
+            if i > 0 && self.ms[i - 1] > runs[j - 1].0 {
+                self.ms[k] = self.ms[i - 1];
+                i -= 1;
+            } else {
+                self.ms[k] = runs[j - 1].0;
+                j -= 1;
+            }
+        }
+    }
+
     fn bytes(&self) -> usize {
         let ids: usize = self.ids.iter().map(|id| id.len() + 16).sum();
         (self.ms.len() + self.finished.len()) * 8 + ids + 64
@@ -75,6 +105,26 @@ pub type Runs = HashMap<String, JobRuns>;
 /// A snapshot of the change counter, taken before reading the database.
 #[derive(Debug, Clone, Copy)]
 pub struct Ticket(u64);
+
+/// Per job, the (ms, result id) runs a batch added to one hour.
+type HourRuns<'a> = HashMap<&'a str, Vec<(i64, &'a str)>>;
+
+/// One run a committed batch added: its block's hour, job, duration (ms) and result id.
+pub type AddedRun<'a> = (i64, &'a str, i64, &'a str);
+
+/// What a committed batch of results did to the durations.
+#[derive(Debug, Default)]
+pub struct Committed<'a> {
+    /// Stream sequence of its first event.
+    pub first: u64,
+    /// Stream sequence of its last event.
+    pub last: u64,
+    /// Its runs.
+    pub runs: Vec<AddedRun<'a>>,
+    /// The hours its runs finished in as windows cut them (they may differ from the
+    /// blocks' before 1970): window-start hours and merged ranges among them are dropped.
+    pub hours: Vec<i64>,
+}
 
 /// The cache of durations per hour; see the module documentation.
 #[derive(Debug, Default)]
@@ -101,6 +151,16 @@ struct Inner {
     floor: u64,
     /// Use clock for the LRU.
     clock: u64,
+    /// Per hour of blocks, the last stream sequence of a committed batch with runs in it:
+    /// blocks read before it are not kept.
+    touched: HashMap<i64, u64>,
+    /// Touches forgotten to bound `touched` count as being at this sequence.
+    touched_floor: u64,
+    /// Batches up to this sequence repeated known result ids: their events do not tell
+    /// which runs were inserted.
+    inexact_through: u64,
+    /// The blocks of hours before this one were pruned.
+    pruned_before: i64,
 }
 
 #[derive(Debug)]
@@ -108,9 +168,80 @@ struct Entry {
     runs: Arc<Runs>,
     bytes: usize,
     used: u64,
+    /// [`Form::Blocks`]: the runs of every result up to this stream sequence.
+    through: u64,
 }
 
 impl Inner {
+    fn last_touch(&self, hour: i64) -> u64 {
+        self.touched
+            .get(&hour)
+            .copied()
+            .unwrap_or(self.touched_floor)
+    }
+
+    /// Drops what is kept of `hour` as windows cut it (its start hour, merged ranges over
+    /// it), and its blocks too if `blocks`.
+    fn drop_changed(&mut self, hour: i64, blocks: bool) {
+        self.counter += 1;
+        let counter = self.counter;
+        self.changes.insert(hour, counter);
+        let mut freed = self.drop_hour((hour, Form::Rows));
+        if blocks {
+            freed += self.drop_hour((hour, Form::Blocks));
+        }
+        self.merged.retain(|((first, last), e)| {
+            let keep = !(*first..=*last).contains(&hour);
+            if !keep {
+                freed += e.bytes;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
+    fn bound_changes(&mut self) {
+        if self.changes.len() > CHANGES_KEPT {
+            self.changes.clear();
+            self.floor = self.counter;
+        }
+        if self.touched.len() > CHANGES_KEPT {
+            self.touched_floor = self.touched.values().copied().max().unwrap_or(0);
+            self.touched.clear();
+        }
+    }
+
+    /// Adds a batch's runs of `hour` to its kept blocks, or drops them when they cannot be
+    /// brought up to date.
+    fn add_to_blocks(&mut self, hour: i64, c: &Committed<'_>, runs: HourRuns<'_>) {
+        let seen = self.touched.entry(hour).or_insert(0);
+        *seen = (*seen).max(c.last);
+        let Some(e) = self.hours.get(&(hour, Form::Blocks)) else {
+            return;
+        };
+        if e.through >= c.last {
+            // Read after this batch was committed: its runs are in already.
+            return;
+        }
+        let Some(mut e) = self.hours.remove(&(hour, Form::Blocks)) else {
+            return;
+        };
+        self.bytes -= e.bytes;
+        if self.inexact_through >= c.first || e.through >= c.first {
+            return;
+        }
+        let kept = Arc::make_mut(&mut e.runs);
+        for (job, added) in runs {
+            kept.entry(job.to_owned()).or_default().add(added);
+        }
+        e.bytes = runs_bytes(&e.runs);
+        e.through = c.last;
+        if self.make_room(e.bytes) {
+            self.bytes += e.bytes;
+            self.hours.insert((hour, Form::Blocks), e);
+        }
+    }
+
     fn last_change(&self, hour: i64) -> u64 {
         self.changes.get(&hour).copied().unwrap_or(self.floor)
     }
@@ -131,6 +262,27 @@ impl Inner {
     fn tick(&mut self) -> u64 {
         self.clock += 1;
         self.clock
+    }
+
+    fn keep(&mut self, hour: i64, form: Form, through: u64, runs: Arc<Runs>) {
+        if self.hours.contains_key(&(hour, form)) {
+            return;
+        }
+        let bytes = runs_bytes(&runs);
+        if !self.make_room(bytes) {
+            return;
+        }
+        let used = self.tick();
+        self.bytes += bytes;
+        self.hours.insert(
+            (hour, form),
+            Entry {
+                runs,
+                bytes,
+                used,
+                through,
+            },
+        );
     }
 
     /// Evicts least recently used entries until `extra` more bytes fit; false if they never
@@ -169,29 +321,44 @@ impl DurationCache {
         Self::default()
     }
 
-    /// Records that runs finishing in `hours` were committed: what is kept of them is dropped.
+    /// Forgets what is kept of `hours`, their blocks included.
     pub fn changed(&self, hours: impl IntoIterator<Item = i64>) {
         let mut inner = lock(&self.inner);
         for hour in hours {
-            inner.counter += 1;
-            let counter = inner.counter;
-            inner.changes.insert(hour, counter);
-            let freed = inner.drop_hour((hour, Form::Blocks)) + inner.drop_hour((hour, Form::Rows));
-            inner.bytes -= freed;
-            let mut freed = 0;
-            inner.merged.retain(|((first, last), e)| {
-                let keep = !(*first..=*last).contains(&hour);
-                if !keep {
-                    freed += e.bytes;
-                }
-                keep
-            });
-            inner.bytes -= freed;
+            inner.drop_changed(hour, true);
         }
-        if inner.changes.len() > CHANGES_KEPT {
-            inner.changes.clear();
-            inner.floor = inner.counter;
+        inner.bound_changes();
+    }
+
+    /// Records that a batch up to `last` may have repeated known result ids: its runs are
+    /// not all new, so they cannot be added to kept blocks from its events. Called before
+    /// the batch commits.
+    pub fn inexact(&self, last: u64) {
+        let mut inner = lock(&self.inner);
+        inner.inexact_through = inner.inexact_through.max(last);
+    }
+
+    /// Records a committed batch, in stream order: kept blocks of its hours gain its runs
+    /// (or are dropped if it was [`Self::inexact`]); what windows cut at its hours is
+    /// dropped.
+    pub fn committed(&self, c: &Committed<'_>) {
+        let mut by_hour: HashMap<i64, HourRuns<'_>> = HashMap::new();
+        for &(hour, job, ms, id) in &c.runs {
+            by_hour
+                .entry(hour)
+                .or_default()
+                .entry(job)
+                .or_default()
+                .push((ms, id));
         }
+        let mut inner = lock(&self.inner);
+        for &hour in &c.hours {
+            inner.drop_changed(hour, false);
+        }
+        for (hour, runs) in by_hour {
+            inner.add_to_blocks(hour, c, runs);
+        }
+        inner.bound_changes();
     }
 
     /// Forgets what is kept of every hour before `hour`: the pruner removed their runs.
@@ -209,6 +376,10 @@ impl DurationCache {
             old.dedup();
             old
         };
+        {
+            let mut inner = lock(&self.inner);
+            inner.pruned_before = inner.pruned_before.max(hour);
+        }
         self.changed(old);
     }
 
@@ -244,22 +415,25 @@ impl DurationCache {
         Some(e.runs.clone())
     }
 
-    /// Keeps `runs` of `hour` in `form`, read after `ticket` was taken, unless the hour
-    /// changed since.
-    pub fn keep_hour(&self, hour: i64, form: Form, ticket: Ticket, runs: Arc<Runs>) {
+    /// Keeps the runs of the window-start `hour` ([`Form::Rows`]), read after `ticket` was
+    /// taken, unless the hour changed since.
+    pub fn keep_rows(&self, hour: i64, ticket: Ticket, runs: Arc<Runs>) {
         let mut inner = lock(&self.inner);
-        if inner.last_change(hour) > ticket.0 || inner.hours.contains_key(&(hour, form)) {
+        if inner.last_change(hour) > ticket.0 {
             return;
         }
-        let bytes = runs_bytes(&runs);
-        if !inner.make_room(bytes) {
+        inner.keep(hour, Form::Rows, 0, runs);
+    }
+
+    /// Keeps the blocks of `hour` ([`Form::Blocks`]), read when the results were committed
+    /// up to stream sequence `through`, unless a batch with runs in that hour was recorded
+    /// after it or the hour was pruned.
+    pub fn keep_blocks(&self, hour: i64, through: u64, runs: Arc<Runs>) {
+        let mut inner = lock(&self.inner);
+        if through < inner.last_touch(hour) || hour < inner.pruned_before {
             return;
         }
-        let used = inner.tick();
-        inner.bytes += bytes;
-        inner
-            .hours
-            .insert((hour, form), Entry { runs, bytes, used });
+        inner.keep(hour, Form::Blocks, through, runs);
     }
 
     /// The kept merge of the whole hours `first..=last`, if any.
@@ -293,14 +467,36 @@ impl DurationCache {
         }
         let used = inner.tick();
         inner.bytes += bytes;
-        inner
-            .merged
-            .push(((first, last), Entry { runs, bytes, used }));
+        inner.merged.push((
+            (first, last),
+            Entry {
+                runs,
+                bytes,
+                used,
+                through: 0,
+            },
+        ));
     }
 
     /// Bytes of durations kept now.
     pub fn bytes(&self) -> usize {
         lock(&self.inner).bytes
+    }
+
+    /// The bytes of the entries kept, counted afresh.
+    #[cfg(test)]
+    fn recount(&self) -> usize {
+        let inner = lock(&self.inner);
+        inner
+            .hours
+            .values()
+            .map(|e| runs_bytes(&e.runs))
+            .sum::<usize>()
+            + inner
+                .merged
+                .iter()
+                .map(|(_, e)| runs_bytes(&e.runs))
+                .sum::<usize>()
     }
 }
 
@@ -318,29 +514,167 @@ mod tests {
     }
 
     #[test]
-    fn an_hour_read_before_a_change_of_it_is_not_kept() {
+    fn a_start_hour_read_before_a_change_of_it_is_not_kept() {
         let cache = DurationCache::new();
         let t = cache.ticket();
         cache.changed([7]);
-        cache.keep_hour(7, Form::Blocks, t, runs(&[1]));
+        cache.keep_rows(7, t, runs(&[1]));
         assert!(
-            cache.hour(7, Form::Blocks).is_none(),
+            cache.hour(7, Form::Rows).is_none(),
             "read before the change"
         );
-        cache.keep_hour(8, Form::Blocks, t, runs(&[1]));
+        cache.keep_rows(8, t, runs(&[1]));
         assert!(
-            cache.hour(8, Form::Blocks).is_some(),
+            cache.hour(8, Form::Rows).is_some(),
             "another hour's change does not matter"
         );
         let t = cache.ticket();
-        cache.keep_hour(7, Form::Blocks, t, runs(&[1, 2]));
-        assert_eq!(cache.hour(7, Form::Blocks).unwrap()["job"].ms, [1, 2]);
-        cache.changed([7]);
+        cache.keep_rows(7, t, runs(&[1, 2]));
+        assert_eq!(cache.hour(7, Form::Rows).unwrap()["job"].ms, [1, 2]);
+        cache.committed(&batch(10, 12, &[(7, "job", 5, "r")], &[7]));
         assert!(
-            cache.hour(7, Form::Blocks).is_none(),
-            "a change drops the hour"
+            cache.hour(7, Form::Rows).is_none(),
+            "a batch with runs in it drops the hour"
         );
-        assert!(cache.hour(8, Form::Blocks).is_some());
+        assert!(cache.hour(8, Form::Rows).is_some());
+    }
+
+    fn batch<'a>(first: u64, last: u64, runs: &[AddedRun<'a>], hours: &[i64]) -> Committed<'a> {
+        Committed {
+            first,
+            last,
+            runs: runs.to_vec(),
+            hours: hours.to_vec(),
+        }
+    }
+
+    /// A job's kept blocks as the tests compare them: job, durations, sum, longest's id.
+    type Job = (String, Vec<i64>, i64, String);
+
+    fn blocks(cache: &DurationCache, hour: i64) -> Option<Vec<Job>> {
+        let runs = cache.hour(hour, Form::Blocks)?;
+        let mut jobs: Vec<_> = runs
+            .iter()
+            .map(|(job, r)| {
+                let (max_ms, max_id) = r.max.clone().unwrap_or_default();
+                assert_eq!(r.ms.iter().max().copied().unwrap_or(0), max_ms);
+                (job.clone(), r.ms.clone(), r.sum_ms, max_id)
+            })
+            .collect();
+        jobs.sort();
+        Some(jobs)
+    }
+
+    fn job(name: &str, ms: &[i64], max_id: &str) -> Job {
+        (
+            name.to_owned(),
+            ms.to_vec(),
+            ms.iter().sum(),
+            max_id.to_owned(),
+        )
+    }
+
+    fn read(values: &[i64], max_id: &str) -> Arc<Runs> {
+        let mut r = runs(values);
+        let max = values.iter().max().copied().unwrap_or(0);
+        Arc::make_mut(&mut r)
+            .get_mut("job")
+            .unwrap()
+            .offer_max(max, max_id);
+        r
+    }
+
+    #[test]
+    fn kept_blocks_gain_the_runs_of_later_batches_and_skip_those_they_hold() {
+        let cache = DurationCache::new();
+        cache.keep_blocks(7, 10, read(&[2, 5, 8], "a"));
+        // Committed before the read (it holds them): nothing is added twice.
+        cache.committed(&batch(9, 10, &[(7, "job", 4, "z")], &[7]));
+        assert_eq!(blocks(&cache, 7).unwrap(), [job("job", &[2, 5, 8], "a")]);
+        let before = cache.hour(7, Form::Blocks).unwrap();
+        cache.committed(&batch(
+            11,
+            20,
+            &[
+                (7, "job", 9, "b"),
+                (7, "job", 1, "c"),
+                (7, "job", 5, "d"),
+                (7, "other", 3, "e"),
+                (8, "job", 100, "f"),
+            ],
+            &[7, 8],
+        ));
+        assert_eq!(
+            blocks(&cache, 7).unwrap(),
+            [
+                job("job", &[1, 2, 5, 5, 8, 9], "b"),
+                job("other", &[3], "e")
+            ]
+        );
+        assert_eq!(
+            before["job"].ms,
+            [2, 5, 8],
+            "a reader's copy stays as it read it"
+        );
+        assert!(
+            blocks(&cache, 8).is_none(),
+            "nothing kept of hour 8 to add to"
+        );
+        cache.committed(&batch(21, 22, &[(7, "job", 9, "x")], &[7]));
+        assert_eq!(
+            blocks(&cache, 7).unwrap()[0],
+            job("job", &[1, 2, 5, 5, 8, 9, 9], "x"),
+            "ties go to the larger id"
+        );
+    }
+
+    #[test]
+    fn blocks_read_before_a_batch_in_their_hour_are_not_kept() {
+        let cache = DurationCache::new();
+        cache.committed(&batch(11, 20, &[(7, "job", 3, "a")], &[7]));
+        cache.keep_blocks(7, 10, read(&[1], "x"));
+        assert!(blocks(&cache, 7).is_none(), "read before batch 11..20");
+        cache.keep_blocks(8, 10, read(&[1], "x"));
+        assert!(
+            blocks(&cache, 8).is_some(),
+            "that batch had no run in hour 8"
+        );
+        cache.keep_blocks(7, 20, read(&[1, 3], "a"));
+        assert_eq!(blocks(&cache, 7).unwrap(), [job("job", &[1, 3], "a")]);
+    }
+
+    #[test]
+    fn a_batch_that_repeated_result_ids_drops_the_blocks_it_touches() {
+        let cache = DurationCache::new();
+        cache.keep_blocks(7, 10, read(&[1], "x"));
+        cache.keep_blocks(8, 10, read(&[1], "x"));
+        cache.inexact(20);
+        cache.committed(&batch(11, 20, &[(7, "job", 3, "a")], &[7]));
+        assert!(
+            blocks(&cache, 7).is_none(),
+            "its events do not tell what it added"
+        );
+        assert!(blocks(&cache, 8).is_some());
+        cache.keep_blocks(7, 20, read(&[1, 3], "a"));
+        cache.committed(&batch(21, 30, &[(7, "job", 2, "b")], &[7]));
+        assert_eq!(
+            blocks(&cache, 7).unwrap(),
+            [job("job", &[1, 2, 3], "a")],
+            "a later batch of new results is added again"
+        );
+        assert_eq!(cache.bytes(), cache.recount(), "bytes follow the entries");
+    }
+
+    #[test]
+    fn pruned_blocks_are_not_kept_again() {
+        let cache = DurationCache::new();
+        cache.keep_blocks(7, 10, read(&[1], "x"));
+        cache.forget_before(8);
+        assert!(blocks(&cache, 7).is_none());
+        cache.keep_blocks(7, 10, read(&[1], "x"));
+        assert!(blocks(&cache, 7).is_none(), "read before the pruning");
+        cache.keep_blocks(8, 10, read(&[1], "x"));
+        assert!(blocks(&cache, 8).is_some());
     }
 
     #[test]
@@ -361,16 +695,17 @@ mod tests {
     fn pruned_hours_are_forgotten_and_later_ones_kept() {
         let cache = DurationCache::new();
         let t = cache.ticket();
-        cache.keep_hour(3, Form::Blocks, t, runs(&[1]));
-        cache.keep_hour(9, Form::Rows, t, runs(&[1]));
+        cache.keep_blocks(3, 0, runs(&[1]));
+        cache.keep_rows(9, t, runs(&[1]));
         cache.keep_merged(4, 6, t, runs(&[1]));
         cache.keep_merged(8, 12, t, runs(&[1]));
         cache.forget_before(8);
         assert!(cache.hour(3, Form::Blocks).is_none() && cache.merged(4, 6).is_none());
         assert!(cache.hour(9, Form::Rows).is_some() && cache.merged(8, 12).is_some());
         // A read that started before the pruning is not kept either.
-        cache.keep_hour(3, Form::Blocks, t, runs(&[1]));
-        assert!(cache.hour(3, Form::Blocks).is_none());
+        cache.keep_rows(3, t, runs(&[1]));
+        cache.keep_blocks(3, 0, runs(&[1]));
+        assert!(cache.hour(3, Form::Rows).is_none() && cache.hour(3, Form::Blocks).is_none());
     }
 
     #[test]
@@ -379,21 +714,30 @@ mod tests {
         let t = cache.ticket();
         cache.changed(0..=CHANGES_KEPT as i64);
         let later = cache.ticket();
-        cache.keep_hour(5, Form::Blocks, t, runs(&[1]));
+        cache.keep_rows(5, t, runs(&[1]));
         cache.keep_merged(1, 2, t, runs(&[1]));
-        assert!(cache.hour(5, Form::Blocks).is_none() && cache.merged(1, 2).is_none());
-        cache.keep_hour(5, Form::Blocks, later, runs(&[1]));
+        assert!(cache.hour(5, Form::Rows).is_none() && cache.merged(1, 2).is_none());
+        cache.keep_rows(5, later, runs(&[1]));
         cache.keep_merged(1, 2, later, runs(&[1]));
-        assert!(cache.hour(5, Form::Blocks).is_some() && cache.merged(1, 2).is_some());
+        assert!(cache.hour(5, Form::Rows).is_some() && cache.merged(1, 2).is_some());
+
+        // Batches recorded past the bound still refuse blocks read before them.
+        let many: Vec<AddedRun<'_>> = (0..=CHANGES_KEPT as i64)
+            .map(|h| (h, "job", 1, "r"))
+            .collect();
+        cache.committed(&batch(11, 20, &many, &[]));
+        cache.keep_blocks(5, 10, runs(&[1]));
+        assert!(cache.hour(5, Form::Blocks).is_none());
+        cache.keep_blocks(5, 20, runs(&[1]));
+        assert!(cache.hour(5, Form::Blocks).is_some());
     }
 
     #[test]
     fn memory_stays_within_the_budget_dropping_the_least_recently_used() {
         let cache = DurationCache::new();
         let values: Vec<i64> = (0..1_000_000).collect();
-        let t = cache.ticket();
         for hour in 0..20 {
-            cache.keep_hour(hour, Form::Blocks, t, runs(&values));
+            cache.keep_blocks(hour, 0, runs(&values));
             assert!(cache.bytes() <= CACHE_BYTES);
             if hour > 0 {
                 // Hour 0 stays in use; the others age.
@@ -406,7 +750,7 @@ mod tests {
             "the least recently used went first"
         );
         let too_big: Vec<i64> = (0..(CACHE_BYTES / 8 + 1) as i64).collect();
-        cache.keep_hour(100, Form::Blocks, t, runs(&too_big));
+        cache.keep_blocks(100, 0, runs(&too_big));
         assert!(cache.hour(100, Form::Blocks).is_none());
         assert!(cache.bytes() <= CACHE_BYTES);
     }

@@ -26,7 +26,7 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use super::ResultEvent;
 use crate::db::rows_per_statement;
 pub use cache::DurationCache;
-use cache::{Form, JobRuns, Runs, Ticket};
+use cache::{Form, JobRuns, Runs};
 use rank::{rank_index, select_sorted};
 
 /// A row's run duration in SQL, clamped at 0 like [`run_ms`].
@@ -73,6 +73,16 @@ fn split_max_key(key: &str) -> (i64, &str) {
     (ms.parse().unwrap_or(0), id)
 }
 
+/// The run a result adds to the duration blocks, if it has a duration: (block hour, job,
+/// ms, result id).
+pub(super) fn added_run(e: &ResultEvent) -> Option<cache::AddedRun<'_>> {
+    let (Some(job), Some(start), Some(finish)) = (e.job_id.as_deref(), e.started_at, e.finished_at)
+    else {
+        return None;
+    };
+    Some((hour_of(finish), job, run_ms(start, finish), &e.result_id))
+}
+
 /// One duration block under construction.
 struct Block<'a> {
     hour: i64,
@@ -92,13 +102,10 @@ pub(super) async fn insert_blocks(
     let mut blocks: Vec<Block<'_>> = Vec::new();
     let mut index: HashMap<(i64, &str), usize> = HashMap::new();
     for e in events {
-        let (Some(job), Some(start), Some(finish)) =
-            (e.job_id.as_deref(), e.started_at, e.finished_at)
-        else {
+        let Some((hour, job, ms, _)) = added_run(e) else {
             continue;
         };
-        let ms = run_ms(start, finish);
-        let hour = hour_of(finish);
+        let finish = e.finished_at.unwrap_or_default();
         let i = *index.entry((hour, job)).or_insert_with(|| {
             blocks.push(Block {
                 hour,
@@ -264,7 +271,7 @@ pub async fn job_durations(
             None => {
                 cache.count_read();
                 let hours = hours_with_runs(readers, first, last).await?;
-                let parts = whole_hours(readers, cache, &hours, ticket).await?;
+                let parts = whole_hours(readers, cache, &hours).await?;
                 let m = Arc::new(merge(&parts));
                 cache.keep_merged(first, last, ticket, m.clone());
                 m
@@ -273,13 +280,13 @@ pub async fn job_durations(
         whole.push(merged);
     }
     let later = hours_with_runs(readers, open, i64::MAX).await?;
-    whole.extend(whole_hours(readers, cache, &later, ticket).await?);
+    whole.extend(whole_hours(readers, cache, &later).await?);
     let edge = match cache.hour(h0, Form::Rows) {
         Some(e) => e,
         None => {
             cache.count_read();
             let e = Arc::new(read_rows(readers, h0).await?);
-            cache.keep_hour(h0, Form::Rows, ticket, e.clone());
+            cache.keep_rows(h0, ticket, e.clone());
             e
         }
     };
@@ -383,7 +390,6 @@ async fn whole_hours(
     readers: &SqlitePool,
     cache: &DurationCache,
     hours: &[i64],
-    ticket: Ticket,
 ) -> sqlx::Result<Vec<Arc<Runs>>> {
     let mut out = Vec::with_capacity(hours.len());
     let mut missing = Vec::new();
@@ -394,27 +400,35 @@ async fn whole_hours(
         }
     }
     if !missing.is_empty() {
-        for (hour, runs) in read_blocks(readers, &missing).await? {
+        let (through, read) = read_blocks(readers, &missing).await?;
+        for (hour, runs) in read {
             let runs = Arc::new(runs);
-            cache.keep_hour(hour, Form::Blocks, ticket, runs.clone());
+            cache.keep_blocks(hour, through, runs.clone());
             out.push(runs);
         }
     }
     Ok(out)
 }
 
-/// Reads the blocks of `hours`: per hour and job, the sorted durations and longest run.
-async fn read_blocks(readers: &SqlitePool, hours: &[i64]) -> sqlx::Result<BTreeMap<i64, Runs>> {
+/// Reads the blocks of `hours`: per hour and job, the sorted durations and longest run;
+/// with the results stream's checkpoint they were read at (they hold every run up to it).
+async fn read_blocks(
+    readers: &SqlitePool,
+    hours: &[i64],
+) -> sqlx::Result<(u64, BTreeMap<i64, Runs>)> {
     let list = serde_json::to_string(hours).map_err(|e| sqlx::Error::Encode(e.into()))?;
     // All blocks in one value: rows are cheap for SQLite to concatenate and dear to hand
-    // over one by one (measured: 17 ms of 28 for 5,000 blocks).
-    let packed: Option<String> = sqlx::query_scalar(
-        "SELECT group_concat(hour || ',' || length(CAST(job_id AS BLOB)) || ',' || job_id \
+    // over one by one (measured: 17 ms of 28 for 5,000 blocks). One statement reads the
+    // checkpoint and the blocks from the same snapshot.
+    let (through, packed): (Option<i64>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT last_seq FROM checkpoints WHERE stream = ?2), \
+           group_concat(hour || ',' || length(CAST(job_id AS BLOB)) || ',' || job_id \
            || length(CAST(max_key AS BLOB)) || ',' || max_key \
            || length(CAST(vals AS BLOB)) || ',' || vals, '') \
          FROM duration_blocks WHERE hour IN (SELECT value FROM json_each(?1))",
     )
     .bind(list)
+    .bind(crate::bus::streams::RESULTS.name)
     .fetch_one(readers)
     .await?;
     let mut hours: BTreeMap<i64, Runs> = BTreeMap::new();
@@ -438,7 +452,7 @@ async fn read_blocks(readers: &SqlitePool, hours: &[i64]) -> sqlx::Result<BTreeM
     for runs in hours.values_mut().flat_map(|h| h.values_mut()) {
         runs.ms.sort_unstable();
     }
-    Ok(hours)
+    Ok((through.map_or(0, |t| t.max(0) as u64), hours))
 }
 
 /// Reads every run that finished in `hour` from the results, with finish times and ids.
