@@ -74,6 +74,9 @@ pub struct Interval {
     /// Rows per table, read from the database file (empty if it could not be read): what
     /// grows, once the retention has passed.
     pub rows: std::collections::BTreeMap<String, i64>,
+    /// Bytes of pages per table and index (SQLite's `dbstat`), and `<free pages>`: where
+    /// the file's bytes are when its rows no longer grow.
+    pub bytes: std::collections::BTreeMap<String, i64>,
     /// Messages behind, all projections together (`/ready`).
     pub lag: u64,
     /// Queries answered in the interval.
@@ -265,6 +268,7 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
             db_bytes: daemon.database_bytes(),
             wal_bytes: daemon.wal_bytes(),
             rows: table_rows(&daemon.database()).await,
+            bytes: btree_bytes(&daemon.database()).await,
             lag: lag(&http, &base).await,
             queries: lat.len(),
             query_errors: counters.query_errors.swap(0, Ordering::Relaxed),
@@ -480,6 +484,33 @@ async fn table_rows(path: &std::path::Path) -> std::collections::BTreeMap<String
     counted.await.unwrap_or_default()
 }
 
+/// Bytes of pages per table and index of the database at `path` (`dbstat`), with the free
+/// pages under `<free pages>`; an empty map if it cannot be read.
+async fn btree_bytes(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+    use sqlx::Connection;
+    let read = async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+        let mut bytes: std::collections::BTreeMap<String, i64> =
+            sqlx::query_as("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+                .fetch_all(&mut conn)
+                .await?
+                .into_iter()
+                .collect();
+        let free: i64 = sqlx::query_scalar(
+            "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        bytes.insert("<free pages>".to_owned(), free);
+        conn.close().await?;
+        Ok::<_, sqlx::Error>(bytes)
+    };
+    read.await.unwrap_or_default()
+}
+
 impl std::fmt::Display for Interval {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -549,6 +580,22 @@ impl std::fmt::Display for SoakReport {
                 let before = half.rows.get(table).copied().unwrap_or(0);
                 if n > before {
                     writeln!(f, "    {table:<32} {before:>9} → {n:>9}")?;
+                }
+            }
+            writeln!(
+                f,
+                "  tables and indexes that grew by more than 64 KiB from {} s to {} s:",
+                half.at_secs, last.at_secs
+            )?;
+            for (name, &n) in &last.bytes {
+                let before = half.bytes.get(name).copied().unwrap_or(0);
+                if n > before + 65_536 {
+                    writeln!(
+                        f,
+                        "    {name:<40} {:>8.2} → {:>8.2} MiB",
+                        before as f64 / 1_048_576.0,
+                        n as f64 / 1_048_576.0
+                    )?;
                 }
             }
         }
