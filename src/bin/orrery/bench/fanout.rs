@@ -3,6 +3,10 @@
 //! The daemon runs as its own process (this binary's `serve`), so its resident memory per
 //! connection can be read from `/proc`; the clients and the publisher run here. Every event
 //! carries the time it was published, and each client measures publish → receive latency.
+//!
+//! With `--peer nchan` the same clients and publish loop then measure nchan (the nginx
+//! module) on the same machine right after: nginx is started on a free port with its
+//! EventSource subscriber and HTTP publisher, and events are posted to it.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +41,43 @@ pub struct FanoutOptions {
     /// The daemon's results retention during the measure (zero: kept for ever): a day
     /// makes it prune the whole backlog while the clients listen.
     pub backlog_retention: Duration,
+    /// Measure nchan the same way right after, with this nginx and module.
+    pub peer: Option<Nchan>,
+    /// Keep one core busy with a spinning thread during the measures (a CPU-bound neighbour
+    /// on the machine).
+    pub cpu_neighbour: bool,
+}
+
+/// A thread that keeps one core busy until dropped.
+struct Neighbour(Arc<std::sync::atomic::AtomicBool>);
+
+impl Neighbour {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+        Self(stop)
+    }
+}
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where nginx and its nchan module are.
+#[derive(Debug, Clone)]
+pub struct Nchan {
+    /// The nginx binary.
+    pub nginx: std::path::PathBuf,
+    /// `ngx_nchan_module.so`.
+    pub module: std::path::PathBuf,
 }
 
 /// Figures of one `bench fanout` run.
@@ -75,6 +116,8 @@ pub struct FanoutReport {
     pub backlog: u64,
     /// Rows the pruner deleted from the first publish to the last delivery.
     pub pruned_while_publishing: u64,
+    /// The same measure against nchan, right after.
+    pub nchan: Option<Box<FanoutReport>>,
 }
 
 fn now_us() -> u64 {
@@ -215,17 +258,23 @@ struct Tally {
     open_at_end: bool,
 }
 
-/// Reads one stream until `stop`, recording latencies of events that carry `sent_us`.
+/// Reads one stream until `stop`, recording latencies of events that carry `sent_us`; the
+/// stream counts as connected at its first frame containing `hello`.
 async fn client(
     http: reqwest::Client,
     url: String,
-    token: String,
+    token: Option<String>,
+    hello: &'static [u8],
     connected: Arc<AtomicU64>,
     delivered: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> Tally {
     let mut tally = Tally::default();
-    let res = match http.get(&url).bearer_auth(token).send().await {
+    let mut req = http.get(&url).header("accept", "text/event-stream");
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = match req.send().await {
         Ok(r) if r.status().is_success() => r,
         _ => {
             tally.errors += 1;
@@ -251,7 +300,7 @@ async fn client(
         buf.extend_from_slice(&chunk);
         while let Some(end) = find(&buf, b"\n\n") {
             let frame = &buf[..end];
-            if !seen_snapshot && find(frame, b"event: snapshot").is_some() {
+            if !seen_snapshot && find(frame, hello).is_some() {
                 seen_snapshot = true;
                 connected.fetch_add(1, Ordering::Relaxed);
             } else if find(frame, b"event: resync").is_some() {
@@ -331,8 +380,142 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let pid = daemon.child.id();
-    let rss_before = orrery::telemetry::resident_bytes(pid);
+    let target = Target::Orrery {
+        base: daemon.base.clone(),
+        pids: vec![daemon.child.id()],
+        token,
+        js: Box::new(js),
+        http: http.clone(),
+    };
+    let neighbour = opts.cpu_neighbour.then(Neighbour::start);
+    let mut report = measure(&target, &tids, &opts, &http).await?;
+    report.backlog = opts.backlog;
+    drop(daemon);
+    if let Some(peer) = &opts.peer {
+        let nginx = Nginx::start(peer, opts.clients)?;
+        nginx.wait_listening(&http).await?;
+        let target = Target::Nchan {
+            base: nginx.base.clone(),
+            pids: nginx.workers(),
+            http: reqwest::Client::new(),
+        };
+        report.nchan = Some(Box::new(measure(&target, &tids, &opts, &http).await?));
+    }
+    drop(neighbour);
+    Ok(report)
+}
+
+/// The server the clients listen to and the events are published to.
+enum Target {
+    /// `orrery serve`: events through JetStream, streams with a viewer token.
+    Orrery {
+        base: String,
+        pids: Vec<u32>,
+        token: String,
+        js: Box<jetstream::Context>,
+        http: reqwest::Client,
+    },
+    /// nginx with nchan: events posted to its publisher location.
+    Nchan {
+        base: String,
+        pids: Vec<u32>,
+        http: reqwest::Client,
+    },
+}
+
+/// A publish on its way: the bus's ack, or nchan's answer.
+enum Pending {
+    Ack(jetstream::context::PublishAckFuture),
+    Post(tokio::task::JoinHandle<anyhow::Result<()>>),
+}
+
+impl Target {
+    fn pids(&self) -> &[u32] {
+        match self {
+            Target::Orrery { pids, .. } | Target::Nchan { pids, .. } => pids,
+        }
+    }
+
+    fn rss(&self) -> u64 {
+        self.pids()
+            .iter()
+            .map(|&p| orrery::telemetry::resident_bytes(p))
+            .sum()
+    }
+
+    fn stream_url(&self, tid: &str) -> String {
+        match self {
+            Target::Orrery { base, .. } => format!("{base}/topologies/{tid}/events"),
+            Target::Nchan { base, .. } => format!("{base}/sub/{tid}"),
+        }
+    }
+
+    fn token(&self) -> Option<String> {
+        match self {
+            Target::Orrery { token, .. } => Some(token.clone()),
+            Target::Nchan { .. } => None,
+        }
+    }
+
+    /// What the first frame of a stream carries: Orrery's snapshot, nchan's greeting.
+    fn hello(&self) -> &'static [u8] {
+        match self {
+            Target::Orrery { .. } => b"event: snapshot",
+            Target::Nchan { .. } => b": hi",
+        }
+    }
+
+    async fn publish(&self, tid: &str, sent_us: u64) -> anyhow::Result<Pending> {
+        // What agents send: a random id per mutation.
+        let body = format!(
+            r#"{{"id":"{}","data":{{"mutation_id":"{}","sent_us":{sent_us}}}}}"#,
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4()
+        );
+        Ok(match self {
+            Target::Orrery { js, .. } => Pending::Ack(
+                js.publish(format!("topology.{tid}.mutation.applied"), body.into())
+                    .await?,
+            ),
+            Target::Nchan { base, http, .. } => {
+                let post = http.post(format!("{base}/pub/{tid}")).body(body);
+                Pending::Post(tokio::spawn(async move {
+                    post.send().await?.error_for_status()?;
+                    Ok(())
+                }))
+            }
+        })
+    }
+
+    /// Rows of results pruned so far (Orrery with a backlog only).
+    async fn pruned(&self) -> anyhow::Result<u64> {
+        match self {
+            Target::Orrery { base, http, .. } => pruned_results(http, base).await,
+            Target::Nchan { .. } => Ok(0),
+        }
+    }
+}
+
+impl Pending {
+    async fn done(self) -> anyhow::Result<()> {
+        match self {
+            Pending::Ack(ack) => {
+                ack.await?;
+            }
+            Pending::Post(post) => post.await??,
+        }
+        Ok(())
+    }
+}
+
+/// The storm of connects, then the steady publish rate, against `target`.
+async fn measure(
+    target: &Target,
+    tids: &[String],
+    opts: &FanoutOptions,
+    http: &reqwest::Client,
+) -> anyhow::Result<FanoutReport> {
+    let rss_before = target.rss();
     let connected = Arc::new(AtomicU64::new(0));
     let delivered = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
@@ -340,15 +523,11 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     let storm = Instant::now();
     let mut clients = Vec::with_capacity(opts.clients);
     for i in 0..opts.clients {
-        let url = format!(
-            "{}/topologies/{}/events",
-            daemon.base,
-            tids[i % opts.topologies]
-        );
         clients.push(tokio::spawn(client(
             http.clone(),
-            url,
-            token.clone(),
+            target.stream_url(&tids[i % opts.topologies]),
+            target.token(),
+            target.hello(),
             connected.clone(),
             delivered.clone(),
             stop.clone(),
@@ -363,7 +542,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     let storm_time = storm.elapsed();
     let connected_n = connected.load(Ordering::Relaxed) as usize;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_connected = orrery::telemetry::resident_bytes(pid);
+    let rss_connected = target.rss();
 
     // Publish at a steady rate: a tick every 10 ms with rate/100 events, or under 100 events/s
     // one event a tick, every 1/rate s.
@@ -374,31 +553,24 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let pruned_before = pruned_results(&http, &daemon.base).await?;
+    let pruned_before = target.pruned().await?;
     let publish_start = Instant::now();
     let mut published = 0u64;
-    let mut acks = std::collections::VecDeque::new();
+    let mut pending = std::collections::VecDeque::new();
     let target_total = opts.rate * opts.duration.as_secs().max(1);
     while published < target_total {
         tick.tick().await;
         for _ in 0..per_tick.min(target_total - published) {
             let tid = &tids[(published as usize) % tids.len()];
-            let body = format!(
-                r#"{{"id":"{run}-{published}","data":{{"mutation_id":"m{published}","sent_us":{}}}}}"#,
-                now_us()
-            );
-            acks.push_back(
-                js.publish(format!("topology.{tid}.mutation.applied"), body.into())
-                    .await?,
-            );
+            pending.push_back(target.publish(tid, now_us()).await?);
             published += 1;
-            while acks.len() > 2048 {
-                acks.pop_front().expect("non-empty").await?;
+            while pending.len() > 2048 {
+                pending.pop_front().expect("non-empty").done().await?;
             }
         }
     }
-    for ack in acks {
-        ack.await?;
+    for p in pending {
+        p.done().await?;
     }
     let publish_time = publish_start.elapsed();
     // Let the last deliveries arrive.
@@ -413,7 +585,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered_n = delivered.load(Ordering::Relaxed);
-    let pruned_after = pruned_results(&http, &daemon.base).await?;
+    let pruned_after = target.pruned().await?;
     stop.cancel();
 
     let mut latencies = Vec::new();
@@ -443,9 +615,92 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         rss_before,
         rss_connected,
         rss_per_connection: rss_connected.saturating_sub(rss_before) / connected_n.max(1) as u64,
-        backlog: opts.backlog,
+        backlog: 0,
         pruned_while_publishing: pruned_after.saturating_sub(pruned_before),
+        nchan: None,
     })
+}
+
+/// nginx with nchan, started on a free port in a temporary directory; stopped on drop.
+struct Nginx {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with one EventSource subscriber location and one publisher location,
+    /// as many workers as cores, and room for `clients` connections.
+    fn start(peer: &Nchan, clients: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nmaster_process on;\nworker_processes auto;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nload_module {module};\n\
+             events {{ worker_connections {conns}; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+               server {{\n    listen 127.0.0.1:{port};\n\
+                 location ~ ^/sub/([\\w-]+)$ {{ nchan_subscriber eventsource; nchan_channel_id $1; }}\n\
+                 location ~ ^/pub/([\\w-]+)$ {{ nchan_publisher; nchan_channel_id $1; }}\n\
+               }}\n}}\n",
+            module = peer.module.display(),
+            conns = clients + 1024,
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new(&peer.nginx)
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", peer.nginx.display()))?;
+        Ok(Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// Waits (≤ 10 s) until its publisher answers.
+    async fn wait_listening(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let probe = http.get(format!("{}/pub/probe", self.base)).send().await;
+            if probe.is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("nginx did not start listening within 10 s (is the nchan module installed?)");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The worker processes, which hold the connections.
+    fn workers(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM, so that the master stops its workers too (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 /// Publishes `opts.backlog` results finished 2 to 32 days ago, lets a first daemon (keeping
@@ -501,16 +756,12 @@ async fn pruned_results(http: &reqwest::Client, base: &str) -> anyhow::Result<u6
         .unwrap_or(0))
 }
 
-impl std::fmt::Display for FanoutReport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl FanoutReport {
+    /// The figures, after a header line.
+    fn write_figures(&self, f: &mut std::fmt::Formatter<'_>, server: &str) -> std::fmt::Result {
         writeln!(
             f,
-            "orrery bench fanout — {} clients over {} topologies",
-            self.clients, self.topologies
-        )?;
-        writeln!(
-            f,
-            "  storm connect              {} of {} got their snapshot in {:.0} ms ({} failed)",
+            "  storm connect              {} of {} got their first frame in {:.0} ms ({} failed)",
             self.connected,
             self.clients,
             self.storm_connect_ms,
@@ -543,10 +794,35 @@ impl std::fmt::Display for FanoutReport {
         }
         write!(
             f,
-            "  daemon RSS                 {:.1} MiB idle, {:.1} MiB connected, {:.1} KiB per connection",
+            "  {server:<26} {:.1} MiB idle, {:.1} MiB connected, {:.1} KiB per connection",
             self.rss_before as f64 / 1048576.0,
             self.rss_connected as f64 / 1048576.0,
             self.rss_per_connection as f64 / 1024.0
         )
+    }
+}
+
+impl std::fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "orrery bench fanout — {} clients over {} topologies",
+            self.clients, self.topologies
+        )?;
+        self.write_figures(f, "daemon RSS")?;
+        if let Some(peer) = &self.nchan {
+            writeln!(f, "\nnchan (nginx), the same clients and rate, right after")?;
+            peer.write_figures(f, "nginx workers' RSS")?;
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+            write!(
+                f,
+                "\nOrrery ÷ nchan: p50 {:.2}×, p99 {:.2}×, connect {:.2}×, RSS per connection {:.2}×",
+                ratio(self.latency.p50_ms, peer.latency.p50_ms),
+                ratio(self.latency.p99_ms, peer.latency.p99_ms),
+                ratio(self.storm_connect_ms, peer.storm_connect_ms),
+                ratio(self.rss_per_connection as f64, peer.rss_per_connection as f64),
+            )?;
+        }
+        Ok(())
     }
 }

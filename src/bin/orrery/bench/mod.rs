@@ -175,6 +175,19 @@ pub enum Bench {
         /// (the same load without pruning).
         #[arg(long, default_value = "1d")]
         backlog_retention: String,
+        /// Then measure this peer the same way, in the same run: `nchan` (nginx with the
+        /// nchan module: `apt-get install nginx-light libnginx-mod-nchan`).
+        #[arg(long, value_parser = ["nchan"])]
+        peer: Option<String>,
+        /// Keep one core busy with a spinning thread while measuring (a CPU-bound neighbour).
+        #[arg(long)]
+        cpu_neighbour: bool,
+        /// The nginx binary for `--peer nchan`.
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: std::path::PathBuf,
+        /// The nchan module for `--peer nchan`.
+        #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_nchan_module.so")]
+        nchan_module: std::path::PathBuf,
         /// NATS to use; by default a private nats-server is started on a free port.
         #[arg(long)]
         nats_url: Option<String>,
@@ -313,6 +326,10 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             duration,
             backlog,
             backlog_retention,
+            peer,
+            cpu_neighbour,
+            nginx,
+            nchan_module,
             nats_url,
             json,
         } => {
@@ -333,7 +350,23 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                 duration,
                 backlog,
                 backlog_retention,
+                peer: peer.map(|_| fanout::Nchan {
+                    nginx,
+                    module: nchan_module,
+                }),
+                cpu_neighbour,
             };
+            if let Some(peer) = &opts.peer {
+                for path in [&peer.nginx, &peer.module] {
+                    if !path.exists() {
+                        anyhow::bail!(
+                            "--peer nchan: {} not found (apt-get install nginx-light \
+                             libnginx-mod-nchan, or --nginx / --nchan-module)",
+                            path.display()
+                        );
+                    }
+                }
+            }
             print_report(&fanout::run(&url, opts).await?, json)
         }
     }
