@@ -162,9 +162,7 @@ struct Demo {
     agents: u32,
     mutations: Vec<Mutation>,
     next_mutation: u64,
-    next_result: u64,
     next_alert: u64,
-    next_deploy: u64,
     beat_at: Vec<Instant>,
 }
 
@@ -205,7 +203,6 @@ impl Demo {
     fn result(&mut self) -> (String, Value) {
         let agent = self.agent();
         let r = &mut self.rng;
-        self.next_result += 1;
         let (kind, job, fail_pct, ms) = match r.u8(0..10) {
             0..=4 => (
                 "traffic",
@@ -219,7 +216,7 @@ impl Demo {
         };
         let took = r.i64(ms);
         let failed = r.u8(0..100) < fail_pct;
-        let mut data = json!({"result_id": format!("demo-{}-{}", now_ms(), self.next_result),
+        let mut data = json!({"result_id": uuid::Uuid::new_v4(),
                               "job_id": job, "exit_code": if failed { 1 } else { 0 },
                               "started_at": Self::ago(took), "finished_at": Self::ago(0)});
         if failed {
@@ -233,7 +230,6 @@ impl Demo {
     fn repair(&mut self) -> (String, Value) {
         let agent = self.agent();
         let r = &mut self.rng;
-        self.next_result += 1;
         let i = r.usize(0..ALERTS.len());
         let (provider, _, name, _, ns, resource) = ALERTS[i];
         let fingerprint = (provider == "sentry").then(|| format!("sentry:{resource}:{name}"));
@@ -253,7 +249,7 @@ impl Demo {
             _ => ("running", "auto", false),
         };
         let took = r.i64(2_000..30_000);
-        let data = json!({"result_id": format!("demo-{}-{}", now_ms(), self.next_result),
+        let data = json!({"result_id": uuid::Uuid::new_v4(),
                           "job_id": "alert-repair", "success": state != "failed",
                           "started_at": Self::ago(took), "finished_at": Self::ago(0),
                           "links": {"recurrence_key": key, "incident_id": format!("INC-{}", 100 + i)},
@@ -264,11 +260,10 @@ impl Demo {
     fn deploy(&mut self) -> (String, Value) {
         let agent = self.agent();
         let r = &mut self.rng;
-        self.next_deploy += 1;
         let workload = WORKLOADS[r.usize(0..WORKLOADS.len())];
         let digest: String = (0..64).map(|_| r.digit(16)).collect();
         let failed = r.u8(0..100) < 15;
-        let mut data = json!({"result_id": format!("deploy-{}-{}", now_ms(), self.next_deploy),
+        let mut data = json!({"result_id": uuid::Uuid::new_v4(),
                               "workload_id": workload,
                               "reference": format!("registry.example/{workload}@sha256:{digest}"),
                               "reason": "deploy", "exit_code": if failed { 1 } else { 0 },
@@ -377,9 +372,7 @@ pub async fn run(
         agents: opts.agents,
         mutations: Vec::new(),
         next_mutation: 0,
-        next_result: 0,
         next_alert: 0,
-        next_deploy: 0,
         // Every agent shows up within the first 2 s, then beats every 10 s.
         beat_at: (0..opts.agents)
             .map(|a| started + Duration::from_millis(u64::from(a) * 2_000 / u64::from(opts.agents)))
