@@ -279,17 +279,17 @@ impl Projection for ResultsProjection {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
-        let runs: Vec<durations::cache::AddedRun<'_>> =
-            events.iter().filter_map(durations::added_run).collect();
+        let mut runs: Vec<durations::cache::AddedRun<'_>> = Vec::new();
+        let mut hours: Vec<i64> = Vec::new();
+        for e in events {
+            if let (Some(run), Some(finish)) = (durations::added_run(e), e.finished_at) {
+                runs.push(run);
+                hours.extend(durations::hours_of(finish));
+            }
+        }
         if runs.is_empty() {
             return;
         }
-        let mut hours: Vec<i64> = events
-            .iter()
-            .filter(|e| e.job_id.is_some() && e.started_at.is_some())
-            .filter_map(|e| e.finished_at)
-            .flat_map(durations::hours_of)
-            .collect();
         hours.sort_unstable();
         hours.dedup();
         self.durations.committed(&durations::cache::Committed {

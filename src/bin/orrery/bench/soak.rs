@@ -3,6 +3,7 @@
 //! clients — reporting at every interval its memory, open files, lag and query latencies, so
 //! that a leak or a growing queue shows as a trend.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,10 +74,10 @@ pub struct Interval {
     pub wal_bytes: u64,
     /// Rows per table, read from the database file (empty if it could not be read): what
     /// grows, once the retention has passed.
-    pub rows: std::collections::BTreeMap<String, i64>,
+    pub rows: BTreeMap<String, i64>,
     /// Bytes of pages per table and index (SQLite's `dbstat`), and `<free pages>`: where
     /// the file's bytes are when its rows no longer grow.
-    pub bytes: std::collections::BTreeMap<String, i64>,
+    pub bytes: BTreeMap<String, i64>,
     /// Messages behind, all projections together (`/ready`).
     pub lag: u64,
     /// Queries answered in the interval.
@@ -261,14 +262,15 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
         }
         let mut lat: Vec<f64> = taken.iter().map(|(_, ms)| *ms).collect();
         lat.sort_by(f64::total_cmp);
+        let (rows, bytes) = table_sizes(&daemon.database()).await;
         let row = Interval {
             at_secs: started.elapsed().as_secs(),
             rss_bytes: orrery::telemetry::resident_bytes(pid),
             fds: open_fds(pid),
             db_bytes: daemon.database_bytes(),
             wal_bytes: daemon.wal_bytes(),
-            rows: table_rows(&daemon.database()).await,
-            bytes: btree_bytes(&daemon.database()).await,
+            rows,
+            bytes,
             lag: lag(&http, &base).await,
             queries: lat.len(),
             query_errors: counters.query_errors.swap(0, Ordering::Relaxed),
@@ -452,63 +454,58 @@ async fn query_client(
     }
 }
 
-/// Rows of every table of the database at `path`, read-only beside the serving daemon; an
-/// empty map if it cannot be read (the report goes on without it).
-async fn table_rows(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+/// Rows per table, and bytes of pages per table and index (`dbstat`) with the free pages
+/// under `<free pages>`, of the database at `path`, read-only beside the serving daemon;
+/// either map is empty if it cannot be read (the report goes on without it).
+async fn table_sizes(path: &std::path::Path) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
     use sqlx::Connection;
-    let counted = async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true);
-        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
-        let tables: Vec<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' \
-             AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
-        )
-        .fetch_all(&mut conn)
-        .await?;
-        let mut rows = std::collections::BTreeMap::new();
-        for table in tables {
-            // Names come from the schema, quoted.
-            let n: i64 = sqlx::query_scalar(&format!(
-                "SELECT COUNT(*) FROM \"{}\"",
-                table.replace('"', "\"\"")
-            ))
-            .fetch_one(&mut conn)
-            .await?;
-            rows.insert(table, n);
-        }
-        conn.close().await?;
-        Ok::<_, sqlx::Error>(rows)
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true);
+    let Ok(mut conn) = sqlx::SqliteConnection::connect_with(&options).await else {
+        return Default::default();
     };
-    counted.await.unwrap_or_default()
+    let rows = table_rows(&mut conn).await.unwrap_or_default();
+    let bytes = btree_bytes(&mut conn).await.unwrap_or_default();
+    let _ = conn.close().await;
+    (rows, bytes)
 }
 
-/// Bytes of pages per table and index of the database at `path` (`dbstat`), with the free
-/// pages under `<free pages>`; an empty map if it cannot be read.
-async fn btree_bytes(path: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
-    use sqlx::Connection;
-    let read = async {
-        let options = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true);
-        let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
-        let mut bytes: std::collections::BTreeMap<String, i64> =
-            sqlx::query_as("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
-                .fetch_all(&mut conn)
-                .await?
-                .into_iter()
-                .collect();
-        let free: i64 = sqlx::query_scalar(
-            "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
-        )
-        .fetch_one(&mut conn)
+async fn table_rows(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<BTreeMap<String, i64>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' \
+         AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%' ORDER BY name",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut rows = BTreeMap::new();
+    for table in tables {
+        // Names come from the schema, quoted.
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM \"{}\"",
+            table.replace('"', "\"\"")
+        ))
+        .fetch_one(&mut *conn)
         .await?;
-        bytes.insert("<free pages>".to_owned(), free);
-        conn.close().await?;
-        Ok::<_, sqlx::Error>(bytes)
-    };
-    read.await.unwrap_or_default()
+        rows.insert(table, n);
+    }
+    Ok(rows)
+}
+
+async fn btree_bytes(conn: &mut sqlx::SqliteConnection) -> sqlx::Result<BTreeMap<String, i64>> {
+    let mut bytes: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+    let free: i64 = sqlx::query_scalar(
+        "SELECT freelist_count * page_size FROM pragma_freelist_count, pragma_page_size",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    bytes.insert("<free pages>".to_owned(), free);
+    Ok(bytes)
 }
 
 impl std::fmt::Display for Interval {

@@ -113,7 +113,7 @@ type HourRuns<'a> = HashMap<&'a str, Vec<(i64, &'a str)>>;
 pub type AddedRun<'a> = (i64, &'a str, i64, &'a str);
 
 /// What a committed batch of results did to the durations.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Committed<'a> {
     /// Stream sequence of its first event.
     pub first: u64,
@@ -216,16 +216,14 @@ impl Inner {
     fn add_to_blocks(&mut self, hour: i64, c: &Committed<'_>, runs: HourRuns<'_>) {
         let seen = self.touched.entry(hour).or_insert(0);
         *seen = (*seen).max(c.last);
-        let Some(e) = self.hours.get(&(hour, Form::Blocks)) else {
+        let Some(mut e) = self.hours.remove(&(hour, Form::Blocks)) else {
             return;
         };
         if e.through >= c.last {
             // Read after this batch was committed: its runs are in already.
+            self.hours.insert((hour, Form::Blocks), e);
             return;
         }
-        let Some(mut e) = self.hours.remove(&(hour, Form::Blocks)) else {
-            return;
-        };
         self.bytes -= e.bytes;
         if self.inexact_through >= c.first || e.through >= c.first {
             return;
