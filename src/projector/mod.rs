@@ -671,9 +671,12 @@ impl<P: Projection> Projector<P> {
             return Ok(committed.map_or(Outcome::Stopped, Outcome::from));
         }
         let collected = self.collect(cancel, &mut commit).await;
+        // Decoded before waiting for the commit in flight, so that decoding runs on one core
+        // while SQLite writes on the other instead of after it. Nothing decoded is kept if
+        // that commit failed: the rewind drops it.
+        let decoded = collected.and_then(|raw| self.decode(raw));
         let committed = self.finish(commit).await.inspect_err(|_| self.rewind())?;
-        let raw = collected.inspect_err(|_| self.rewind())?;
-        let batch = self.decode(raw).inspect_err(|_| self.rewind())?;
+        let batch = decoded.inspect_err(|_| self.rewind())?;
         let started = batch.as_ref().map_or(0, |b| b.raw.len());
         if let Some(batch) = batch {
             self.in_flight = Some(tokio::spawn(commit_task(
