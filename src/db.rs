@@ -17,12 +17,12 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Variables one statement may bind: SQLite's limit is 32,766; stay a little under it.
 const MAX_BOUND_VARIABLES: usize = 32_000;
 
-/// WAL pages (4 KiB) after which the background checkpointer folds the WAL into the file.
-const WAL_CHECKPOINT_PAGES: i32 = 32_768;
+/// WAL bytes after which the background checkpointer folds the WAL into the file.
+const WAL_CHECKPOINT_BYTES: i64 = 128 << 20;
 
-/// WAL pages after which the writer checkpoints by itself, as SQLite's autocheckpoint would:
+/// WAL bytes after which the writer checkpoints by itself, as SQLite's autocheckpoint would:
 /// the WAL's bound when the background checkpointer cannot keep up (a full-speed catch-up).
-const WAL_WRITER_CHECKPOINT_PAGES: i32 = 65_536;
+const WAL_WRITER_CHECKPOINT_BYTES: i64 = 256 << 20;
 
 /// How many rows of `columns` bound values each fit one multi-row statement.
 pub const fn rows_per_statement(columns: usize) -> usize {
@@ -89,20 +89,42 @@ impl Checkpointer {
     }
 }
 
+/// What [`wal_hook`] is given: whom to wake, and the WAL lengths in this database's pages.
+#[derive(Debug)]
+struct HookState {
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    checkpoint_pages: std::ffi::c_int,
+    writer_pages: std::ffi::c_int,
+}
+
+impl HookState {
+    fn new(wake: std::sync::Arc<tokio::sync::Notify>, page_size: i64) -> Self {
+        let pages =
+            |bytes: i64| std::ffi::c_int::try_from(bytes / page_size.max(512)).unwrap_or(i32::MAX);
+        Self {
+            wake,
+            checkpoint_pages: pages(WAL_CHECKPOINT_BYTES),
+            writer_pages: pages(WAL_WRITER_CHECKPOINT_BYTES),
+        }
+    }
+}
+
 /// SQLite's WAL hook on the writer connection, called after each commit with the WAL's
-/// length in pages: wakes the [`Checkpointer`] past [`WAL_CHECKPOINT_PAGES`], and checkpoints
-/// on the writer itself past [`WAL_WRITER_CHECKPOINT_PAGES`] (what autocheckpoint, which this
+/// length in pages: wakes the [`Checkpointer`] past [`WAL_CHECKPOINT_BYTES`], and checkpoints
+/// on the writer itself past [`WAL_WRITER_CHECKPOINT_BYTES`] (what autocheckpoint, which this
 /// hook replaces, does at every commit past its limit).
 ///
 /// # Safety
-/// `arg` must point to a live `tokio::sync::Notify`; `db` and `name` are SQLite's own.
+/// `arg` must point to a live [`HookState`]; `db` and `name` are SQLite's own.
 unsafe extern "C" fn wal_hook(
     arg: *mut std::ffi::c_void,
     db: *mut libsqlite3_sys::sqlite3,
     name: *const std::ffi::c_char,
     pages: std::ffi::c_int,
 ) -> std::ffi::c_int {
-    if pages >= WAL_WRITER_CHECKPOINT_PAGES {
+    // SAFETY: `install_wal_hook` leaks the state it passes, so it outlives the connection.
+    let state = unsafe { &*(arg as *const HookState) };
+    if pages >= state.writer_pages {
         // SAFETY: `db` and `name` are valid for the duration of the hook, which may
         // checkpoint (SQLite's own autocheckpoint hook does exactly this).
         unsafe {
@@ -114,11 +136,8 @@ unsafe extern "C" fn wal_hook(
                 std::ptr::null_mut(),
             );
         }
-    } else if pages >= WAL_CHECKPOINT_PAGES {
-        // SAFETY: `install_wal_hook` leaks the `Notify` it passes, so it outlives the
-        // connection.
-        let wake = unsafe { &*(arg as *const tokio::sync::Notify) };
-        wake.notify_one();
+    } else if pages >= state.checkpoint_pages {
+        state.wake.notify_one();
     }
     libsqlite3_sys::SQLITE_OK
 }
@@ -128,16 +147,26 @@ async fn install_wal_hook(
     conn: &mut sqlx::SqliteConnection,
     wake: std::sync::Arc<tokio::sync::Notify>,
 ) -> Result<(), sqlx::Error> {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
     let mut handle = conn.lock_handle().await?;
     // Leaked on purpose: SQLite keeps the pointer as long as the connection lives, and a
     // writer connection is opened once per daemon (again only after a failure).
-    let arg = std::sync::Arc::into_raw(wake) as *mut std::ffi::c_void;
+    let arg = Box::into_raw(Box::new(HookState::new(wake, page_size))) as *mut std::ffi::c_void;
     // SAFETY: the handle is this connection's, locked for the call; `arg` stays valid.
     unsafe {
         libsqlite3_sys::sqlite3_wal_hook(handle.as_raw_handle().as_ptr(), Some(wal_hook), arg);
     }
     Ok(())
 }
+
+/// The page size of a database this daemon creates. SQLite's default is 4 KiB; results,
+/// alerts and samples arrive with random keys, so each insert lands on a page of its own,
+/// and at 16 KiB that is a quarter as many pages to find, split and write for the same rows
+/// (measured with `bench ingest --realistic`; see the README). A database keeps the page size
+/// it was created with.
+pub const PAGE_SIZE: u32 = 16_384;
 
 fn options(path: &Path) -> anyhow::Result<SqliteConnectOptions> {
     let url = format!("sqlite://{}", path.display());
@@ -268,6 +297,7 @@ async fn open_checked(path: &Path, readers: u32) -> anyhow::Result<Db> {
         .connect_with(
             options(path)?
                 .create_if_missing(true)
+                .page_size(PAGE_SIZE)
                 // A large page cache keeps the indexes of the hot tables in memory.
                 .pragma("cache_size", "-131072"),
         )
@@ -384,7 +414,7 @@ impl Db {
     pub async fn close(&self) {
         self.readers.close().await;
         self.checkpointer.stop().await;
-        // The WAL may hold up to 256 MiB of commits (see `WAL_WRITER_CHECKPOINT_PAGES`): fold it
+        // The WAL may hold up to 256 MiB of commits (see `WAL_WRITER_CHECKPOINT_BYTES`): fold it
         // into the main file, so that a stopped daemon leaves one self-contained file (a
         // copy or backup of it alone is complete, and damage to it is seen at the next
         // start rather than masked by pages still in the WAL).
@@ -407,6 +437,56 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_database_has_large_pages_and_an_old_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |db: Db| async move {
+            let size: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&db.writer)
+                .await
+                .unwrap();
+            db.close().await;
+            size
+        };
+        let new = dir.path().join("new.db");
+        assert_eq!(page_size(open(&new, 1).await.unwrap()).await, 16_384);
+
+        // A database made with SQLite's default pages, as every release before this one did.
+        let old = dir.path().join("old.db");
+        let made = sqlx::SqlitePool::connect_with(
+            SqliteConnectOptions::from_str(&format!("sqlite://{}", old.display()))
+                .unwrap()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
+        )
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&made)
+            .await
+            .unwrap();
+        made.close().await;
+        assert_eq!(page_size(open(&old, 1).await.unwrap()).await, 4_096);
+    }
+
+    #[test]
+    fn wal_limits_are_bytes_whatever_the_page_size() {
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let small = HookState::new(wake.clone(), 4_096);
+        assert_eq!(
+            (small.checkpoint_pages, small.writer_pages),
+            (32_768, 65_536)
+        );
+        let large = HookState::new(wake.clone(), 16_384);
+        assert_eq!(
+            (large.checkpoint_pages, large.writer_pages),
+            (8_192, 16_384)
+        );
+        // A nonsense page size cannot divide by zero or overflow.
+        let odd = HookState::new(wake, 0);
+        assert_eq!(odd.checkpoint_pages, 262_144);
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_is_folded_into_the_file_off_the_writer() {

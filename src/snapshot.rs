@@ -205,13 +205,23 @@ pub async fn take(
 }
 
 /// Copies `database` to `copy` in one read transaction (rows and checkpoints belong
-/// together), on a connection of its own: a serving daemon's writer keeps writing.
+/// together), on a connection of its own: a serving daemon's writer keeps writing. The copy
+/// has the page size new databases get ([`crate::db::PAGE_SIZE`]), so restoring a backup of
+/// an older database also gives it the faster layout.
 pub(crate) async fn vacuum_into(database: &Path, copy: &Path) -> anyhow::Result<()> {
     let source = open_pool(database, false).await?;
-    let vacuumed = sqlx::query("VACUUM INTO ?")
-        .bind(copy.to_string_lossy().into_owned())
-        .execute(&source)
-        .await;
+    let vacuumed = async {
+        let mut conn = source.acquire().await?;
+        // On a database that exists this changes nothing but what VACUUM INTO writes.
+        sqlx::query(&format!("PRAGMA page_size = {}", crate::db::PAGE_SIZE))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(copy.to_string_lossy().into_owned())
+            .execute(&mut *conn)
+            .await
+    }
+    .await;
     source.close().await;
     vacuumed.context("copying the database (VACUUM INTO)")?;
     Ok(())
@@ -406,6 +416,67 @@ pub async fn take_forever(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_copy_of_an_old_database_gets_the_new_page_size_and_every_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.db");
+        // Made as releases before 16 KiB pages made theirs: SQLite's default 4 KiB, WAL.
+        let made = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::from_str(&format!("sqlite://{}", old.display()))
+                    .unwrap()
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
+            )
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY, y TEXT)")
+            .execute(&made)
+            .await
+            .unwrap();
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) \
+             INSERT INTO t SELECT i, hex(randomblob(40)) FROM n",
+        )
+        .execute(&made)
+        .await
+        .unwrap();
+        let page_size = "SELECT page_size FROM pragma_page_size";
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>(page_size)
+                .fetch_one(&made)
+                .await
+                .unwrap(),
+            4_096
+        );
+        let digest = "SELECT COUNT(*), SUM(x), group_concat(y) FROM (SELECT * FROM t ORDER BY x)";
+        let before: (i64, i64, String) = sqlx::query_as(digest).fetch_one(&made).await.unwrap();
+
+        let copy = dir.path().join("copy.db");
+        vacuum_into(&old, &copy).await.unwrap();
+        let copied = open_pool(&copy, true).await.unwrap();
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>(page_size)
+                .fetch_one(&copied)
+                .await
+                .unwrap(),
+            i64::from(crate::db::PAGE_SIZE)
+        );
+        let after: (i64, i64, String) = sqlx::query_as(digest).fetch_one(&copied).await.unwrap();
+        assert_eq!(before, after);
+        // The source keeps its own pages.
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>(page_size)
+                .fetch_one(&made)
+                .await
+                .unwrap(),
+            4_096
+        );
+        copied.close().await;
+        made.close().await;
+    }
 
     #[test]
     fn names_sort_by_time_and_carry_their_schema() {

@@ -686,11 +686,13 @@ impl Drop for SmallDisk {
 async fn a_full_disk_stops_projection_visibly_and_it_resumes_exactly_once_freed() {
     let nats = NatsServer::start().unwrap();
     let js = jetstream(&nats).await;
-    let disk = SmallDisk::mount("1200k");
+    // Room for the empty schema and its migration's WAL (61 pages of 16 KiB), not for
+    // the rows.
+    let disk = SmallDisk::mount("3m");
     let db = disk.dir.path().join("orrery.db");
     let app = spawn_app_with(settings(&nats.url(), &db), tempfile::tempdir().unwrap()).await;
     wait_for_streams(&js).await;
-    // Far more than 1.2 MB of rows and indexes.
+    // Far more than 3 MB of rows and indexes.
     publish_range(&js, 0..20_000, &ago(Duration::from_secs(60))).await;
 
     let http = reqwest::Client::new();
