@@ -98,7 +98,9 @@ async fn snapshot_shows_status_and_in_flight_then_live_events_follow() {
     assert_eq!(data["payload"]["error"], "bridge br-lab not found");
     assert!(data["ts"].as_str().unwrap().ends_with('Z'));
 
-    // The REST view agrees.
+    // The REST view agrees, once the other topology's event (which may have been committed
+    // in a later batch than the one the stream just delivered) is projected too.
+    app.wait_caught_up().await;
     let t = app
         .get_json("/api/v1/topologies/lab-eu", Role::Viewer)
         .await;
