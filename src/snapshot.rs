@@ -443,37 +443,24 @@ mod tests {
         .execute(&made)
         .await
         .unwrap();
-        let page_size = "SELECT page_size FROM pragma_page_size";
-        assert_eq!(
-            sqlx::query_scalar::<_, i64>(page_size)
-                .fetch_one(&made)
+        async fn page_size(pool: &SqlitePool) -> i64 {
+            sqlx::query_scalar("SELECT page_size FROM pragma_page_size")
+                .fetch_one(pool)
                 .await
-                .unwrap(),
-            4_096
-        );
+                .unwrap()
+        }
+        assert_eq!(page_size(&made).await, 4_096);
         let digest = "SELECT COUNT(*), SUM(x), group_concat(y) FROM (SELECT * FROM t ORDER BY x)";
         let before: (i64, i64, String) = sqlx::query_as(digest).fetch_one(&made).await.unwrap();
 
         let copy = dir.path().join("copy.db");
         vacuum_into(&old, &copy).await.unwrap();
         let copied = open_pool(&copy, true).await.unwrap();
-        assert_eq!(
-            sqlx::query_scalar::<_, i64>(page_size)
-                .fetch_one(&copied)
-                .await
-                .unwrap(),
-            i64::from(crate::db::PAGE_SIZE)
-        );
+        assert_eq!(page_size(&copied).await, i64::from(crate::db::PAGE_SIZE));
         let after: (i64, i64, String) = sqlx::query_as(digest).fetch_one(&copied).await.unwrap();
         assert_eq!(before, after);
         // The source keeps its own pages.
-        assert_eq!(
-            sqlx::query_scalar::<_, i64>(page_size)
-                .fetch_one(&made)
-                .await
-                .unwrap(),
-            4_096
-        );
+        assert_eq!(page_size(&made).await, 4_096);
         copied.close().await;
         made.close().await;
     }
