@@ -434,6 +434,22 @@ impl Db {
     }
 }
 
+/// Opens a new database at `path` as releases before [`PAGE_SIZE`] made theirs: SQLite's
+/// default 4 KiB pages, in WAL mode.
+#[cfg(test)]
+pub(crate) async fn made_by_an_earlier_release(path: &Path) -> SqlitePool {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(
+            SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+                .expect("a test path")
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
+        )
+        .await
+        .expect("a scratch database")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,16 +468,8 @@ mod tests {
         let new = dir.path().join("new.db");
         assert_eq!(page_size(open(&new, 1).await.unwrap()).await, 16_384);
 
-        // A database made with SQLite's default pages, as every release before this one did.
         let old = dir.path().join("old.db");
-        let made = sqlx::SqlitePool::connect_with(
-            SqliteConnectOptions::from_str(&format!("sqlite://{}", old.display()))
-                .unwrap()
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal),
-        )
-        .await
-        .unwrap();
+        let made = made_by_an_earlier_release(&old).await;
         sqlx::query("CREATE TABLE t (x)")
             .execute(&made)
             .await

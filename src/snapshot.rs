@@ -421,17 +421,7 @@ mod tests {
     async fn a_copy_of_an_old_database_gets_the_new_page_size_and_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let old = dir.path().join("old.db");
-        // Made as releases before 16 KiB pages made theirs: SQLite's default 4 KiB, WAL.
-        let made = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(
-                SqliteConnectOptions::from_str(&format!("sqlite://{}", old.display()))
-                    .unwrap()
-                    .create_if_missing(true)
-                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal),
-            )
-            .await
-            .unwrap();
+        let made = crate::db::made_by_an_earlier_release(&old).await;
         sqlx::query("CREATE TABLE t (x INTEGER PRIMARY KEY, y TEXT)")
             .execute(&made)
             .await
