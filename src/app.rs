@@ -62,7 +62,7 @@ impl Application {
                 restore_snapshot(&config, &nats, &js, &snapshots.bucket).await;
             }
         }
-        let db = db::open(&config.database, config.readers).await?;
+        let db = db::open_with(&config.database, config.readers, config.cache_mib).await?;
         let cancel = CancellationToken::new();
         let stop = CancellationToken::new();
 
@@ -86,6 +86,7 @@ impl Application {
                     .projector(
                         js.clone(),
                         db.writer.clone(),
+                        db.demand.clone(),
                         config.batch_size,
                         config.batch_wait,
                     )

@@ -46,7 +46,7 @@ pub async fn rebuild(
         }
     }
     let mut stream = stream;
-    let db = match db::open(&config.database, 1).await {
+    let db = match db::open_with(&config.database, 1, config.cache_mib).await {
         Ok(db) => db,
         Err(e) if e.downcast_ref::<db::Corrupt>().is_some() => {
             let aside = db::set_aside(&config.database)?;
@@ -54,7 +54,7 @@ pub async fn rebuild(
                 "the database was damaged: set aside; rebuilding every read model from the bus");
             // A new file holds nothing: every stream is replayed, whatever --stream said.
             stream = None;
-            db::open(&config.database, 1).await?
+            db::open_with(&config.database, 1, config.cache_mib).await?
         }
         Err(e) => return Err(e),
     };
@@ -93,6 +93,8 @@ async fn replay(
         .projector(
             js.clone(),
             writer.clone(),
+            // It runs alone: nothing else waits for the writer.
+            crate::db::WriterDemand::default(),
             config.batch_size,
             config.batch_wait,
         )

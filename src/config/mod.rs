@@ -116,6 +116,10 @@ settings! {
     /// Connections in the read-only pool that serves queries [default: 4].
     #[arg(long, env = "ORRERY_READERS")]
     readers: u32,
+    /// The writer's SQLite page cache, in MiB: the indexes a catch-up writes to should fit
+    /// [default: 256].
+    #[arg(long, env = "ORRERY_CACHE_MIB")]
+    cache_mib: u32,
 
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long, env = "ORRERY_LISTEN")]
@@ -277,6 +281,8 @@ pub struct Config {
     pub database: PathBuf,
     /// Size of the read-only pool.
     pub readers: u32,
+    /// The writer's page cache, in MiB.
+    pub cache_mib: u32,
     /// HTTP listen address (port 0 picks a free one).
     pub listen: SocketAddr,
     /// The built-in HS256 tokens' secret, if they are accepted.
@@ -438,6 +444,13 @@ impl Settings {
                 Some(p) => p.clone(),
             },
             readers: bounded("readers", self.readers, 4, 1, 256)?,
+            cache_mib: bounded(
+                "cache-mib",
+                self.cache_mib,
+                crate::db::DEFAULT_CACHE_MIB,
+                2,
+                65_536,
+            )?,
             listen: self
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),

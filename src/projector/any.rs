@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outcome, Progress, Projection, Projector, ProjectorError, Table};
 use crate::bus::streams::StreamSpec;
+use crate::db::WriterDemand;
 
 /// A read model of any event type.
 pub trait AnyProjection: Send + Sync {
@@ -23,6 +24,7 @@ pub trait AnyProjection: Send + Sync {
         self: Box<Self>,
         js: jetstream::Context,
         writer: SqlitePool,
+        demand: WriterDemand,
         batch_size: usize,
         batch_wait: Duration,
     ) -> BoxFuture<'static, sqlx::Result<Box<dyn Drive>>>;
@@ -43,11 +45,14 @@ impl<P: Projection> AnyProjection for P {
         self: Box<Self>,
         js: jetstream::Context,
         writer: SqlitePool,
+        demand: WriterDemand,
         batch_size: usize,
         batch_wait: Duration,
     ) -> BoxFuture<'static, sqlx::Result<Box<dyn Drive>>> {
         async move {
-            let projector = Projector::new(*self, js, writer, batch_size, batch_wait).await?;
+            let projector = Projector::new(*self, js, writer, batch_size, batch_wait)
+                .await?
+                .sharing_demand(demand);
             Ok(Box::new(projector) as Box<dyn Drive>)
         }
         .boxed()

@@ -35,6 +35,21 @@ async fn engine_of<P: orrery::projector::Projection>(
     orrery::db::Db,
     tempfile::TempDir,
 ) {
+    engine_sized(nats, projection, batch_wait, 4096).await
+}
+
+/// [`engine_of`] with batches of at most `batch_size` messages.
+async fn engine_sized<P: orrery::projector::Projection>(
+    nats: &NatsServer,
+    projection: P,
+    batch_wait: Duration,
+    batch_size: usize,
+) -> (
+    async_nats::jetstream::Context,
+    Projector<P>,
+    orrery::db::Db,
+    tempfile::TempDir,
+) {
     let js = jetstream(nats).await;
     streams::provision(
         &js,
@@ -49,10 +64,38 @@ async fn engine_of<P: orrery::projector::Projection>(
     let db = orrery::db::open(&dir.path().join("engine.db"), 1)
         .await
         .unwrap();
-    let projector = Projector::new(projection, js.clone(), db.writer.clone(), 4096, batch_wait)
-        .await
-        .unwrap();
+    let projector = Projector::new(
+        projection,
+        js.clone(),
+        db.writer.clone(),
+        batch_size,
+        batch_wait,
+    )
+    .await
+    .unwrap()
+    .sharing_demand(db.demand.clone());
     (js, projector, db, dir)
+}
+
+/// Steps `projector` until its checkpoint reaches `last`; returns the messages of each
+/// commit.
+async fn project_to<P: orrery::projector::Projection>(
+    projector: &mut Projector<P>,
+    last: u64,
+) -> Vec<usize> {
+    let cancel = CancellationToken::new();
+    let mut commits = Vec::new();
+    for _ in 0..10_000 {
+        if projector.checkpoint() >= last {
+            break;
+        }
+        if let Outcome::Applied { messages, .. } =
+            projector.project_next_batch(&cancel).await.unwrap()
+        {
+            commits.push(messages);
+        }
+    }
+    commits
 }
 
 async fn result(js: &async_nats::jetstream::Context, i: u64) {
@@ -118,6 +161,80 @@ async fn messages_that_arrive_while_a_batch_commits_form_the_next_batch() {
     }
     assert_eq!((projector.checkpoint(), messages), (201, 201));
     assert!(commits <= 20, "201 messages took {commits} commits");
+}
+
+#[tokio::test]
+async fn a_projector_behind_commits_eight_batches_together_and_the_rest_once_caught_up() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, db, _dir) =
+        engine_sized(&nats, ResultsProjection::default(), Duration::ZERO, 50).await;
+    for i in 0..1_000 {
+        result(&js, i).await;
+    }
+    let commits = project_to(&mut projector, 1_000).await;
+    // Batches of at most 50, each but the last leaving more in the stream: a transaction takes
+    // them until it holds eight batches' worth (400 messages), not one commit per batch.
+    assert_eq!(commits.iter().sum::<usize>(), 1_000);
+    let (last, full) = commits.split_last().unwrap();
+    assert!(
+        full.iter().all(|n| (400..450).contains(n)) && *last <= 449 && commits.len() <= 3,
+        "{commits:?}"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(n, 1_000);
+    // Caught up, a lone event is committed in the step after the one that collects it.
+    result(&js, 1_000).await;
+    assert_eq!(project_to(&mut projector, 1_001).await, vec![1]);
+}
+
+#[tokio::test]
+async fn a_projector_behind_commits_at_once_when_another_commit_waits_for_the_writer() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, db, _dir) =
+        engine_sized(&nats, ResultsProjection::default(), Duration::ZERO, 50).await;
+    for i in 0..1_000 {
+        result(&js, i).await;
+    }
+    let cancel = CancellationToken::new();
+    // The first batch is written and its transaction left open for more.
+    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(&cancel).await.unwrap();
+    }
+    assert!(
+        matches!(outcome, Outcome::Started { messages } if messages <= 50),
+        "{outcome:?}"
+    );
+    // Another stream's commit asks for the writer: it gets it once a batch or two later,
+    // not after the whole backlog.
+    let waiter = {
+        let (writer, demand) = (db.writer.clone(), db.demand.clone());
+        tokio::spawn(async move {
+            let mut tx = demand.begin(&writer).await.unwrap();
+            let seen: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            seen
+        })
+    };
+    while !waiter.is_finished() && projector.checkpoint() < 1_000 {
+        projector.project_next_batch(&cancel).await.unwrap();
+    }
+    let seen = waiter.await.unwrap();
+    assert!(
+        (1..1_000).contains(&seen),
+        "the waiting commit saw checkpoint {seen}: it should have come between batches"
+    );
+    project_to(&mut projector, 1_000).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(n, 1_000);
 }
 
 #[tokio::test]
@@ -214,9 +331,19 @@ async fn a_decoder_that_panics_costs_one_dead_letter_and_nothing_else() {
 /// Projects results r1, `middle` and r3 through [`Panicky`]; returns the result ids stored
 /// and the dead letters (seq, reason).
 async fn project_around(middle: &str) -> (Vec<String>, Vec<(i64, String)>) {
+    project_around_in(middle, 4096).await
+}
+
+/// [`project_around`] in batches of at most `batch_size` messages.
+async fn project_around_in(middle: &str, batch_size: usize) -> (Vec<String>, Vec<(i64, String)>) {
     let nats = NatsServer::start().unwrap();
-    let (js, mut projector, db, _dir) =
-        engine_of(&nats, Panicky(ResultsProjection::default()), Duration::ZERO).await;
+    let (js, mut projector, db, _dir) = engine_sized(
+        &nats,
+        Panicky(ResultsProjection::default()),
+        Duration::ZERO,
+        batch_size,
+    )
+    .await;
     result(&js, 1).await;
     publish_result(
         &js,
@@ -295,6 +422,18 @@ impl orrery::projector::Projection for Panicky {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_that_panics_costs_one_dead_letter_and_nothing_else() {
     let (rows, dead) = project_around("BOOM").await;
+    assert_eq!(rows, vec!["r1".to_owned(), "r3".to_owned()]);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, 2);
+    assert!(dead[0].1.contains("panicked"), "{dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_panics_in_a_later_batch_of_a_transaction_loses_none_before_it() {
+    // Batches of one: r1 is written into a transaction left open (the stream holds more),
+    // then the panic in the next batch rolls it back; r1 is written again before the bad
+    // event is isolated.
+    let (rows, dead) = project_around_in("BOOM", 1).await;
     assert_eq!(rows, vec!["r1".to_owned(), "r3".to_owned()]);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, 2);

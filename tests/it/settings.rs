@@ -42,6 +42,10 @@ const BAD: &[(&str, &[&str])] = &[
     ("snapshot-keep", &["0", "101", "-3"]),
     ("database", &[""]),
     ("readers", &["0", "257", "many", "-1"]),
+    (
+        "cache-mib",
+        &["0", "1", "65537", "big", "-1", "99999999999"],
+    ),
     ("listen", &["", "nowhere", "127.0.0.1:99999", "127.0.0.1"]),
     ("jwt-secret", &["", "short"]),
     ("jwt-secret-file", &["/nonexistent/secret"]),

@@ -155,18 +155,22 @@ impl Daemon {
     }
 
     /// Waits (≤ 30 s) until `/ready` says 200.
-    pub(super) async fn wait_ready(&self, http: &reqwest::Client) -> anyhow::Result<()> {
+    pub(super) async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
         self.wait_ready_within(http, Duration::from_secs(30)).await
     }
 
     /// Waits up to `limit` until `/ready` says 200.
     pub(super) async fn wait_ready_within(
-        &self,
+        &mut self,
         http: &reqwest::Client,
         limit: Duration,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
+            // A daemon that refused its settings never becomes ready: say so at once.
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the daemon exited before it was ready ({status})");
+            }
             let ready = http.get(format!("{}/ready", self.base)).send().await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
@@ -336,7 +340,7 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         .build()?;
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();
-    let daemon = if opts.backlog > 0 {
+    let mut daemon = if opts.backlog > 0 {
         load_backlog(nats_url, &run, &secret, &opts, &http).await?
     } else {
         spawn_daemon(nats_url, &secret, opts.clients)?
@@ -722,7 +726,7 @@ async fn load_backlog(
         super::ingest::realistic_event(&mut rng, end, 30 * DAY_MS)
     })
     .await?;
-    let loader = spawn_daemon_with(
+    let mut loader = spawn_daemon_with(
         nats_url,
         &[
             ("ORRERY_JWT_SECRET", secret.to_owned()),

@@ -146,7 +146,7 @@ async fn daemon_catch_up(
     batch_size: usize,
 ) -> anyhow::Result<DaemonCatchUp> {
     let started = Instant::now();
-    let daemon = super::fanout::spawn_daemon_with(
+    let mut daemon = super::fanout::spawn_daemon_with(
         nats_url,
         &[
             ("ORRERY_READY_MAX_LAG", "0".to_owned()),

@@ -483,7 +483,13 @@ async fn catch_up(
         .find(|p| p.stream() == stream)
         .with_context(|| format!("no read model consumes {}", stream.name))?;
     let mut projector = projection
-        .projector(js.clone(), db.writer.clone(), batch_size, config.batch_wait)
+        .projector(
+            js.clone(),
+            db.writer.clone(),
+            db.demand.clone(),
+            batch_size,
+            config.batch_wait,
+        )
         .await?;
     let cancel = CancellationToken::new();
     let started = Instant::now();

@@ -181,7 +181,7 @@ pub async fn run(nats_url: &str, opts: SoakOptions) -> anyhow::Result<SoakReport
             r.as_secs().max(60).to_string(),
         ));
     }
-    let daemon = spawn_daemon_with(nats_url, &env)?;
+    let mut daemon = spawn_daemon_with(nats_url, &env)?;
     let http = reqwest::Client::new();
     daemon.wait_ready(&http).await?;
     let pid = daemon.child.id();
