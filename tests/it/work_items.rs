@@ -453,3 +453,63 @@ async fn recurrence_pages_change_with_every_commit_of_alerts_or_runs() {
     let p = read_after(&app, &preview, &format!("RESULTS:{seq}")).await;
     assert_eq!(p["work_item"]["classification"], "verified");
 }
+
+#[tokio::test]
+async fn many_runs_of_one_group_in_a_batch_add_up_as_they_would_one_by_one() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    fire(&js, "shop", "x-1", "fp-x").await;
+    fire(&js, "shop", "x-2", "fp-x").await;
+    app.wait_caught_up().await;
+    // Published back to back, the runs share batches: a group's figures are summed per batch
+    // before they are written, and must come out as the runs' own count.
+    const STATES: [&str; 4] = ["running", "succeeded", "failed", "needs_approval"];
+    const REPAIRS: [&str; 3] = ["auto", "manual", "none"];
+    let (mut states, mut repairs, mut verified) = ([0; 4], [0; 3], 0);
+    let mut last_repair = None;
+    for i in 0..60usize {
+        let (state, repair, v) = (STATES[i % 4], REPAIRS[i % 3], i % 5 == 0);
+        let links = if i % 2 == 0 {
+            by_event(if i % 4 == 0 { "x-1" } else { "x-2" })
+        } else {
+            json!({"recurrence_key": "fp:fp-x", "incident_id": format!("INC-{}", i % 3)})
+        };
+        states[i % 4] += 1;
+        repairs[i % 3] += 1;
+        verified += i64::from(v);
+        if repair != "none" {
+            last_repair = Some((format!("x-run-{i}"), repair, state, v));
+        }
+        publish_result(
+            &js,
+            "result.job.fixer",
+            run(&format!("x-run-{i}"), links, state, repair, v),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+    let v = app
+        .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
+        .await;
+    let g = group(&v, "fp:fp-x");
+    assert_eq!(g["linked_run_total"], 60, "{g}");
+    assert_eq!(
+        g["run_state_counts"],
+        json!({"running": states[0], "succeeded": states[1], "failed": states[2],
+               "needs_approval": states[3]})
+    );
+    assert_eq!(g["repair_summary"]["auto"], repairs[0], "{g}");
+    assert_eq!(g["repair_summary"]["manual"], repairs[1], "{g}");
+    assert_eq!(g["repair_summary"]["verified"], verified, "{g}");
+    assert_eq!(g["latest_run_id"], "x-run-59");
+    assert_eq!(g["latest_run_state"], STATES[59 % 4]);
+    assert_eq!(g["incident_ids"], json!(["INC-0", "INC-1", "INC-2"]));
+    assert_eq!(g["repair_summary"]["none"], repairs[2], "{g}");
+    let (id, repair, state, verified) = last_repair.unwrap();
+    assert_eq!(
+        g["repair_summary"]["latest_repair"],
+        json!({"result_id": id, "repair": repair, "run_state": state, "verified": verified})
+    );
+}
