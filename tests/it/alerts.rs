@@ -430,6 +430,26 @@ async fn provider_heartbeats_are_published_and_never_recur() {
     assert_eq!(res.status(), 413);
     let after = stream_state(&js, "ALERTS").await.0;
     assert_eq!(after, last, "nothing published for bad requests");
+
+    // The document bounds notes in characters, so 200 four-byte ones are a valid request:
+    // accepted, published and projected whole.
+    let wide = "𝔸".repeat(200);
+    let body =
+        json!({"project_id": "wide", "providers": ["sentry"], "reason": wide, "run_ref": wide});
+    let res = app
+        .post(
+            "/api/v1/alerts/provider-heartbeat",
+            Some(Role::Operator),
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(res.status(), 202);
+    app.wait_caught_up().await;
+    let recent = app
+        .get_json("/api/v1/alerts/recent?project_id=wide", Role::Viewer)
+        .await;
+    assert_eq!(recent["items"][0]["labels"]["reason"], wide.as_str());
+    assert_eq!(recent["items"][0]["labels"]["run_ref"], wide.as_str());
 }
 
 #[tokio::test]
@@ -572,4 +592,28 @@ async fn every_bad_limit_and_filter_is_a_422_naming_it() {
         .get_json("/api/v1/alerts/dossier?limit=50", Role::Viewer)
         .await;
     assert_eq!(ok["items"], json!([]));
+
+    // provider_event_id is bounded in characters, as the document's maxLength counts them:
+    // 256 four-byte ones are valid to ask for (wider than any stored id, so nothing matches),
+    // one character more is not.
+    let wide = "%F0%9D%94%B8".repeat(256);
+    let ok = app
+        .get_json(
+            &format!("/api/v1/alerts/dossier?provider_event_id={wide}"),
+            Role::Viewer,
+        )
+        .await;
+    assert_eq!(ok["items"], json!([]));
+    let res = app
+        .get(
+            &format!(
+                "/api/v1/alerts/dossier?provider_event_id={}",
+                "a".repeat(257)
+            ),
+            Some(Role::Viewer),
+        )
+        .await;
+    assert_eq!(res.status(), 422);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["parameter"], "provider_event_id");
 }

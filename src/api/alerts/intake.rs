@@ -23,7 +23,7 @@ use crate::window::{format_unix_ms, now_ms, parse_rfc3339_ms};
 
 /// Providers a synthetic heartbeat may be sent for.
 pub const HEARTBEAT_PROVIDERS: [&str; 2] = ["sentry", "signoz"];
-/// Longest `reason` / `run_ref` of a provider heartbeat.
+/// Longest `reason` / `run_ref` of a provider heartbeat, in characters.
 pub const MAX_NOTE_LEN: usize = 200;
 /// Most alerts accepted in one Alertmanager webhook call.
 pub const MAX_WEBHOOK_ALERTS: usize = 1_000;
@@ -38,11 +38,11 @@ pub struct HeartbeatRequest {
     /// One or two of `sentry`, `signoz`, each once.
     #[schema(value_type = std::collections::BTreeSet<HeartbeatProvider>, min_items = 1, max_items = 2)]
     pub providers: Vec<String>,
-    /// Why, ≤ 200 bytes.
+    /// Why, ≤ 200 characters.
     #[serde(default)]
     #[schema(max_length = 200)]
     pub reason: Option<String>,
-    /// A run reference, ≤ 200 bytes.
+    /// A run reference, ≤ 200 characters.
     #[serde(default)]
     #[schema(max_length = 200)]
     pub run_ref: Option<String>,
@@ -127,9 +127,11 @@ pub async fn provider_heartbeat(
         )));
     }
     for (name, v) in [("reason", &req.reason), ("run_ref", &req.run_ref)] {
-        if v.as_ref().is_some_and(|s| s.len() > MAX_NOTE_LEN) {
+        // Characters, as the document's maxLength counts them; 200 of the widest still fit
+        // well inside the 16 KiB of labels an alert event may carry.
+        if v.as_ref().is_some_and(|s| s.chars().count() > MAX_NOTE_LEN) {
             return Err(ApiError::BadRequest(format!(
-                "{name} must be at most {MAX_NOTE_LEN} bytes"
+                "{name} must be at most {MAX_NOTE_LEN} characters"
             )));
         }
     }

@@ -189,10 +189,12 @@ pub async fn dossier(
 ) -> ApiResult<Response> {
     let filters = Filters::parse(&params, false, &claims)?;
     let event_id = params.get("provider_event_id")?;
-    if event_id.is_some_and(|id| id.is_empty() || id.len() > MAX_FIELD_LEN) {
+    // Characters, as the document's maxLength counts them: an id wider than the
+    // MAX_FIELD_LEN bytes an event may carry is valid to ask for and simply matches nothing.
+    if event_id.is_some_and(|id| id.is_empty() || id.chars().count() > MAX_FIELD_LEN) {
         return Err(ApiError::invalid(
             "provider_event_id",
-            format!("1 to {MAX_FIELD_LEN} bytes"),
+            format!("1 to {MAX_FIELD_LEN} characters"),
         ));
     }
     let limit = params.int("limit", 1, 50, 20)?;
