@@ -1000,3 +1000,34 @@ async fn schema_state(db: &Path) -> (Vec<i64>, Vec<String>, Vec<(String, i64)>) 
     pool.close().await;
     (migrations, schema, checkpoints)
 }
+
+/// The `THP_enabled` line of a process's `/proc/<pid>/status`.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_daemon_runs_without_transparent_huge_pages_unless_mimalloc_is_told_otherwise() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // Huge pages made every connection's few KiB of buffers cost a cleared 2 MiB page.
+    let daemon = Daemon::spawn(&nats.url(), &dir.path().join("a.db"), 64);
+    daemon.wait_for(&http, "/health").await;
+    assert_eq!(thp_enabled(daemon.child.id()), "0");
+    // An operator who wants them says so as mimalloc documents, and the daemon leaves it be.
+    let daemon = Daemon::spawn_with(
+        &nats.url(),
+        &dir.path().join("b.db"),
+        64,
+        &[("MIMALLOC_ALLOW_THP", "1")],
+    );
+    daemon.wait_for(&http, "/health").await;
+    assert_eq!(thp_enabled(daemon.child.id()), "1");
+}
