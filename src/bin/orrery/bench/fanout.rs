@@ -138,10 +138,15 @@ pub(super) struct Daemon {
     dir: tempfile::TempDir,
 }
 
+/// The database file a daemon started in `dir` serves.
+pub(super) fn database_in(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("fanout.db")
+}
+
 impl Daemon {
     /// Its database file.
     pub(super) fn database(&self) -> std::path::PathBuf {
-        self.dir.path().join("fanout.db")
+        database_in(self.dir.path())
     }
 
     /// Bytes of its database file and WAL.
@@ -218,8 +223,8 @@ impl Daemon {
     }
 }
 
-/// Starts `orrery serve` on the database in `dir` (`fanout.db`) with `env` added.
-fn spawn_daemon_in(
+/// Starts `orrery serve` on the database in `dir` ([`database_in`]) with `env` added.
+pub(super) fn spawn_daemon_in(
     dir: tempfile::TempDir,
     nats_url: &str,
     env: &[(&str, String)],
@@ -233,7 +238,7 @@ fn spawn_daemon_in(
     let child = Command::new(exe)
         .arg("serve")
         .env("ORRERY_NATS_URL", nats_url)
-        .env("ORRERY_DATABASE", dir.path().join("fanout.db"))
+        .env("ORRERY_DATABASE", database_in(dir.path()))
         .env("ORRERY_LISTEN", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (k, v)))

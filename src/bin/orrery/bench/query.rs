@@ -1,12 +1,13 @@
 //! `orrery bench query`: a fleet's worth of heartbeats and results loaded through the bus,
-//! then the latency of the fleet health, badge and durations endpoints under load.
+//! then the latency of the fleet health, badge and durations endpoints under load, and the
+//! memory and database size they cost.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use serde::Serialize;
 
-use super::load::{measure, Endpoint, LocalDaemon};
+use super::load::{measure, Endpoint};
 use super::{catch_up, connect_provisioned, eps, publish_with};
 use orrery::bus::streams;
 use orrery::db;
@@ -38,6 +39,12 @@ pub struct QueryReport {
     pub results_ingest_eps: f64,
     /// Endpoint latencies.
     pub endpoints: Vec<Endpoint>,
+    /// The daemon's resident memory after the measures, bytes (its own process).
+    pub daemon_rss_bytes: u64,
+    /// The daemon's peak resident memory, bytes.
+    pub daemon_peak_rss_bytes: u64,
+    /// The database file and its WAL after the measures, bytes.
+    pub database_bytes: u64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -110,7 +117,7 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
     .await?;
 
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("bench.db");
+    let path = super::fanout::database_in(dir.path());
     let db = db::open(&path, 1).await?;
     let hb_time = catch_up(streams::HEARTBEATS, &js, &db, 4096, 0, load.samples).await?;
     let res_time = catch_up(streams::RESULTS, &js, &db, 4096, 0, load.results).await?;
@@ -119,12 +126,21 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
     while orrery::projections::results::compact_duration_blocks(&db.writer, 10_000).await? > 0 {}
     db.close().await;
 
-    // Loading takes minutes; agents count as active for the hour after their last beat so
-    // that the health answer measured is the usual `ok`, not `degraded`.
-    let daemon = LocalDaemon::start(nats_url, &path, |s| {
-        s.agent_stale_after_secs = Some(3_600);
-    })
-    .await?;
+    // The daemon runs as its own process, so that its memory is its own. Loading takes
+    // minutes; agents count as active for the hour after their last beat so that the health
+    // answer measured is the usual `ok`, not `degraded`.
+    let mut daemon = super::fanout::spawn_daemon_in(
+        dir,
+        nats_url,
+        &[
+            ("ORRERY_INSECURE_NO_AUTH", "true".to_owned()),
+            ("ORRERY_AGENT_STALE_AFTER_SECS", "3600".to_owned()),
+        ],
+    )?;
+    let http = reqwest::Client::new();
+    daemon
+        .wait_ready_within(&http, Duration::from_secs(600))
+        .await?;
     let mut endpoints = Vec::new();
     for query in [
         "/api/v1/health/fleet",
@@ -134,12 +150,15 @@ pub async fn run(nats_url: &str, load: QueryLoad) -> anyhow::Result<QueryReport>
     ] {
         endpoints.push(measure(&daemon.base, query, load.concurrency, load.requests).await?);
     }
-    daemon.stop().await?;
+    let pid = daemon.child.id();
     Ok(QueryReport {
         load,
         heartbeat_ingest_eps: eps(load.samples, hb_time),
         results_ingest_eps: eps(load.results, res_time),
         endpoints,
+        daemon_rss_bytes: orrery::telemetry::resident_bytes(pid),
+        daemon_peak_rss_bytes: orrery::telemetry::peak_resident_bytes(pid),
+        database_bytes: daemon.database_bytes(),
     })
 }
 
@@ -164,6 +183,12 @@ impl std::fmt::Display for QueryReport {
         for e in &self.endpoints {
             writeln!(f, "{e}")?;
         }
-        Ok(())
+        writeln!(
+            f,
+            "  daemon RSS {:.0} MiB (peak {:.0} MiB), database {:.0} MiB",
+            self.daemon_rss_bytes as f64 / 1_048_576.0,
+            self.daemon_peak_rss_bytes as f64 / 1_048_576.0,
+            self.database_bytes as f64 / 1_048_576.0
+        )
     }
 }
