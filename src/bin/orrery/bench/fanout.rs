@@ -46,6 +46,9 @@ pub struct FanoutOptions {
     /// Keep one core busy with a spinning thread during the measures (a CPU-bound neighbour
     /// on the machine).
     pub cpu_neighbour: bool,
+    /// Realistic results waiting in RESULTS when the daemon starts, so that the live
+    /// stream is measured while the projector catches up on them (Orrery only).
+    pub catch_up: u64,
 }
 
 /// A thread that keeps one core busy until dropped.
@@ -116,6 +119,12 @@ pub struct FanoutReport {
     pub backlog: u64,
     /// Rows the pruner deleted from the first publish to the last delivery.
     pub pruned_while_publishing: u64,
+    /// Results waiting in the bus when the daemon started.
+    pub catch_up: u64,
+    /// Results projected from the first publish to the last delivery.
+    pub results_projected: u64,
+    /// Results still to project at the last delivery.
+    pub results_left: u64,
     /// The same measure against nchan, right after.
     pub nchan: Option<Box<FanoutReport>>,
 }
@@ -157,6 +166,24 @@ impl Daemon {
     /// Bytes of its WAL alone.
     pub(super) fn wal_bytes(&self) -> u64 {
         file_bytes(self.dir.path().join("fanout.db-wal"))
+    }
+
+    /// Waits (≤ 30 s) until `/health` says 200: up, whether or not caught up.
+    pub(super) async fn wait_up(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the daemon exited before it answered ({status})");
+            }
+            let up = http.get(format!("{}/health", self.base)).send().await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the daemon did not answer /health within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (≤ 30 s) until `/ready` says 200.
@@ -345,12 +372,29 @@ pub async fn run(nats_url: &str, opts: FanoutOptions) -> anyhow::Result<FanoutRe
         .build()?;
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();
+    if opts.catch_up > 0 {
+        if opts.backlog > 0 {
+            bail!("--catch-up and --backlog do not go together");
+        }
+        let results = super::connect_provisioned(nats_url, Duration::from_secs(7 * 86_400)).await?;
+        let mut rng = fastrand::Rng::new();
+        let now = orrery::window::now_ms();
+        super::publish_with(&results, opts.catch_up, &format!("{run}-results"), |_| {
+            super::ingest::realistic_event(&mut rng, now, 86_400_000)
+        })
+        .await?;
+    }
     let mut daemon = if opts.backlog > 0 {
         load_backlog(nats_url, &run, &secret, &opts, &http).await?
     } else {
         spawn_daemon(nats_url, &secret, opts.clients)?
     };
-    daemon.wait_ready(&http).await?;
+    if opts.catch_up > 0 {
+        // Not ready until it has caught up: the measure starts as soon as it answers.
+        daemon.wait_up(&http).await?;
+    } else {
+        daemon.wait_ready(&http).await?;
+    }
 
     let tids: Vec<String> = (0..opts.topologies)
         .map(|i| format!("bench-{}-{i}", &run[..8]))
@@ -503,6 +547,13 @@ impl Target {
             Target::Nchan { .. } => Ok(0),
         }
     }
+
+    async fn results_checkpoint(&self) -> anyhow::Result<u64> {
+        match self {
+            Target::Orrery { base, http, .. } => results_checkpoint(http, base).await,
+            Target::Nchan { .. } => Ok(0),
+        }
+    }
 }
 
 impl Pending {
@@ -563,6 +614,8 @@ async fn measure(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let pruned_before = target.pruned().await?;
+    let checkpoint_before = target.results_checkpoint().await?;
+    let is_orrery = matches!(target, Target::Orrery { .. });
     let publish_start = Instant::now();
     let mut published = 0u64;
     let mut pending = std::collections::VecDeque::new();
@@ -595,6 +648,7 @@ async fn measure(
     }
     let delivered_n = delivered.load(Ordering::Relaxed);
     let pruned_after = target.pruned().await?;
+    let checkpoint_after = target.results_checkpoint().await?;
     stop.cancel();
 
     let mut latencies = Vec::new();
@@ -626,6 +680,14 @@ async fn measure(
         rss_per_connection: rss_connected.saturating_sub(rss_before) / connected_n.max(1) as u64,
         backlog: 0,
         pruned_while_publishing: pruned_after.saturating_sub(pruned_before),
+        // The results wait in a fresh stream: its sequences are 1 to `catch_up`.
+        catch_up: if is_orrery { opts.catch_up } else { 0 },
+        results_projected: checkpoint_after.saturating_sub(checkpoint_before),
+        results_left: if is_orrery {
+            opts.catch_up.saturating_sub(checkpoint_after)
+        } else {
+            0
+        },
         nchan: None,
     })
 }
@@ -752,6 +814,16 @@ async fn load_backlog(
 
 /// `orrery_retention_pruned_rows_total{stream="RESULTS"}` of the daemon at `base`.
 async fn pruned_results(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    metric(
+        http,
+        base,
+        "orrery_retention_pruned_rows_total{stream=\"RESULTS\"} ",
+    )
+    .await
+}
+
+/// The value of the daemon's metric line starting with `prefix` (0 when absent).
+async fn metric(http: &reqwest::Client, base: &str, prefix: &str) -> anyhow::Result<u64> {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -760,9 +832,19 @@ async fn pruned_results(http: &reqwest::Client, base: &str) -> anyhow::Result<u6
         .await?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("orrery_retention_pruned_rows_total{stream=\"RESULTS\"} "))
+        .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0))
+}
+
+/// The RESULTS checkpoint the daemon has committed.
+async fn results_checkpoint(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
+    metric(
+        http,
+        base,
+        "orrery_projection_checkpoint{stream=\"RESULTS\"} ",
+    )
+    .await
 }
 
 impl FanoutReport {
@@ -799,6 +881,14 @@ impl FanoutReport {
                 f,
                 "  backlog                    {} results; {} rows pruned while publishing",
                 self.backlog, self.pruned_while_publishing
+            )?;
+        }
+        if self.catch_up > 0 {
+            writeln!(
+                f,
+                "  catching up                {} results waiting at start; {} projected while \
+                 publishing, {} left at the last delivery",
+                self.catch_up, self.results_projected, self.results_left
             )?;
         }
         write!(

@@ -182,6 +182,10 @@ pub enum Bench {
         /// Keep one core busy with a spinning thread while measuring (a CPU-bound neighbour).
         #[arg(long)]
         cpu_neighbour: bool,
+        /// Realistic results waiting in the bus when the daemon starts: the live stream is
+        /// measured while the projector catches up on them.
+        #[arg(long, default_value_t = 0)]
+        catch_up: u64,
         /// The nginx binary for `--peer nchan`.
         #[arg(long, default_value = "/usr/sbin/nginx")]
         nginx: std::path::PathBuf,
@@ -328,6 +332,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
             backlog_retention,
             peer,
             cpu_neighbour,
+            catch_up,
             nginx,
             nchan_module,
             nats_url,
@@ -355,6 +360,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
                     module: nchan_module,
                 }),
                 cpu_neighbour,
+                catch_up,
             };
             if let Some(peer) = &opts.peer {
                 for path in [&peer.nginx, &peer.module] {
