@@ -28,7 +28,27 @@ const WAL_WRITER_CHECKPOINT_BYTES: i64 = 256 << 20;
 /// open over several batches while it is behind commits as soon as another wants the writer,
 /// so that its catch-up never holds up another stream's events.
 #[derive(Clone, Debug, Default)]
-pub struct WriterDemand(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+pub struct WriterDemand(std::sync::Arc<DemandState>);
+
+/// What [`WriterDemand`] counts and remembers.
+#[derive(Debug, Default)]
+pub struct DemandState {
+    waiting: std::sync::atomic::AtomicUsize,
+    /// When [`WriterDemand::wanted`] last answered yes, in ms after `origin`.
+    wanted_at_ms: std::sync::atomic::AtomicU64,
+    origin: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl DemandState {
+    fn now_ms(&self) -> u64 {
+        // Offset by one so that 0 can mean "never".
+        self.origin
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1
+    }
+}
 
 impl WriterDemand {
     /// Begins a transaction on `writer`, counted as waiting until it has the connection.
@@ -44,14 +64,31 @@ impl WriterDemand {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.0.fetch_add(1, Ordering::Relaxed);
-        let _waiting = Waiting(&self.0);
+        self.0.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.0.waiting);
         writer.begin().await
     }
 
-    /// Whether a commit is waiting for the writer.
+    /// Whether a commit is waiting for the writer (remembered for [`Self::wanted_within`]).
     pub fn wanted(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Relaxed) > 0
+        use std::sync::atomic::Ordering;
+        let wanted = self.0.waiting.load(Ordering::Relaxed) > 0;
+        if wanted {
+            self.0
+                .wanted_at_ms
+                .store(self.0.now_ms(), Ordering::Relaxed);
+        }
+        wanted
+    }
+
+    /// Whether [`Self::wanted`] found a commit waiting within the last `window`: the writer
+    /// is shared with a live stream, and a long write would make its events wait.
+    pub fn wanted_within(&self, window: std::time::Duration) -> bool {
+        let at = self
+            .0
+            .wanted_at_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        at != 0 && self.0.now_ms().saturating_sub(at) <= window.as_millis() as u64
     }
 }
 

@@ -279,7 +279,61 @@ impl<E> Batch<E> {
     fn last(&self) -> Meta {
         *self.metas.last().expect("batches are never empty")
     }
+
+    /// Cuts the batch into batches of at most `max` messages, in stream order. Each carries
+    /// its events and dead letters; the gap stays with the first, and every one but the
+    /// last says the stream holds more, as it does.
+    fn split(self, max: usize) -> Vec<Batch<E>> {
+        let max = max.max(1);
+        if self.raw.len() <= max {
+            return vec![self];
+        }
+        let Batch {
+            raw,
+            metas,
+            events,
+            origins,
+            dead,
+            gap,
+            behind,
+        } = self;
+        let parts = raw.len().div_ceil(max);
+        let mut out: Vec<Batch<E>> = Vec::with_capacity(parts);
+        let mut raw = raw.into_iter();
+        let mut metas = metas.into_iter();
+        for k in 0..parts {
+            let raw: Vec<_> = raw.by_ref().take(max).collect();
+            let metas: Vec<_> = metas.by_ref().take(max).collect();
+            out.push(Batch {
+                raw,
+                metas,
+                events: Vec::new(),
+                origins: Vec::new(),
+                dead: Vec::new(),
+                gap: if k == 0 { gap } else { None },
+                behind: if k + 1 == parts { behind } else { true },
+            });
+        }
+        // Events and dead letters are in message order: each goes to its message's part.
+        for (ev, i) in events.into_iter().zip(origins) {
+            let part = &mut out[i / max];
+            part.events.push(ev);
+            part.origins.push(i % max);
+        }
+        for (i, reason) in dead {
+            out[i / max].dead.push((i % max, reason));
+        }
+        out
+    }
 }
+
+/// Most messages one write holds the writer for while another projection's commits have
+/// been waiting for it lately: a batch is then written in parts of this size, with a chance
+/// for the waiting commit between them (~20 ms of results at 5M rows, where a whole batch
+/// of 32,768 held the live stream's events for over half a second).
+const SHARED_WRITE_MESSAGES: usize = 2048;
+/// How long a commit found waiting keeps batches cut into parts.
+const SHARED_WRITER_MEMORY: Duration = Duration::from_secs(5);
 
 /// What a committed batch did.
 #[derive(Debug, Clone, Copy)]
@@ -366,6 +420,8 @@ pub struct Projector<P: Projection> {
     in_flight: Option<CommitTask<P::Event>>,
     /// The transaction left open over the batches written so far (see [`Step::Open`]).
     open: Option<Open<P::Event>>,
+    /// Parts of a decoded batch still to commit, in order (see [`SHARED_WRITE_MESSAGES`]).
+    queued: std::collections::VecDeque<Batch<P::Event>>,
     /// Commits waiting for the writer, this projector's among them.
     demand: crate::db::WriterDemand,
     shared: Arc<Shared>,
@@ -408,6 +464,7 @@ impl<P: Projection> Projector<P> {
             consumer: None,
             in_flight: None,
             open: None,
+            queued: std::collections::VecDeque::new(),
             demand: crate::db::WriterDemand::default(),
             idle_since: None,
             shared: Arc::new(Shared {
@@ -615,6 +672,7 @@ impl<P: Projection> Projector<P> {
         self.consumer = None;
         // Dropped, the transaction rolls back.
         self.open = None;
+        self.queued.clear();
         self.position = self.checkpoint;
     }
 
@@ -741,13 +799,26 @@ impl<P: Projection> Projector<P> {
             }
             return Ok(committed.map_or(Outcome::Stopped, Outcome::from));
         }
+        if let Some(part) = self.queued.pop_front() {
+            // The rest of a batch cut into parts: nothing is collected until it is written.
+            let committed = self.finish(commit).await.inspect_err(|_| self.rewind())?;
+            let started = part.raw.len();
+            self.start_commit(Some(part));
+            return Ok(committed.map_or(Outcome::Started { messages: started }, Outcome::from));
+        }
         let collected = self.collect(cancel, &mut commit).await;
         // Decoded before waiting for the commit in flight, so that decoding runs on one core
         // while SQLite writes on the other instead of after it. Nothing decoded is kept if
         // that commit failed: the rewind drops it.
         let decoded = collected.and_then(|raw| self.decode(raw));
         let committed = self.finish(commit).await.inspect_err(|_| self.rewind())?;
-        let batch = decoded.inspect_err(|_| self.rewind())?;
+        let mut batch = decoded.inspect_err(|_| self.rewind())?;
+        if self.demand.wanted_within(SHARED_WRITER_MEMORY) {
+            if let Some(whole) = batch.take() {
+                self.queued = whole.split(SHARED_WRITE_MESSAGES).into();
+                batch = self.queued.pop_front();
+            }
+        }
         let started = batch.as_ref().map_or(0, |b| b.raw.len());
         // Nothing more arrived for a transaction left open: it commits now.
         self.start_commit(batch);

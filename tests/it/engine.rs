@@ -9,7 +9,7 @@ use orrery::projector::{Outcome, Projector};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{jetstream, publish_result};
+use crate::helpers::{jetstream, publish_result, wait_until};
 
 async fn engine(
     nats: &NatsServer,
@@ -188,6 +188,81 @@ async fn a_projector_behind_commits_eight_batches_together_and_the_rest_once_cau
     // Caught up, a lone event is committed in the step after the one that collects it.
     result(&js, 1_000).await;
     assert_eq!(project_to(&mut projector, 1_001).await, vec![1]);
+}
+
+#[tokio::test]
+async fn once_another_commit_has_waited_for_the_writer_a_large_batch_is_written_in_parts() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, db, _dir) =
+        engine_sized(&nats, ResultsProjection::default(), Duration::ZERO, 8192).await;
+    // Another stream's commit waits for the writer while this test holds it, and is seen
+    // waiting, as a projector sees one between its batches.
+    let hold = db.demand.begin(&db.writer).await.unwrap();
+    let waiter = {
+        let (writer, demand) = (db.writer.clone(), db.demand.clone());
+        tokio::spawn(async move { drop(demand.begin(&writer).await.unwrap()) })
+    };
+    wait_until(Duration::from_secs(10), "a waiting commit", || {
+        let demand = db.demand.clone();
+        async move { demand.wanted() }
+    })
+    .await;
+    drop(hold);
+    waiter.await.unwrap();
+
+    // 5,000 results, three of them poison, spread over what become different parts.
+    let poison = [10u64, 2_500, 4_990];
+    for i in 0..5_000u64 {
+        if poison.contains(&i) {
+            js.publish("result.job.a1", "not json".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        } else {
+            result(&js, i).await;
+        }
+    }
+    let cancel = CancellationToken::new();
+    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(&cancel).await.unwrap();
+    }
+    assert!(
+        matches!(outcome, Outcome::Started { messages } if messages <= 2048),
+        "the first write should be a part of at most 2,048 messages: {outcome:?}"
+    );
+    // A commit that waits now gets the writer between two parts, not after the batch.
+    let waiter = {
+        let (writer, demand) = (db.writer.clone(), db.demand.clone());
+        tokio::spawn(async move {
+            let mut tx = demand.begin(&writer).await.unwrap();
+            let seen: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            seen
+        })
+    };
+    while !waiter.is_finished() && projector.checkpoint() < 5_000 {
+        projector.project_next_batch(&cancel).await.unwrap();
+    }
+    let seen = waiter.await.unwrap();
+    assert!(
+        (1..5_000).contains(&seen),
+        "the waiting commit saw checkpoint {seen}: it should have come between parts"
+    );
+    project_to(&mut projector, 5_000).await;
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
+        .fetch_one(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(n, 4_997);
+    let dead: Vec<i64> = sqlx::query_scalar("SELECT seq FROM dead_letters ORDER BY seq")
+        .fetch_all(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(dead, poison.map(|i| i as i64 + 1));
 }
 
 #[tokio::test]
