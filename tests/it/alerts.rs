@@ -319,6 +319,16 @@ async fn duplicates_recurrence_and_coverage_follow_the_events() {
     assert!(by["alertmanager"]["last_event_at"].is_null());
 }
 
+/// `POST /api/v1/alerts/provider-heartbeat` with `body` as `role`.
+async fn heartbeat(
+    app: &TestApp,
+    role: Option<Role>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    app.post("/api/v1/alerts/provider-heartbeat", role, body)
+        .await
+}
+
 #[tokio::test]
 async fn provider_heartbeats_are_published_and_never_recur() {
     let nats = NatsServer::start().unwrap();
@@ -327,21 +337,9 @@ async fn provider_heartbeats_are_published_and_never_recur() {
     wait_for_streams(&js).await;
 
     let body = json!({"project_id": "shop", "providers": ["sentry", "signoz"], "reason": "cron", "run_ref": "run-7"});
-    let res = app
-        .post(
-            "/api/v1/alerts/provider-heartbeat",
-            Some(Role::Viewer),
-            body.to_string(),
-        )
-        .await;
+    let res = heartbeat(&app, Some(Role::Viewer), body.to_string()).await;
     assert_eq!(res.status(), 403);
-    let res = app
-        .post(
-            "/api/v1/alerts/provider-heartbeat",
-            Some(Role::Operator),
-            body.to_string(),
-        )
-        .await;
+    let res = heartbeat(&app, Some(Role::Operator), body.to_string()).await;
     assert_eq!(res.status(), 202);
     let answer: Value = res.json().await.unwrap();
     assert_eq!(answer["event_ids"].as_array().unwrap().len(), 2);
@@ -401,32 +399,14 @@ async fn provider_heartbeats_are_published_and_never_recur() {
         json!({"providers": ["sentry"]}),
         json!("not an object"),
     ] {
-        let res = app
-            .post(
-                "/api/v1/alerts/provider-heartbeat",
-                Some(Role::Operator),
-                bad.to_string(),
-            )
-            .await;
+        let res = heartbeat(&app, Some(Role::Operator), bad.to_string()).await;
         assert_eq!(res.status(), 400, "{bad}");
         let v: Value = res.json().await.unwrap();
         assert!(!v["message"].as_str().unwrap().is_empty());
     }
-    let res = app
-        .post(
-            "/api/v1/alerts/provider-heartbeat",
-            Some(Role::Operator),
-            "{ nope",
-        )
-        .await;
+    let res = heartbeat(&app, Some(Role::Operator), "{ nope").await;
     assert_eq!(res.status(), 400);
-    let res = app
-        .post(
-            "/api/v1/alerts/provider-heartbeat",
-            Some(Role::Operator),
-            vec![b' '; 300 * 1024],
-        )
-        .await;
+    let res = heartbeat(&app, Some(Role::Operator), vec![b' '; 300 * 1024]).await;
     assert_eq!(res.status(), 413);
     let after = stream_state(&js, "ALERTS").await.0;
     assert_eq!(after, last, "nothing published for bad requests");
@@ -436,13 +416,7 @@ async fn provider_heartbeats_are_published_and_never_recur() {
     let wide = "𝔸".repeat(200);
     let body =
         json!({"project_id": "wide", "providers": ["sentry"], "reason": wide, "run_ref": wide});
-    let res = app
-        .post(
-            "/api/v1/alerts/provider-heartbeat",
-            Some(Role::Operator),
-            body.to_string(),
-        )
-        .await;
+    let res = heartbeat(&app, Some(Role::Operator), body.to_string()).await;
     assert_eq!(res.status(), 202);
     app.wait_caught_up().await;
     let recent = app

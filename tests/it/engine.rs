@@ -98,6 +98,43 @@ async fn project_to<P: orrery::projector::Projection>(
     commits
 }
 
+/// Steps `projector` until it has done something: the outcome of its first write.
+async fn first_write<P: orrery::projector::Projection>(
+    projector: &mut Projector<P>,
+    cancel: &CancellationToken,
+) -> Outcome {
+    let mut outcome = projector.project_next_batch(cancel).await.unwrap();
+    while outcome == Outcome::Idle {
+        outcome = projector.project_next_batch(cancel).await.unwrap();
+    }
+    outcome
+}
+
+/// Another stream's commit asks for the writer now, while `projector` steps towards `last`:
+/// the checkpoint that commit found once it had the writer.
+async fn checkpoint_seen_by_a_waiting_commit<P: orrery::projector::Projection>(
+    db: &orrery::db::Db,
+    projector: &mut Projector<P>,
+    last: u64,
+    cancel: &CancellationToken,
+) -> i64 {
+    let waiter = {
+        let (writer, demand) = (db.writer.clone(), db.demand.clone());
+        tokio::spawn(async move {
+            let mut tx = demand.begin(&writer).await.unwrap();
+            let seen: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints")
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            seen
+        })
+    };
+    while !waiter.is_finished() && projector.checkpoint() < last {
+        projector.project_next_batch(cancel).await.unwrap();
+    }
+    waiter.await.unwrap()
+}
+
 async fn result(js: &async_nats::jetstream::Context, i: u64) {
     publish_result(
         js,
@@ -224,30 +261,13 @@ async fn once_another_commit_has_waited_for_the_writer_a_large_batch_is_written_
         }
     }
     let cancel = CancellationToken::new();
-    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
-    while outcome == Outcome::Idle {
-        outcome = projector.project_next_batch(&cancel).await.unwrap();
-    }
+    let outcome = first_write(&mut projector, &cancel).await;
     assert!(
         matches!(outcome, Outcome::Started { messages } if messages <= 2048),
         "the first write should be a part of at most 2,048 messages: {outcome:?}"
     );
     // A commit that waits now gets the writer between two parts, not after the batch.
-    let waiter = {
-        let (writer, demand) = (db.writer.clone(), db.demand.clone());
-        tokio::spawn(async move {
-            let mut tx = demand.begin(&writer).await.unwrap();
-            let seen: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints")
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
-            seen
-        })
-    };
-    while !waiter.is_finished() && projector.checkpoint() < 5_000 {
-        projector.project_next_batch(&cancel).await.unwrap();
-    }
-    let seen = waiter.await.unwrap();
+    let seen = checkpoint_seen_by_a_waiting_commit(&db, &mut projector, 5_000, &cancel).await;
     assert!(
         (1..5_000).contains(&seen),
         "the waiting commit saw checkpoint {seen}: it should have come between parts"
@@ -275,31 +295,14 @@ async fn a_projector_behind_commits_at_once_when_another_commit_waits_for_the_wr
     }
     let cancel = CancellationToken::new();
     // The first batch is written and its transaction left open for more.
-    let mut outcome = projector.project_next_batch(&cancel).await.unwrap();
-    while outcome == Outcome::Idle {
-        outcome = projector.project_next_batch(&cancel).await.unwrap();
-    }
+    let outcome = first_write(&mut projector, &cancel).await;
     assert!(
         matches!(outcome, Outcome::Started { messages } if messages <= 50),
         "{outcome:?}"
     );
     // Another stream's commit asks for the writer: it gets it once a batch or two later,
     // not after the whole backlog.
-    let waiter = {
-        let (writer, demand) = (db.writer.clone(), db.demand.clone());
-        tokio::spawn(async move {
-            let mut tx = demand.begin(&writer).await.unwrap();
-            let seen: i64 = sqlx::query_scalar("SELECT last_seq FROM checkpoints")
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
-            seen
-        })
-    };
-    while !waiter.is_finished() && projector.checkpoint() < 1_000 {
-        projector.project_next_batch(&cancel).await.unwrap();
-    }
-    let seen = waiter.await.unwrap();
+    let seen = checkpoint_seen_by_a_waiting_commit(&db, &mut projector, 1_000, &cancel).await;
     assert!(
         (1..1_000).contains(&seen),
         "the waiting commit saw checkpoint {seen}: it should have come between batches"

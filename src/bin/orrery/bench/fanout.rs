@@ -170,20 +170,8 @@ impl Daemon {
 
     /// Waits (≤ 30 s) until `/health` says 200: up, whether or not caught up.
     pub(super) async fn wait_up(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the daemon exited before it answered ({status})");
-            }
-            let up = http.get(format!("{}/health", self.base)).send().await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the daemon did not answer /health within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for(http, "/health", Duration::from_secs(30))
+            .await
     }
 
     /// Waits (≤ 30 s) until `/ready` says 200.
@@ -197,18 +185,28 @@ impl Daemon {
         http: &reqwest::Client,
         limit: Duration,
     ) -> anyhow::Result<()> {
+        self.wait_for(http, "/ready", limit).await
+    }
+
+    /// Waits up to `limit` until `path` answers 200.
+    async fn wait_for(
+        &mut self,
+        http: &reqwest::Client,
+        path: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         loop {
-            // A daemon that refused its settings never becomes ready: say so at once.
+            // A daemon that refused its settings never answers: say so at once.
             if let Some(status) = self.child.try_wait()? {
-                bail!("the daemon exited before it was ready ({status})");
+                bail!("the daemon exited before {path} answered 200 ({status})");
             }
-            let ready = http.get(format!("{}/ready", self.base)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
+            let answer = http.get(format!("{}{path}", self.base)).send().await;
+            if answer.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
             if started.elapsed() > limit {
-                bail!("the daemon did not become ready within {limit:?}");
+                bail!("the daemon's {path} did not answer 200 within {limit:?}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
