@@ -137,6 +137,12 @@ pub struct DaemonCatchUp {
     pub peak_rss_mib: Option<f64>,
     /// Its database file and WAL afterwards, MiB.
     pub database_mib: f64,
+    /// `/ready` polls once it first answered, every 50 ms until lag 0.
+    pub ready_polls: u64,
+    /// Of them, those that got no answer within 5 s.
+    pub ready_unanswered: u64,
+    /// The slowest answer, ms.
+    pub ready_slowest_ms: f64,
 }
 
 /// Times a daemon's catch-up over the `events` the stream holds.
@@ -159,7 +165,34 @@ async fn daemon_catch_up(
     let http = reqwest::Client::new();
     // Bounded: a daemon slower than 2,000 events/s is a failure to report, not to wait out.
     let limit = Duration::from_secs(60 + events / 2_000);
-    daemon.wait_ready_within(&http, limit).await?;
+    // Polled as a health probe would, to show it answers all along the catch-up.
+    let (mut polls, mut unanswered, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    let mut listening = false;
+    loop {
+        if let Some(status) = daemon.child.try_wait()? {
+            bail!("the daemon exited before it caught up ({status})");
+        }
+        let asked = Instant::now();
+        let answer = http
+            .get(format!("{}/ready", daemon.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        let took = asked.elapsed();
+        listening |= answer.is_ok();
+        if listening {
+            polls += 1;
+            slowest = slowest.max(took);
+            unanswered += u64::from(answer.is_err());
+        }
+        if answer.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        if started.elapsed() > limit {
+            bail!("the daemon did not catch up within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let seconds = started.elapsed().as_secs_f64();
     const MIB: f64 = 1_048_576.0;
     let peak = orrery::telemetry::peak_resident_bytes(daemon.child.id());
@@ -168,6 +201,9 @@ async fn daemon_catch_up(
         eps: events as f64 / seconds,
         peak_rss_mib: (peak > 0).then(|| peak as f64 / MIB),
         database_mib: daemon.database_bytes() as f64 / MIB,
+        ready_polls: polls,
+        ready_unanswered: unanswered,
+        ready_slowest_ms: slowest.as_secs_f64() * 1e3,
     })
 }
 
@@ -383,6 +419,11 @@ impl std::fmt::Display for IngestReport {
                 f,
                 "  daemon peak RSS {rss}, database {:.0} MiB",
                 d.database_mib
+            )?;
+            writeln!(
+                f,
+                "  /ready while catching up: {} polls, {} unanswered, slowest {:.0} ms",
+                d.ready_polls, d.ready_unanswered, d.ready_slowest_ms
             )?;
         }
         write!(f, "  rows projected: {}", self.rows)
