@@ -32,7 +32,7 @@ pub struct WriterDemand(std::sync::Arc<DemandState>);
 
 /// What [`WriterDemand`] counts and remembers.
 #[derive(Debug, Default)]
-pub struct DemandState {
+struct DemandState {
     waiting: std::sync::atomic::AtomicUsize,
     /// When [`WriterDemand::wanted`] last answered yes, in ms after `origin`.
     wanted_at_ms: std::sync::atomic::AtomicU64,

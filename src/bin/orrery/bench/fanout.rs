@@ -147,6 +147,17 @@ pub(super) struct Daemon {
     dir: tempfile::TempDir,
 }
 
+/// How a daemon answered the polls of [`Daemon::wait_for`] once it first answered.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Polls {
+    /// Polls made.
+    pub asked: u64,
+    /// Of them, those with no answer within 5 s.
+    pub unanswered: u64,
+    /// The slowest answer.
+    pub slowest: Duration,
+}
+
 /// The database file a daemon started in `dir` serves.
 pub(super) fn database_in(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("fanout.db")
@@ -172,38 +183,55 @@ impl Daemon {
     pub(super) async fn wait_up(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
         self.wait_for(http, "/health", Duration::from_secs(30))
             .await
+            .map(drop)
     }
 
     /// Waits (≤ 30 s) until `/ready` says 200.
     pub(super) async fn wait_ready(&mut self, http: &reqwest::Client) -> anyhow::Result<()> {
-        self.wait_ready_within(http, Duration::from_secs(30)).await
+        self.wait_ready_within(http, Duration::from_secs(30))
+            .await
+            .map(drop)
     }
 
-    /// Waits up to `limit` until `/ready` says 200.
+    /// Waits up to `limit` until `/ready` says 200; how it answered on the way.
     pub(super) async fn wait_ready_within(
         &mut self,
         http: &reqwest::Client,
         limit: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Polls> {
         self.wait_for(http, "/ready", limit).await
     }
 
-    /// Waits up to `limit` until `path` answers 200.
+    /// Waits up to `limit` until `path` answers 200, asking every 50 ms (each ask given 5 s)
+    /// as a health probe would; how it answered once it first did.
     async fn wait_for(
         &mut self,
         http: &reqwest::Client,
         path: &str,
         limit: Duration,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Polls> {
         let started = Instant::now();
+        let mut polls = Polls::default();
+        let mut listening = false;
         loop {
             // A daemon that refused its settings never answers: say so at once.
             if let Some(status) = self.child.try_wait()? {
                 bail!("the daemon exited before {path} answered 200 ({status})");
             }
-            let answer = http.get(format!("{}{path}", self.base)).send().await;
+            let asked = Instant::now();
+            let answer = http
+                .get(format!("{}{path}", self.base))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            listening |= answer.is_ok();
+            if listening {
+                polls.asked += 1;
+                polls.unanswered += u64::from(answer.is_err());
+                polls.slowest = polls.slowest.max(asked.elapsed());
+            }
             if answer.is_ok_and(|r| r.status().is_success()) {
-                return Ok(());
+                return Ok(polls);
             }
             if started.elapsed() > limit {
                 bail!("the daemon's {path} did not answer 200 within {limit:?}");

@@ -166,33 +166,7 @@ async fn daemon_catch_up(
     // Bounded: a daemon slower than 2,000 events/s is a failure to report, not to wait out.
     let limit = Duration::from_secs(60 + events / 2_000);
     // Polled as a health probe would, to show it answers all along the catch-up.
-    let (mut polls, mut unanswered, mut slowest) = (0u64, 0u64, Duration::ZERO);
-    let mut listening = false;
-    loop {
-        if let Some(status) = daemon.child.try_wait()? {
-            bail!("the daemon exited before it caught up ({status})");
-        }
-        let asked = Instant::now();
-        let answer = http
-            .get(format!("{}/ready", daemon.base))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        let took = asked.elapsed();
-        listening |= answer.is_ok();
-        if listening {
-            polls += 1;
-            slowest = slowest.max(took);
-            unanswered += u64::from(answer.is_err());
-        }
-        if answer.is_ok_and(|r| r.status().is_success()) {
-            break;
-        }
-        if started.elapsed() > limit {
-            bail!("the daemon did not catch up within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let polls = daemon.wait_ready_within(&http, limit).await?;
     let seconds = started.elapsed().as_secs_f64();
     const MIB: f64 = 1_048_576.0;
     let peak = orrery::telemetry::peak_resident_bytes(daemon.child.id());
@@ -201,9 +175,9 @@ async fn daemon_catch_up(
         eps: events as f64 / seconds,
         peak_rss_mib: (peak > 0).then(|| peak as f64 / MIB),
         database_mib: daemon.database_bytes() as f64 / MIB,
-        ready_polls: polls,
-        ready_unanswered: unanswered,
-        ready_slowest_ms: slowest.as_secs_f64() * 1e3,
+        ready_polls: polls.asked,
+        ready_unanswered: polls.unanswered,
+        ready_slowest_ms: polls.slowest.as_secs_f64() * 1e3,
     })
 }
 
