@@ -441,7 +441,8 @@ async fn the_pruner_deletes_exactly_what_the_digest_no_longer_keeps() {
             ))
             .await;
             exec(format!(
-                "INSERT INTO alert_event_keys VALUES ('sentry', 'pe{i}', {t})"
+                "INSERT INTO alert_event_keys (provider, provider_event_id, first_received_at, \
+                 project_id) VALUES ('sentry', 'pe{i}', {t}, 'p')"
             ))
             .await;
             exec(format!(

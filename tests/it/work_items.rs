@@ -513,3 +513,69 @@ async fn many_runs_of_one_group_in_a_batch_add_up_as_they_would_one_by_one() {
         json!({"result_id": id, "repair": repair, "run_state": state, "verified": verified})
     );
 }
+
+#[tokio::test]
+async fn a_run_sent_again_counts_once_whether_its_first_copy_is_in_an_earlier_batch_or_the_same() {
+    let nats = NatsServer::start().unwrap();
+    let app = spawn_app(&nats).await;
+    let js = jetstream(&nats).await;
+    wait_for_streams(&js).await;
+    fire(&js, "shop", "y-1", "fp-y").await;
+    app.wait_caught_up().await;
+    for i in 0..30 {
+        let id = format!("y-run-{i}");
+        publish_result(
+            &js,
+            "result.job.fixer",
+            run(&id, by_event("y-1"), "succeeded", "auto", true),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+    // Back to back, so that batches mix new runs, copies of runs of earlier batches and
+    // copies of runs of the same batch: only the first copy of each counts.
+    for i in 30..50 {
+        let new = format!("y-run-{i}");
+        let old = format!("y-run-{}", i - 30);
+        publish_result(
+            &js,
+            "result.job.fixer",
+            run(&new, by_event("y-1"), "failed", "auto", false),
+        )
+        .await;
+        publish_result(
+            &js,
+            "result.job.fixer",
+            run(&old, by_event("y-1"), "failed", "manual", false),
+        )
+        .await;
+        publish_result(
+            &js,
+            "result.job.fixer",
+            run(&new, by_event("y-1"), "running", "none", true),
+        )
+        .await;
+    }
+    app.wait_caught_up().await;
+    let v = app
+        .get_json("/api/v1/alerts/recurrence?project_id=shop", Role::Viewer)
+        .await;
+    let g = group(&v, "fp:fp-y");
+    assert_eq!(g["linked_run_total"], 50, "{g}");
+    assert_eq!(
+        g["run_state_counts"],
+        json!({"running": 0, "succeeded": 30, "failed": 20, "needs_approval": 0}),
+        "{g}"
+    );
+    assert_eq!(g["repair_summary"]["auto"], 50, "{g}");
+    assert_eq!(g["repair_summary"]["manual"], 0, "{g}");
+    assert_eq!(g["repair_summary"]["verified"], 30, "{g}");
+    assert_eq!(g["latest_run_id"], "y-run-49", "{g}");
+    assert_eq!(g["latest_run_state"], "failed", "{g}");
+
+    // The same figures as a database rebuilt from the stream.
+    let (db, _dir) = app.stop().await;
+    let before = digest_of(&db);
+    rebuild(&nats.url(), &db, Some("RESULTS"));
+    assert_eq!(digest_of(&db), before);
+}

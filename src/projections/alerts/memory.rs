@@ -29,7 +29,7 @@ struct GroupDelta<'a> {
 impl AlertsProjection {
     /// Flags each event of a batch that repeats a `(provider, provider_event_id)` seen before
     /// (in an earlier batch or earlier in this one) and records the new keys with the time
-    /// they were first seen.
+    /// they were first seen and that sighting's group, which linked runs look up.
     pub(super) async fn mark_duplicates(
         &self,
         conn: &mut SqliteConnection,
@@ -49,7 +49,8 @@ impl AlertsProjection {
             &keys,
         )
         .await?;
-        let mut fresh: HashMap<(&str, &str), i64> = HashMap::new();
+        // Per new key, the sighting that set it last (a key can expire within a batch).
+        let mut fresh: HashMap<(&str, &str), &AlertEvent> = HashMap::new();
         let duplicate: Vec<bool> = events
             .iter()
             .map(|e| {
@@ -58,24 +59,30 @@ impl AlertsProjection {
                     Some(&at) if !self.expired(at, e) => true,
                     _ => {
                         seen.insert(key, e.received_at);
-                        fresh.insert(key, e.received_at);
+                        fresh.insert(key, e);
                         false
                     }
                 }
             })
             .collect();
-        let mut fresh: Vec<((&str, &str), i64)> = fresh.into_iter().collect();
-        fresh.sort_unstable();
+        let mut fresh: Vec<((&str, &str), &AlertEvent)> = fresh.into_iter().collect();
+        fresh.sort_unstable_by_key(|(key, _)| *key);
         for chunk in fresh.chunks(KEY_PAIRS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO alert_event_keys (provider, provider_event_id, first_received_at) ",
+                "INSERT INTO alert_event_keys (provider, provider_event_id, first_received_at, \
+                 project_id, recurrence_key) ",
             );
-            q.push_values(chunk, |mut b, ((p, id), at)| {
-                b.push_bind(*p).push_bind(*id).push_bind(*at);
+            q.push_values(chunk, |mut b, ((p, id), e)| {
+                b.push_bind(*p)
+                    .push_bind(*id)
+                    .push_bind(e.received_at)
+                    .push_bind(e.project_id.as_str())
+                    .push_bind(e.recurrence_key.as_deref());
             });
             q.push(
                 " ON CONFLICT (provider, provider_event_id) DO UPDATE SET \
-                 first_received_at = excluded.first_received_at",
+                 first_received_at = excluded.first_received_at, \
+                 project_id = excluded.project_id, recurrence_key = excluded.recurrence_key",
             );
             q.build().execute(&mut *conn).await?;
         }
