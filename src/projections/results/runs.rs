@@ -363,8 +363,8 @@ async fn write(
         // other constraints at ABORT, so SQLite copies every page the statement dirties into
         // a statement journal to undo it (measured: 20 µs per run). Every other constraint is
         // checked by `decode` before, so only a known result id is ignored. No RETURNING:
-        // SQLite would stage every row it returns, and sqlx hand each over one at a time
-        // (measured: a fifth of the insert).
+        // SQLite stages every row it returns, and sqlx hands each over one at a time
+        // (measured with the sort above: 11.7 → 4.6 µs per run).
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT OR IGNORE INTO alert_runs (result_id, seq, agent_id, recorded_at, link_provider, \
              link_event_id, incident_id, run_state, repair, verified, project_id, \
