@@ -206,6 +206,9 @@ pub struct Counters {
     pub stalls: AtomicU64,
     /// Messages committed per second, as last sampled (see `app`'s sampler).
     pub rate: AtomicU64,
+    /// Messages the stream held past the last one read, as JetStream counted them when it
+    /// delivered it: how far behind the projector is reading (0 once it has read the tail).
+    pub pending: AtomicU64,
     /// Why the last step failed, until a batch commits again (`/ready` reports it).
     pub failure: std::sync::Mutex<Option<String>>,
     /// Messages per committed batch.
@@ -223,6 +226,7 @@ impl Default for Counters {
             errors: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
             rate: AtomicU64::new(0),
+            pending: AtomicU64::new(0),
             failure: std::sync::Mutex::new(None),
             // 1, 2, 4 … 8192 messages (the largest batch size is 65536: the top bucket is +Inf).
             batch_sizes: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
@@ -726,7 +730,7 @@ impl<P: Projection> Projector<P> {
     ) -> Result<Option<Batch<P::Event>>, ProjectorError> {
         let mut kept = Vec::with_capacity(raw.len());
         let mut metas = Vec::with_capacity(raw.len());
-        let mut behind = false;
+        let mut pending = None;
         for m in raw {
             let info = m
                 .info()
@@ -734,16 +738,20 @@ impl<P: Projection> Projector<P> {
             if info.stream_sequence <= self.position {
                 continue; // already committed or in flight: a redelivery is a no-op
             }
-            behind = info.pending > 0;
+            pending = Some(info.pending);
             metas.push(Meta {
                 seq: info.stream_sequence,
                 published_ms: to_unix_ms(info.published),
             });
             kept.push(m);
         }
-        let Some(first) = metas.first() else {
+        let (Some(first), Some(pending)) = (metas.first(), pending) else {
             return Ok(None);
         };
+        self.shared
+            .counters
+            .pending
+            .store(pending, Ordering::Relaxed);
         // Retention removes from the head of a stream: when the first message delivered is
         // past the one after the checkpoint, the ones between are gone for good.
         let gap = (first.seq > self.position + 1).then(|| (self.position + 1, first.seq - 1));
@@ -763,7 +771,7 @@ impl<P: Projection> Projector<P> {
             origins: Vec::new(),
             dead: Vec::new(),
             gap,
-            behind,
+            behind: pending > 0,
         };
         batch.events.reserve(batch.raw.len());
         batch.origins.reserve(batch.raw.len());

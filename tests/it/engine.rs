@@ -227,6 +227,26 @@ async fn a_projector_behind_commits_eight_batches_together_and_the_rest_once_cau
     assert_eq!(project_to(&mut projector, 1_001).await, vec![1]);
 }
 
+/// What the stream holds past the last message read: what the durations warmer waits on.
+#[tokio::test]
+async fn the_projector_counts_what_the_stream_holds_past_what_it_has_read() {
+    let nats = NatsServer::start().unwrap();
+    let (js, mut projector, _db, _dir) =
+        engine_sized(&nats, ResultsProjection::default(), Duration::ZERO, 50).await;
+    for i in 0..300 {
+        result(&js, i).await;
+    }
+    let counters = projector.progress().counters;
+    let pending = || counters.pending.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(pending(), 0, "nothing read yet");
+    let cancel = CancellationToken::new();
+    first_write(&mut projector, &cancel).await;
+    // The first batch of 50 read, maybe the second: the rest is still in the stream.
+    assert!([200, 250].contains(&pending()), "{}", pending());
+    project_to(&mut projector, 300).await;
+    assert_eq!(pending(), 0);
+}
+
 #[tokio::test]
 async fn once_another_commit_has_waited_for_the_writer_a_large_batch_is_written_in_parts() {
     let nats = NatsServer::start().unwrap();
