@@ -38,6 +38,24 @@ pub(crate) async fn times_of_pairs<'k>(
     select: &str,
     keys: &[(&'k str, &'k str)],
 ) -> sqlx::Result<std::collections::HashMap<(&'k str, &'k str), i64>> {
+    values_of_pairs(conn, select, keys, |(x, y, at): (String, String, i64)| {
+        ((x, y), at)
+    })
+    .await
+}
+
+/// For each of `keys` (sorted, without repeats) that `select` finds, what `split` makes of
+/// its row: the pair it names and the value kept. `select` ends in `(a, b) IN (`, as for
+/// [`times_of_pairs`].
+pub(crate) async fn values_of_pairs<'k, R, V>(
+    conn: &mut sqlx::SqliteConnection,
+    select: &str,
+    keys: &[(&'k str, &'k str)],
+    split: impl Fn(R) -> ((String, String), V),
+) -> sqlx::Result<std::collections::HashMap<(&'k str, &'k str), V>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
     let mut found = std::collections::HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(PAIRS_PER_STATEMENT) {
         let mut q: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(select);
@@ -45,10 +63,11 @@ pub(crate) async fn times_of_pairs<'k>(
             b.push_bind(*x).push_bind(*y);
         });
         q.push(")");
-        let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        for (x, y, at) in rows {
+        let rows: Vec<R> = q.build_query_as().fetch_all(&mut *conn).await?;
+        for row in rows {
+            let ((x, y), value) = split(row);
             if let Ok(i) = keys.binary_search(&(x.as_str(), y.as_str())) {
-                found.insert(keys[i], at);
+                found.insert(keys[i], value);
             }
         }
     }

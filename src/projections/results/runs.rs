@@ -301,9 +301,6 @@ pub(super) async fn insert(
     Ok(())
 }
 
-/// Alert keys looked up per statement: a row-value `IN` list stays short.
-const KEYS_PER_STATEMENT: usize = 400;
-
 /// The groups of the alerts `runs` name that are projected already: each dedupe key holds
 /// the group of its first sighting, so this reads neither the alert rows nor their index.
 async fn sightings_of<'r>(
@@ -322,25 +319,14 @@ async fn sightings_of<'r>(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let mut groups = Sightings::new();
-    for chunk in keys.chunks(KEYS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT provider, provider_event_id, project_id, recurrence_key FROM alert_event_keys \
-             WHERE recurrence_key IS NOT NULL AND (provider, provider_event_id) IN (",
-        );
-        q.push_values(chunk, |mut b, (provider, id)| {
-            b.push_bind(*provider).push_bind(*id);
-        });
-        q.push(")");
-        let found: Vec<(String, String, String, String)> =
-            q.build_query_as().fetch_all(&mut *conn).await?;
-        for (p, e, project, key) in found {
-            if let Ok(i) = keys.binary_search(&(p.as_str(), e.as_str())) {
-                groups.insert(keys[i], (project, key));
-            }
-        }
-    }
-    Ok(groups)
+    crate::projections::values_of_pairs(
+        conn,
+        "SELECT provider, provider_event_id, project_id, recurrence_key FROM alert_event_keys \
+         WHERE recurrence_key IS NOT NULL AND (provider, provider_event_id) IN (",
+        &keys,
+        |(p, e, project, key): (String, String, String, String)| ((p, e), (project, key)),
+    )
+    .await
 }
 
 /// Inserts `runs` and folds those with a group into its figures.
