@@ -342,13 +342,21 @@ async fn within_one_batch_the_first_event_of_a_result_id_wins() {
     // batch however the consumer delivers them.
     let (js, mut projector, db, _dir) =
         engine_of(&nats, ResultsProjection::default(), Duration::from_secs(1)).await;
-    // Rows are written in result_id order, not stream order: the ids around "m" sort
-    // before and after it, and its three versions must still resolve to the first.
-    for (id, code) in [("z", 0), ("m", 1), ("a", 0), ("m", 2), ("b", 0), ("m", 3)] {
+    // Rows are written in the order of the time index (kind, success, finish time), not
+    // stream order: the later versions of "m" failed and finished earlier, so they sort
+    // before its first, and must still lose to it.
+    for (id, code, finished) in [
+        ("z", 0, "2026-12-01T10:00:05Z"),
+        ("m", 0, "2026-12-01T10:00:03Z"),
+        ("a", 0, "2026-12-01T10:00:04Z"),
+        ("m", 2, "2026-12-01T10:00:02Z"),
+        ("b", 0, "2026-12-01T10:00:06Z"),
+        ("m", 3, "2026-12-01T10:00:01Z"),
+    ] {
         publish_result(
             &js,
             "result.job.a1",
-            json!({"result_id": id, "exit_code": code}),
+            json!({"result_id": id, "exit_code": code, "finished_at": finished}),
         )
         .await;
     }
@@ -370,12 +378,18 @@ async fn within_one_batch_the_first_event_of_a_result_id_wins() {
             .fetch_one(&db.readers)
             .await
             .unwrap();
-    assert_eq!(row, (1, 2));
+    assert_eq!(row, (0, 2));
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM execution_results")
         .fetch_one(&db.readers)
         .await
         .unwrap();
     assert_eq!(n, 4);
+    // The per-minute counts count each result once, as a success.
+    let counted: (i64, i64) = sqlx::query_as("SELECT SUM(n), SUM(n * success) FROM result_counts")
+        .fetch_one(&db.readers)
+        .await
+        .unwrap();
+    assert_eq!(counted, (4, 4));
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ pub mod deploys;
 pub mod durations;
 pub mod runs;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -378,13 +379,25 @@ impl Projection for ResultsProjection {
 
 /// Inserts the rows of `execution_results`; `true` when every result was new.
 async fn insert_rows(conn: &mut SqliteConnection, events: &[ResultEvent]) -> sqlx::Result<bool> {
-    // Random ids land all over the `result_id` index: in key order, consecutive inserts walk
-    // its pages forwards while they are still in the CPU's cache (measured with 1M UUID
-    // results: rows written 20% faster). The sort is stable, so of two events with one
-    // result_id in a batch the first in the stream still wins.
-    let mut sorted: Vec<&ResultEvent> = events.iter().collect();
-    sorted.sort_by(|a, b| a.result_id.cmp(&b.result_id));
-    let mut all_new = true;
+    // Random ids and spread times land all over both indexes of the table. Rows are written
+    // in the order of the (kind, success, recorded_at) index, so that consecutive inserts
+    // walk its pages forwards while they are in the CPU's cache: it costs more than the id
+    // index when both take random keys (5M UUID results over 24 h: catch-up 5–14% faster
+    // than in result_id order). Out of stream order, the first event of a repeated id would
+    // no longer be the one written, so repeats within the batch are dropped here first.
+    let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
+    let mut sorted: Vec<&ResultEvent> = events
+        .iter()
+        .filter(|e| seen.insert(e.result_id.as_str()))
+        .collect();
+    let mut all_new = sorted.len() == events.len();
+    sorted.sort_unstable_by(|a, b| {
+        (a.kind.as_str(), a.success, a.recorded_at).cmp(&(
+            b.kind.as_str(),
+            b.success,
+            b.recorded_at,
+        ))
+    });
     for chunk in sorted.chunks(rows_per_statement(10)) {
         // `OR IGNORE`, not `ON CONFLICT DO NOTHING`: with every constraint resolved by
         // ignoring, no row can abort the statement, so SQLite keeps no statement journal
