@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+/// The file in a server's store that its log (stderr) goes to.
+pub const LOG_FILE: &str = "nats-server.log";
+
 /// A running `nats-server` child process and its store.
 pub struct NatsServer {
     child: Child,
@@ -43,9 +46,47 @@ pub fn terminate(child: &mut Child) -> anyhow::Result<std::process::ExitStatus> 
     child.wait().context("waiting for the process")
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, below the kernel's ephemeral range, and
+/// not handed out before by this process.
+///
+/// A port from `bind(0)` comes from the range the kernel also draws outgoing connections'
+/// source ports from: between the moment a test picks it and the moment its server binds it,
+/// a connection of another test running beside it can take it, and a cluster node then exits
+/// at start ("address already in use"; seen in CI). Below that range a port is only ever
+/// taken by an explicit bind.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    /// Where this process's next pick starts, offset by the process id so that two test
+    /// processes side by side start far apart; 0 until the first pick.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = ephemeral_start().unwrap_or(32_768);
+    if ephemeral <= LOWEST + 1_000 {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    }
+    let span = ephemeral - LOWEST;
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id().wrapping_mul(7_919) % span + 1,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(LOWEST + offset) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The first port of the kernel's ephemeral range (Linux), if it says.
+fn ephemeral_start() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 impl NatsServer {
@@ -85,13 +126,22 @@ impl NatsServer {
     }
 
     fn spawn(bin: PathBuf, store: PathBuf, port: u16, extra: Vec<String>) -> anyhow::Result<Self> {
+        // The server's log, kept in its store (a restart appends): what a failed start says.
+        std::fs::create_dir_all(&store)
+            .with_context(|| format!("creating the NATS store {}", store.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(store.join(LOG_FILE))
+            .context("opening the nats-server log")?;
+        let log_from = log.metadata().map(|m| m.len()).unwrap_or(0);
         let child = Command::new(&bin)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&store)
             .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .with_context(|| {
                 format!(
@@ -107,17 +157,35 @@ impl NatsServer {
             extra,
             _tempdir: None,
         };
-        server.wait_until_listening()?;
+        server.wait_until_listening(log_from)?;
         Ok(server)
     }
 
-    fn wait_until_listening(&mut self) -> anyhow::Result<()> {
+    /// What this start of the server has logged so far: its log past `from`.
+    fn log_since(&self, from: u64) -> String {
+        let log = std::fs::read(self.store.join(LOG_FILE)).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[from..]).into_owned()
+    }
+
+    /// Waits until this start of the server says it is ready and its port answers. The log
+    /// is what tells: a port can answer for another process that holds it.
+    fn wait_until_listening(&mut self, log_from: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!("nats-server exited at start with {status}");
+                let log = self.log_since(log_from);
+                let last: Vec<&str> = log.lines().rev().take(5).collect();
+                let last: Vec<&str> = last.into_iter().rev().collect();
+                bail!(
+                    "nats-server on port {} exited at start with {status}; its log ends:\n{}",
+                    self.port,
+                    last.join("\n")
+                );
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if self.log_since(log_from).contains("Server is ready")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -232,5 +300,24 @@ impl Cluster {
             .map(NatsServer::url)
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        let below = ephemeral_start().filter(|start| *start > 11_000);
+        for port in ports {
+            if let Some(start) = below {
+                assert!(u32::from(port) < start, "{port} is in the ephemeral range");
+            }
+            TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
     }
 }

@@ -1031,3 +1031,17 @@ async fn the_daemon_runs_without_transparent_huge_pages_unless_mimalloc_is_told_
     daemon.wait_for(&http, "/health").await;
     assert_eq!(thp_enabled(daemon.child.id()), "1");
 }
+
+/// A server that cannot start (its port taken) is reported with the end of its own log.
+#[test]
+fn a_nats_server_that_cannot_start_says_why() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let error = match NatsServer::start_in(dir.path().join("store"), port) {
+        Ok(_) => panic!("nats-server started on a port that is taken"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("exited at start"), "{error}");
+    assert!(error.contains("address already in use"), "{error}");
+}

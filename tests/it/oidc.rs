@@ -32,11 +32,7 @@ fn node_tools() -> std::path::PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    orrery::natsd::free_port().unwrap()
 }
 
 /// A running `oidc-provider`; dropping it stops it.

@@ -388,6 +388,8 @@ async fn regenerate_upgrade_fixtures() {
 
     let target = out.join("jetstream");
     let _ = std::fs::remove_dir_all(&target);
+    // The fixture is the stream data alone, not the log of the server that wrote it.
+    let _ = std::fs::remove_file(store.join(orrery::natsd::LOG_FILE));
     copy_dir(&store, &target);
     let manifest = json!({"t0": t0.format(&Rfc3339).unwrap(), "releases": manifest});
     std::fs::write(
