@@ -60,9 +60,10 @@ pub fn free_port() -> std::io::Result<u16> {
     /// Where this process's next pick starts, offset by the process id so that two test
     /// processes side by side start far apart; 0 until the first pick.
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let any = || Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
     let ephemeral = ephemeral_start().unwrap_or(32_768);
     if ephemeral <= LOWEST + 1_000 {
-        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+        return any();
     }
     let span = ephemeral - LOWEST;
     let _ = NEXT.compare_exchange(
@@ -80,7 +81,7 @@ pub fn free_port() -> std::io::Result<u16> {
             return Ok(port);
         }
     }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    any()
 }
 
 /// The first port of the kernel's ephemeral range (Linux), if it says.
@@ -175,12 +176,11 @@ impl NatsServer {
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 let log = self.log_since(log_from);
-                let last: Vec<&str> = log.lines().rev().take(5).collect();
-                let last: Vec<&str> = last.into_iter().rev().collect();
+                let lines: Vec<&str> = log.lines().collect();
                 bail!(
                     "nats-server on port {} exited at start with {status}; its log ends:\n{}",
                     self.port,
-                    last.join("\n")
+                    lines[lines.len().saturating_sub(5)..].join("\n")
                 );
             }
             if self.log_since(log_from).contains("Server is ready")
